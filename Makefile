@@ -1,0 +1,26 @@
+# ota-pipeline. One target dir outside the clone, shared by builds, tests and CI, so the
+# bundled DuckDB (a long C++ build) compiles once per machine.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ota-pipeline/target
+OTA_MYSQL_URL ?= mysql://root@127.0.0.1:3306/ota
+export OTA_MYSQL_URL
+
+.PHONY: build demo test lint fmt
+
+build:
+	cargo build --release -p ota-cli --bins
+
+## Runs the whole pipeline on the embedded default against MySQL at OTA_MYSQL_URL,
+## generating sample data first if data/ has none. PROFILE=dev builds unoptimised (faster).
+demo:
+	scripts/demo.sh
+
+## The tests: unit tests plus end-to-end runs against the real MySQL/MariaDB server.
+test:
+	scripts/test.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all

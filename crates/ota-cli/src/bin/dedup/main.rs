@@ -1,0 +1,23 @@
+//! dedup: rebuild the event dates of the dedup table that loaded files touched, keeping
+//! one row per event key.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ota_pipeline::cli::{WarehouseArgs, WindowArgs, run_step};
+use ota_pipeline::steps::{DedupConfig, dedup};
+
+#[derive(Parser)]
+#[command(name = "dedup", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    window: WindowArgs,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = DedupConfig { window: cli.window, warehouse_url: cli.warehouse.warehouse_url };
+    run_step(|| dedup(&config))
+}

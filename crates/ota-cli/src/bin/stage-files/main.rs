@@ -1,0 +1,36 @@
+//! stage-files: find the daily files of the window and expose exactly those to the
+//! warehouse. With --from, first split one large Parquet file into daily files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ota_pipeline::cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
+use ota_pipeline::steps::{StageConfig, stage_files};
+
+#[derive(Parser)]
+#[command(name = "stage-files", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    window: WindowArgs,
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    warehouse: WarehouseArgs,
+    /// Split this large Parquet file (e.g. data/case_data.parquet.gzip) into daily files in
+    /// the lake first. Without dates, the window becomes the range of days it holds.
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = StageConfig {
+        window: cli.window,
+        lake_url: cli.lake.lake_url,
+        warehouse_url: cli.warehouse.warehouse_url,
+        suffix: cli.lake.suffix,
+        from: cli.from,
+    };
+    run_step(|| stage_files(&config))
+}

@@ -1,0 +1,93 @@
+//! Flags shared by the step binaries, and the wrapper that runs a step, prints its
+//! summary as the last line of stdout and maps errors to exit codes.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::error::Result;
+use crate::summary::{Status, StepSummary};
+use crate::window::DateWindow;
+
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// First day of the window (YYYY-MM-DD, UTC, inclusive). Alone: from this day to the
+    /// reference date.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub start_date: Option<String>,
+    /// Last day of the window (YYYY-MM-DD, inclusive). Alone: the 3 days ending on it.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub end_date: Option<String>,
+    /// The day a window without dates ends on (default: today in UTC). Airflow passes the
+    /// last day of the data interval for scheduled and backfill runs.
+    #[arg(long, value_name = "YYYY-MM-DD", env = "OTA_REFERENCE_DATE")]
+    pub reference_date: Option<String>,
+}
+
+impl WindowArgs {
+    pub fn resolve(&self) -> Result<DateWindow> {
+        DateWindow::resolve(self.start_date.as_deref(), self.end_date.as_deref(), self.reference_date.as_deref())
+    }
+
+    /// Whether the user named the window (a backfill, for export-mysql).
+    pub fn is_explicit(&self) -> bool {
+        self.start_date.is_some() || self.end_date.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LakeArgs {
+    /// Where the daily files live: file:///abs/dir (local) or gs://bucket/prefix.
+    #[arg(long, env = "OTA_LAKE_URL", value_name = "URL")]
+    pub lake_url: String,
+    /// Daily files are named <prefix>/YYYYMMDD_<suffix>.parquet.
+    #[arg(long, env = "OTA_FILE_SUFFIX", default_value = "OTA")]
+    pub suffix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WarehouseArgs {
+    /// The warehouse: duckdb:///abs/path/warehouse.duckdb (embedded) or
+    /// bigquery://project/dataset?location=US.
+    #[arg(long, env = "OTA_WAREHOUSE_URL", value_name = "URL")]
+    pub warehouse_url: String,
+}
+
+/// Sets up logging to stderr (`RUST_LOG`, default info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs a step: logs to stderr, then prints the summary as the very last line of stdout
+/// (after stderr is flushed, since Airflow merges the streams and keeps the last line).
+/// Exit codes: 0 ok or no data, 2 bad input or configuration, 1 anything else.
+pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
+    init_logging();
+    let started = Instant::now();
+    let outcome = f();
+    let _ = std::io::stderr().flush();
+    match outcome {
+        Ok(mut summary) => {
+            summary.duration_ms = started.elapsed().as_millis() as u64;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", summary.to_json_line());
+            let _ = out.flush();
+            if summary.status == Status::Drift { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e}");
+            let _ = err.flush();
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Typed errors of the pipeline, and the exit code each maps to.
+
+use std::path::PathBuf;
+
+/// Result alias used across the library.
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+/// Everything that can stop a step. Variants carry the context a data engineer needs to
+/// act on the message (which file, which setting, which statement).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Bad flags, environment or URLs: the user must fix the invocation (exit code 2).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A malformed or inconsistent date window (exit code 2).
+    #[error("invalid date window: {0}")]
+    Window(String),
+
+    /// A file in the lake that cannot be read as the event contract requires.
+    #[error("cannot read {uri}: {reason}")]
+    BadFile { uri: String, reason: String },
+
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("parquet error in {uri}: {source}")]
+    Parquet {
+        uri: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    #[error("arrow error while {context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
+    #[error("warehouse error while {context}: {source}")]
+    Warehouse {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("MySQL error while {context}: {source}")]
+    Mysql {
+        context: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    /// Another run holds the per-table lock.
+    #[error("{0}")]
+    Locked(String),
+
+    /// The warehouse and MySQL disagree (reconcile).
+    #[error("{0}")]
+    Drift(String),
+
+    /// A deliberately injected failure (tests of crash safety).
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+impl PipelineError {
+    /// Process exit code for this error: 2 for bad input or configuration, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PipelineError::Config(_) | PipelineError::Window(_) => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PipelineError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Self {
+        PipelineError::Arrow {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn warehouse(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        PipelineError::Warehouse {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn mysql(context: impl Into<String>, source: mysql_async::Error) -> Self {
+        PipelineError::Mysql {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The lake: where daily Parquet files land. A small trait with one module per backend.
+
+pub mod local;
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PipelineError, Result};
+use crate::window::DateWindow;
+
+/// One daily file in the lake, with the fingerprint the file ledger keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LakeFile {
+    /// Full URI (`file:///lake/20240101_OTA.parquet`, `gs://bucket/prefix/...`).
+    pub uri: String,
+    /// The day in the file name.
+    pub day: NaiveDate,
+    pub size: u64,
+    /// Object generation (GCS) or modification time in nanoseconds (local).
+    pub generation: String,
+    /// crc32c of the content, hex.
+    pub checksum: String,
+    /// When this version landed in the lake, UTC microseconds.
+    pub ingested_at: i64,
+}
+
+/// What `put_file` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutOutcome {
+    /// The object already held the same bytes: nothing was written.
+    Unchanged,
+    Written,
+}
+
+/// A readable local copy of a lake file (the file itself for a local lake).
+#[derive(Debug)]
+pub enum LocalCopy {
+    InPlace(PathBuf),
+    Temporary(tempfile_path::TempFile),
+}
+
+impl LocalCopy {
+    pub fn path(&self) -> &Path {
+        match self {
+            LocalCopy::InPlace(p) => p,
+            LocalCopy::Temporary(t) => t.path(),
+        }
+    }
+}
+
+/// A lake backend.
+pub trait Lake: Send + Sync {
+    /// The lake's URL, for messages and summaries.
+    fn url(&self) -> &str;
+
+    /// The daily files `YYYYMMDD_<suffix>.parquet` that exist for the window's days.
+    fn list_daily_files(&self, window: &DateWindow, suffix: &str) -> Result<Vec<LakeFile>>;
+
+    /// The current fingerprint of one file, or None if it is gone.
+    fn stat(&self, uri: &str) -> Result<Option<LakeFile>>;
+
+    /// A local, readable copy of the file (the file itself where the lake is local).
+    fn local_copy(&self, file: &LakeFile) -> Result<LocalCopy>;
+
+    /// Lands a local file under `name` unless an object with the same bytes is there.
+    /// The source is a scratch file: the lake may move it.
+    fn put_file(&self, name: &str, source: &Path) -> Result<PutOutcome>;
+
+    /// A directory on this machine for scratch files that belong with this lake
+    /// (temporary outputs before they are landed).
+    fn scratch_dir(&self) -> Result<PathBuf>;
+}
+
+/// `YYYYMMDD_<suffix>.parquet`
+pub fn daily_file_name(day: NaiveDate, suffix: &str) -> String {
+    format!("{}_{suffix}.parquet", day.format("%Y%m%d"))
+}
+
+/// The day of a daily file name, if it is one (`20240101_OTA.parquet` -> 2024-01-01).
+pub fn day_of_file_name(name: &str, suffix: &str) -> Option<NaiveDate> {
+    let base = name.rsplit('/').next()?;
+    let stem = base.strip_suffix(".parquet")?.strip_suffix(suffix)?;
+    if stem.len() != 9 {
+        return None;
+    }
+    day_of_name_prefix(stem)
+}
+
+/// The day a file name starts with (`20240101_...` -> 2024-01-01).
+pub fn day_of_name_prefix(name: &str) -> Option<NaiveDate> {
+    let stem = name.get(..8)?;
+    if !stem.bytes().all(|b| b.is_ascii_digit()) || name.as_bytes().get(8) != Some(&b'_') {
+        return None;
+    }
+    NaiveDate::parse_from_str(stem, "%Y%m%d").ok()
+}
+
+/// Checks a file suffix from `--suffix`: letters, digits, `-` and `_` only.
+pub fn validate_suffix(suffix: &str) -> Result<()> {
+    if !suffix.is_empty()
+        && suffix.len() <= 64
+        && suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(PipelineError::Config(format!(
+            "suffix {suffix:?} must be letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+/// Opens the lake a URL names.
+pub fn open_lake(url: &str) -> Result<Box<dyn Lake>> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        Ok(Box::new(local::LocalLake::open(rest)?))
+    } else if url.starts_with("gs://") {
+        Err(PipelineError::Config(
+            "the GCS lake (gs://) is not available in this build yet; use file:///abs/dir".into(),
+        ))
+    } else {
+        Err(PipelineError::Config(format!(
+            "lake URL {url:?} must start with file:// (local folder) or gs:// (GCS)"
+        )))
+    }
+}
+
+/// A small owned temporary file path, removed on drop.
+pub mod tempfile_path {
+    use std::path::{Path, PathBuf};
+
+    #[derive(Debug)]
+    pub struct TempFile(PathBuf);
+
+    impl TempFile {
+        pub fn new(path: PathBuf) -> Self {
+            TempFile(path)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let d = NaiveDate::from_ymd_opt(2024, 1, 31).unwrap();
+        let name = daily_file_name(d, "OTA");
+        assert_eq!(name, "20240131_OTA.parquet");
+        assert_eq!(day_of_file_name(&name, "OTA"), Some(d));
+        assert_eq!(day_of_file_name("file:///x/20240131_OTA.parquet", "OTA"), Some(d));
+        assert_eq!(day_of_file_name("20240131_XYZ.parquet", "OTA"), None);
+        assert_eq!(day_of_file_name("20241331_OTA.parquet", "OTA"), None);
+        assert!(validate_suffix("OTA").is_ok());
+        assert!(validate_suffix("../x").is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! SQL of the MySQL sink. The target table name is validated (`validate_identifier`)
+//! before it is quoted in; every value is a bound parameter.
+
+use crate::contract::{TYPED_COLUMNS, TypedKind};
+
+/// The state table holding each target table's forward offset.
+pub const OFFSETS_TABLE: &str = "ota_pipeline_offsets";
+
+pub const CREATE_OFFSETS: &str = "CREATE TABLE IF NOT EXISTS ota_pipeline_offsets (
+    target_table VARCHAR(64) NOT NULL PRIMARY KEY,
+    changed_at DATETIME(6) NOT NULL,
+    event_key BINARY(16) NOT NULL,
+    updated_at DATETIME(6) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+pub const SELECT_OFFSET: &str = "SELECT CAST(changed_at AS CHAR), HEX(event_key)
+FROM ota_pipeline_offsets WHERE target_table = ?";
+
+pub const SAVE_OFFSET: &str = "INSERT INTO ota_pipeline_offsets (target_table, changed_at, event_key, updated_at)
+VALUES (?, ?, UNHEX(?), UTC_TIMESTAMP(6))
+ON DUPLICATE KEY UPDATE changed_at = VALUES(changed_at), event_key = VALUES(event_key),
+    updated_at = VALUES(updated_at)";
+
+pub const SESSION_SETUP: &str = "SET SESSION time_zone = '+00:00', \
+    sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', \
+    character_set_client = utf8mb4, character_set_connection = utf8mb4, character_set_results = utf8mb4, \
+    collation_connection = utf8mb4_bin";
+
+pub const GET_LOCK: &str = "SELECT GET_LOCK(?, ?)";
+pub const RELEASE_LOCK: &str = "SELECT RELEASE_LOCK(?)";
+
+/// The staging table (per connection) every batch is loaded into first.
+pub const STAGE_TABLE: &str = "ota_stage";
+/// Keys seen while re-syncing dates (per connection).
+pub const RESYNC_KEYS_TABLE: &str = "ota_resync_keys";
+
+fn mysql_type(kind: TypedKind) -> &'static str {
+    match kind {
+        TypedKind::Key => "BINARY(16)",
+        TypedKind::Date => "DATE",
+        TypedKind::Text => "LONGTEXT",
+        TypedKind::Integer => "BIGINT",
+        TypedKind::Float => "DOUBLE",
+        TypedKind::Boolean => "BOOLEAN",
+        TypedKind::Decimal => "DECIMAL(18,6)",
+        TypedKind::Timestamp => "DATETIME(6)",
+    }
+}
+
+const TABLE_OPTIONS: &str = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+/// The serving table: typed columns and lineage, keyed by `event_key`.
+pub fn create_target(table: &str) -> String {
+    let cols: Vec<String> = TYPED_COLUMNS
+        .iter()
+        .map(|c| {
+            let not_null = matches!(c.name, "event_key" | "event_date" | "row_hash");
+            format!("`{}` {}{}", c.name, mysql_type(c.kind), if not_null { " NOT NULL" } else { " NULL" })
+        })
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{table}` (\n  {},\n  `changed_at` DATETIME(6) NOT NULL,\n  PRIMARY KEY (`event_key`),\n  KEY `{table}_event_date` (`event_date`)\n) {TABLE_OPTIONS}",
+        cols.join(",\n  ")
+    )
+}
+
+/// Staging: the change batch as it arrives (`op` 'U' upsert / 'D' delete).
+pub fn create_stage() -> String {
+    let cols: Vec<String> =
+        TYPED_COLUMNS.iter().map(|c| format!("`{}` {} NULL", c.name, mysql_type(c.kind))).collect();
+    format!(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS `{STAGE_TABLE}` (`op` CHAR(1) NOT NULL, `changed_at` DATETIME(6) NULL, {}) {TABLE_OPTIONS}",
+        cols.join(", ")
+    )
+}
+
+pub fn create_resync_keys() -> String {
+    format!(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS `{RESYNC_KEYS_TABLE}` (`event_key` BINARY(16) NOT NULL PRIMARY KEY) ENGINE=InnoDB"
+    )
+}
+
+/// The staged columns in batch order: `op`, `changed_at`, then the typed columns.
+pub fn stage_columns() -> Vec<&'static str> {
+    let mut cols = vec!["op", "changed_at"];
+    cols.extend(TYPED_COLUMNS.iter().map(|c| c.name));
+    cols
+}
+
+fn is_binary(name: &str) -> bool {
+    TYPED_COLUMNS.iter().any(|c| c.name == name && c.kind == TypedKind::Key)
+}
+
+/// `LOAD DATA LOCAL INFILE` of one encoded batch into the staging table. Binary columns
+/// travel as hex and are decoded on the server.
+pub fn load_stage() -> String {
+    let mut targets = Vec::new();
+    let mut sets = Vec::new();
+    for c in stage_columns() {
+        if is_binary(c) {
+            targets.push(format!("@{c}"));
+            sets.push(format!("`{c}` = UNHEX(@{c})"));
+        } else {
+            targets.push(format!("`{c}`"));
+        }
+    }
+    format!(
+        "LOAD DATA LOCAL INFILE 'ota-batch.tsv' INTO TABLE `{STAGE_TABLE}` CHARACTER SET utf8mb4 \
+FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({}) SET {}",
+        targets.join(", "),
+        sets.join(", ")
+    )
+}
+
+/// Multi-row INSERT into staging (fallback when the server refuses local infile).
+pub fn insert_stage(rows: usize) -> String {
+    let cols = stage_columns();
+    let one = format!("({})", vec!["?"; cols.len()].join(", "));
+    format!(
+        "INSERT INTO `{STAGE_TABLE}` ({}) VALUES {}",
+        cols.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+        vec![one; rows].join(", ")
+    )
+}
+
+pub fn truncate_stage() -> String {
+    format!("TRUNCATE TABLE `{STAGE_TABLE}`")
+}
+
+fn target_columns() -> Vec<&'static str> {
+    let mut cols: Vec<&str> = TYPED_COLUMNS.iter().map(|c| c.name).collect();
+    cols.push("changed_at");
+    cols
+}
+
+fn column_list(prefix: &str) -> String {
+    target_columns().iter().map(|c| format!("{prefix}`{c}`")).collect::<Vec<_>>().join(", ")
+}
+
+fn update_list() -> String {
+    target_columns()
+        .iter()
+        .filter(|c| **c != "event_key")
+        .map(|c| format!("`{c}` = VALUES(`{c}`)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Applies the staged upserts.
+pub fn upsert_from_stage(table: &str) -> String {
+    format!(
+        "INSERT INTO `{table}` ({}) SELECT {} FROM `{STAGE_TABLE}` s WHERE s.`op` = 'U' ORDER BY s.`event_key` ON DUPLICATE KEY UPDATE {}",
+        column_list(""),
+        column_list("s."),
+        update_list()
+    )
+}
+
+/// Applies the staged deletes (tombstones).
+pub fn delete_from_stage(table: &str) -> String {
+    format!(
+        "DELETE t FROM `{table}` t JOIN `{STAGE_TABLE}` s ON s.`event_key` = t.`event_key` WHERE s.`op` = 'D'"
+    )
+}
+
+/// Re-sync: drops staged rows the target already holds with the same content, leaving
+/// only rows that are missing or differ.
+pub fn drop_unchanged_from_stage(table: &str) -> String {
+    format!(
+        "DELETE s FROM `{STAGE_TABLE}` s JOIN `{table}` t ON t.`event_key` = s.`event_key` AND t.`row_hash` = s.`row_hash`"
+    )
+}
+
+pub fn count_stage() -> String {
+    format!("SELECT COUNT(*) FROM `{STAGE_TABLE}`")
+}
+
+pub fn remember_resync_keys() -> String {
+    format!("INSERT IGNORE INTO `{RESYNC_KEYS_TABLE}` (`event_key`) SELECT `event_key` FROM `{STAGE_TABLE}`")
+}
+
+pub fn truncate_resync_keys() -> String {
+    format!("TRUNCATE TABLE `{RESYNC_KEYS_TABLE}`")
+}
+
+/// Re-sync: deletes target rows of one event date that the warehouse does not hold.
+pub fn delete_unknown_of_date(table: &str) -> String {
+    format!(
+        "DELETE t FROM `{table}` t LEFT JOIN `{RESYNC_KEYS_TABLE}` k ON k.`event_key` = t.`event_key` \
+WHERE t.`event_date` = ? AND k.`event_key` IS NULL"
+    )
+}
+
+/// Per event date: rows and the sum of the first 8 bytes of row_hash, between two dates.
+pub fn checksums_between(table: &str) -> String {
+    format!(
+        "SELECT CAST(`event_date` AS CHAR), COUNT(*), CAST(SUM(CAST(CONV(HEX(LEFT(`row_hash`, 8)), 16, 10) AS UNSIGNED)) AS CHAR) \
+FROM `{table}` WHERE `event_date` BETWEEN ? AND ? GROUP BY `event_date`"
+    )
+}

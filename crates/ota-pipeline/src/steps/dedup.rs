@@ -1,0 +1,33 @@
+//! dedup: rebuild only the event dates whose raw rows changed.
+
+use crate::cli::WindowArgs;
+use crate::error::Result;
+use crate::summary::{Status, StepSummary};
+use crate::warehouse::{Access, open_warehouse};
+
+#[derive(Debug, Clone)]
+pub struct DedupConfig {
+    pub window: WindowArgs,
+    pub warehouse_url: String,
+}
+
+pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
+    let window = config.window.resolve()?;
+    let mut warehouse = open_warehouse(&config.warehouse_url, Access::ReadWrite)?;
+    let staged = warehouse.staged_files()?;
+    let outcome = warehouse.dedup(chrono::Utc::now().timestamp_micros())?;
+    tracing::info!(dates = outcome.rebuilt_dates.len(), changed = outcome.rows_changed, deleted = outcome.rows_deleted, "dedup done");
+    let mut summary = StepSummary::new("dedup", Some(staged.as_ref().map_or(window, |s| s.window)));
+    let no_files = staged.as_ref().is_none_or(|s| s.files.is_empty());
+    if no_files && outcome.rebuilt_dates.is_empty() {
+        summary.status = Status::NoData;
+    }
+    summary.counts.rows_read = outcome.rows_read;
+    summary.counts.duplicates_removed = outcome.duplicates_removed;
+    summary.counts.rows_written = outcome.rows_changed;
+    summary.detail("rows_changed", outcome.rows_changed);
+    summary.detail("rows_deleted", outcome.rows_deleted);
+    summary.detail("affected_dates", &outcome.rebuilt_dates);
+    summary.detail("changed_at", outcome.changed_at.map(crate::mysql::encode::datetime_text));
+    Ok(summary)
+}

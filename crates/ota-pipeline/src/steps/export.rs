@@ -1,0 +1,256 @@
+//! export-mysql: apply the warehouse's change feed to MySQL in batches, each batch and
+//! the offset it reaches in one transaction; re-sync a named window exactly; reconcile.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use crate::cli::WindowArgs;
+use crate::error::{PipelineError, Result};
+use crate::mysql::{MysqlConfig, MysqlTarget};
+use crate::summary::{Status, StepSummary};
+use crate::warehouse::{Access, ChangeSelection, DateChecksum, FeedOffset, Warehouse, open_warehouse};
+
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub window: WindowArgs,
+    pub warehouse_url: String,
+    pub mysql: MysqlConfig,
+    pub batch_rows: usize,
+    /// Re-sync every event date, not just the window's.
+    pub full_refresh: bool,
+    /// Only compare warehouse and MySQL per event date.
+    pub reconcile: bool,
+    /// Tests of crash safety: stop before committing the batch after this many.
+    pub fail_after_batches: Option<u64>,
+}
+
+/// One line of the reconcile table.
+#[derive(Debug, Clone, Serialize)]
+pub struct DateDrift {
+    pub event_date: NaiveDate,
+    pub warehouse: DateChecksum,
+    pub mysql: DateChecksum,
+}
+
+const ALL_START: &str = "1000-01-01";
+const ALL_END: &str = "9999-12-31";
+
+pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
+    if config.batch_rows == 0 {
+        return Err(PipelineError::Config("--batch-size must be at least 1".into()));
+    }
+    let window = config.window.resolve()?;
+    let warehouse = open_warehouse(&config.warehouse_url, Access::ReadOnly)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| PipelineError::io("tokio runtime", e))?;
+    let mut summary = StepSummary::new("export-mysql", Some(window));
+    runtime.block_on(async {
+        let mut target = MysqlTarget::connect(&config.mysql).await?;
+        target.lock(config.mysql.lock_timeout_secs).await?;
+        let result = if config.reconcile {
+            reconcile(config, warehouse, &mut target, &mut summary).await
+        } else {
+            export(config, warehouse, &mut target, &mut summary).await
+        };
+        // Always release the lock; the first error wins.
+        let closed = target.close().await;
+        result.and(closed)
+    })?;
+    Ok(summary)
+}
+
+fn parse_bound(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or_default()
+}
+
+/// The event dates a backfill re-syncs: the window's, or every date either side holds.
+fn resync_dates(config: &ExportConfig, wh_dates: &BTreeMap<NaiveDate, DateChecksum>, my_dates: &BTreeMap<NaiveDate, DateChecksum>) -> Vec<NaiveDate> {
+    if config.full_refresh {
+        wh_dates.keys().chain(my_dates.keys()).copied().collect::<BTreeSet<_>>().into_iter().collect()
+    } else {
+        config.window.resolve().map(|w| w.days().collect()).unwrap_or_default()
+    }
+}
+
+fn drift(dates: &[NaiveDate], wh: &BTreeMap<NaiveDate, DateChecksum>, my: &BTreeMap<NaiveDate, DateChecksum>) -> Vec<DateDrift> {
+    dates
+        .iter()
+        .map(|d| DateDrift {
+            event_date: *d,
+            warehouse: wh.get(d).copied().unwrap_or_default(),
+            mysql: my.get(d).copied().unwrap_or_default(),
+        })
+        .collect()
+}
+
+async fn both_checksums(
+    config: &ExportConfig,
+    warehouse: &mut Box<dyn Warehouse>,
+    target: &mut MysqlTarget,
+) -> Result<(BTreeMap<NaiveDate, DateChecksum>, BTreeMap<NaiveDate, DateChecksum>)> {
+    let window = config.window.resolve()?;
+    if config.full_refresh || !config.window.is_explicit() {
+        let wh = warehouse.date_checksums(None)?;
+        let my = target.checksums(parse_bound(ALL_START), parse_bound(ALL_END)).await?;
+        Ok((wh, my))
+    } else {
+        let days: Vec<NaiveDate> = window.days().collect();
+        let wh = warehouse.date_checksums(Some(&days))?;
+        let my = target.checksums(window.start, window.end).await?;
+        Ok((wh, my))
+    }
+}
+
+async fn reconcile(
+    config: &ExportConfig,
+    mut warehouse: Box<dyn Warehouse>,
+    target: &mut MysqlTarget,
+    summary: &mut StepSummary,
+) -> Result<()> {
+    let (wh, my) = both_checksums(config, &mut warehouse, target).await?;
+    let dates: Vec<NaiveDate> = wh.keys().chain(my.keys()).copied().collect::<BTreeSet<_>>().into_iter().collect();
+    let table = drift(&dates, &wh, &my);
+    println!("{:<12} {:>12} {:>12} {:>22} {:>22}  status", "event_date", "wh_rows", "mysql_rows", "wh_checksum", "mysql_checksum");
+    let mut drifting = Vec::new();
+    for line in &table {
+        let ok = line.warehouse == line.mysql;
+        if !ok {
+            drifting.push(line.event_date);
+        }
+        println!(
+            "{:<12} {:>12} {:>12} {:>22} {:>22}  {}",
+            line.event_date.to_string(),
+            line.warehouse.rows,
+            line.mysql.rows,
+            line.warehouse.checksum,
+            line.mysql.checksum,
+            if ok { "ok" } else { "DRIFT" }
+        );
+    }
+    summary.counts.rows_read = table.iter().map(|l| l.warehouse.rows).sum();
+    summary.status = if drifting.is_empty() { Status::Ok } else { Status::Drift };
+    if !drifting.is_empty() {
+        tracing::error!(dates = ?drifting, "warehouse and MySQL differ");
+    }
+    summary.detail("mode", "reconcile");
+    summary.detail("dates", table.len());
+    summary.detail("drift_dates", drifting);
+    Ok(())
+}
+
+fn last_offset(batch: &RecordBatch) -> Option<FeedOffset> {
+    let n = batch.num_rows().checked_sub(1)?;
+    let at = batch.column(1).as_primitive_opt::<TimestampMicrosecondType>()?.value(n);
+    let key = crate::warehouse::binary_at(batch.column(2).as_ref(), n)?;
+    let mut event_key = [0u8; 16];
+    event_key.copy_from_slice(key.get(..16)?);
+    Some(FeedOffset { changed_at: at, event_key })
+}
+
+/// Streams a selection from the warehouse on its own thread (the warehouse is blocking)
+/// while MySQL writes run on the caller's: reads and writes overlap, and at most two
+/// batches wait in between.
+struct WarehouseReader {
+    rx: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+    thread: std::thread::JoinHandle<Box<dyn Warehouse>>,
+}
+
+impl WarehouseReader {
+    fn spawn(warehouse: Box<dyn Warehouse>, selection: ChangeSelection, batch_rows: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+        let thread = std::thread::spawn(move || {
+            let mut warehouse = warehouse;
+            let streamed =
+                warehouse.stream_changes(&selection, batch_rows, &mut |b| Ok(tx.blocking_send(Ok(b)).is_ok()));
+            if let Err(e) = streamed {
+                let _ = tx.blocking_send(Err(e));
+            }
+            warehouse
+        });
+        WarehouseReader { rx, thread }
+    }
+
+    async fn next(&mut self) -> Option<Result<RecordBatch>> {
+        self.rx.recv().await
+    }
+
+    /// Waits for the reader and hands the warehouse back.
+    fn finish(self) -> Result<Box<dyn Warehouse>> {
+        drop(self.rx);
+        self.thread.join().map_err(|_| PipelineError::Config("the warehouse reader thread panicked".into()))
+    }
+}
+
+async fn export(
+    config: &ExportConfig,
+    warehouse: Box<dyn Warehouse>,
+    target: &mut MysqlTarget,
+    summary: &mut StepSummary,
+) -> Result<()> {
+    let start_offset = target.offset().await?;
+    let mut offset = start_offset;
+    let (mut upserted, mut deleted, mut batches, mut rows) = (0u64, 0u64, 0u64, 0u64);
+    tracing::info!(mysql = %target.masked_url(), offset = ?offset, "exporting the change feed");
+
+    let mut reader = WarehouseReader::spawn(warehouse, ChangeSelection::After(start_offset), config.batch_rows);
+    while let Some(batch) = reader.next().await {
+        let batch = batch?;
+        let next = last_offset(&batch).ok_or_else(|| PipelineError::Config("a change batch without offset columns".into()))?;
+        let crash = config.fail_after_batches == Some(batches);
+        let (u, d) = target.apply_changes(&batch, next, crash).await?;
+        offset = Some(next);
+        upserted += u;
+        deleted += d;
+        batches += 1;
+        rows += batch.num_rows() as u64;
+        tracing::info!(batch = batches, rows = batch.num_rows(), "batch committed");
+    }
+    let mut warehouse = reader.finish()?;
+
+    let staged = warehouse.staged_files()?;
+    let mut resynced = Vec::new();
+    if config.window.is_explicit() || config.full_refresh {
+        let (wh, my) = both_checksums(config, &mut warehouse, target).await?;
+        let candidates = resync_dates(config, &wh, &my);
+        let drifting: Vec<NaiveDate> =
+            candidates.into_iter().filter(|d| wh.get(d).copied().unwrap_or_default() != my.get(d).copied().unwrap_or_default()).collect();
+        if !drifting.is_empty() {
+            tracing::info!(dates = ?drifting, "re-syncing event dates that differ from the warehouse");
+            target.begin_resync().await?;
+            let mut reader = WarehouseReader::spawn(warehouse, ChangeSelection::Dates(drifting.clone()), config.batch_rows);
+            while let Some(batch) = reader.next().await {
+                let batch = batch?;
+                upserted += target.apply_resync(&batch).await?;
+                batches += 1;
+                rows += batch.num_rows() as u64;
+            }
+            reader.finish()?;
+            deleted += target.delete_unknown(&drifting).await?;
+            resynced = drifting;
+        }
+    }
+
+    summary.counts.rows_read = rows;
+    summary.counts.rows_written = upserted + deleted;
+    summary.counts.batches = batches;
+    summary.counts.files = staged.as_ref().map_or(0, |s| s.files.len() as u64);
+    let no_files = staged.as_ref().is_none_or(|s| s.files.is_empty());
+    if no_files && rows == 0 {
+        summary.status = Status::NoData;
+    }
+    summary.detail("mode", if config.full_refresh { "full-refresh" } else if config.window.is_explicit() { "backfill" } else { "incremental" });
+    summary.detail("upserted", upserted);
+    summary.detail("deleted", deleted);
+    summary.detail("batches", batches);
+    summary.detail("offset", offset);
+    summary.detail("resynced_dates", resynced);
+    summary.detail("table", &config.mysql.table);
+    Ok(())
+}

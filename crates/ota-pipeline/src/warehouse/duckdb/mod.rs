@@ -1,0 +1,360 @@
+//! The embedded warehouse: one DuckDB database file (`duckdb:///abs/path/warehouse.duckdb`).
+//! Tables: `staged_window`/`staged_files` (the staged set, DuckDB's stand-in for the
+//! external table), `file_ledger`, `raw_events`, `raw_rejects`, `dedup_pending_dates`,
+//! `dedup_events`, `dedup_tombstones` and `dedup_runs`.
+
+pub mod sql;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::Date32Type;
+use chrono::NaiveDate;
+use duckdb::{Connection, params};
+
+use super::{
+    ChangeSelection, DateChecksum, DedupOutcome, LedgerEntry, RawLoadOutcome, RawSource,
+    StagedFiles, Warehouse, add_to_checksum, binary_at,
+};
+use crate::error::{PipelineError, Result};
+use crate::lake::LakeFile;
+use crate::typing::{date_of_epoch_day, epoch_day_of_date};
+use crate::window::{DateWindow, parse_date};
+
+/// Before every changed_at: 0001-01-01T00:00:00Z.
+const FEED_START_MICROS: i64 = -62_135_596_800_000_000;
+
+/// Handle on the embedded warehouse.
+pub struct DuckDbWarehouse {
+    conn: Connection,
+    url: String,
+}
+
+fn db_err(context: &str) -> impl FnOnce(duckdb::Error) -> PipelineError + '_ {
+    move |e| PipelineError::warehouse(context, e)
+}
+
+impl DuckDbWarehouse {
+    /// Opens (creating if needed) the database file and its tables. With `read_only`,
+    /// several processes (concurrent exports, reconcile) may read it at once.
+    pub fn open(path: &str, read_only: bool) -> Result<Self> {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(PipelineError::Config(format!(
+                "warehouse URL duckdb://{} must hold an absolute path (duckdb:///abs/path/warehouse.duckdb)",
+                path.display()
+            )));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
+        }
+        let opening = |e| PipelineError::warehouse(format!("opening {} (is another step writing to it?)", path.display()), e);
+        let conn = if read_only {
+            if !path.exists() {
+                return Err(PipelineError::Config(format!(
+                    "warehouse {} does not exist yet: run stage-files first",
+                    path.display()
+                )));
+            }
+            let config = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly).map_err(opening)?;
+            Connection::open_with_flags(&path, config).map_err(opening)?
+        } else {
+            let conn = Connection::open(&path).map_err(opening)?;
+            conn.execute_batch(&sql::SCHEMA).map_err(db_err("creating the warehouse tables"))?;
+            conn
+        };
+        Ok(DuckDbWarehouse { conn, url: format!("duckdb://{}", path.display()) })
+    }
+
+    fn in_transaction<T>(&mut self, what: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN TRANSACTION").map_err(db_err(what))?;
+        match f(&self.conn) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").map_err(db_err(what))?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(rb) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %rb, "rollback failed after: {e}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn select_dates(&self, dates: &[NaiveDate]) -> Result<()> {
+        self.conn.execute_batch(sql::CREATE_SELECTED_DATES).map_err(db_err("selecting dates"))?;
+        let mut stmt = self.conn.prepare(sql::INSERT_SELECTED_DATE).map_err(db_err("selecting dates"))?;
+        for d in dates {
+            stmt.execute(params![d.to_string()]).map_err(db_err("selecting dates"))?;
+        }
+        Ok(())
+    }
+
+    fn stream_query(
+        &self,
+        query: &str,
+        bind: &[&dyn duckdb::ToSql],
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare(query).map_err(db_err("preparing the change query"))?;
+        let stream = stmt.stream_arrow(bind).map_err(db_err("reading changes"))?;
+        let schema = stream.get_schema();
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending_rows = 0usize;
+        for chunk in stream {
+            let chunk = chunk.map_err(db_err("reading changes"))?;
+            let mut chunk = chunk;
+            while chunk.num_rows() > 0 {
+                let take = (batch_rows - pending_rows).min(chunk.num_rows());
+                pending.push(chunk.slice(0, take));
+                pending_rows += take;
+                chunk = chunk.slice(take, chunk.num_rows() - take);
+                if pending_rows == batch_rows {
+                    let batch = concat_batches(&schema, &pending)
+                        .map_err(|e| PipelineError::arrow("assembling a change batch", e))?;
+                    pending.clear();
+                    pending_rows = 0;
+                    if !sink(batch)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if pending_rows > 0 {
+            let batch = concat_batches(&schema, &pending)
+                .map_err(|e| PipelineError::arrow("assembling a change batch", e))?;
+            sink(batch)?;
+        }
+        Ok(())
+    }
+}
+
+fn collect_dates(set: &mut BTreeSet<i32>, batch: &RecordBatch) {
+    if let Ok(idx) = batch.schema().index_of("event_date") {
+        let dates = batch.column(idx).as_primitive::<Date32Type>();
+        let mut last = None;
+        for d in dates.values().iter() {
+            if last != Some(*d) {
+                set.insert(*d);
+                last = Some(*d);
+            }
+        }
+    }
+}
+
+impl Warehouse for DuckDbWarehouse {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn stage_files(&mut self, staged: &StagedFiles) -> Result<()> {
+        let now = chrono::Utc::now().timestamp_micros();
+        self.in_transaction("recording the staged files", |conn| {
+            let e = db_err("recording the staged files");
+            conn.execute_batch(sql::CLEAR_STAGED).map_err(db_err("clearing the staged files"))?;
+            conn.execute(
+                sql::INSERT_STAGED_WINDOW,
+                params![staged.window.start.to_string(), staged.window.end.to_string(), now],
+            )
+            .map_err(e)?;
+            let mut stmt = conn.prepare(sql::INSERT_STAGED_FILE).map_err(db_err("recording the staged files"))?;
+            for f in &staged.files {
+                stmt.execute(params![f.uri, f.day.to_string(), f.size as i64, f.generation, f.checksum, f.ingested_at])
+                    .map_err(db_err("recording the staged files"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn staged_files(&mut self) -> Result<Option<StagedFiles>> {
+        let window: Option<(String, String)> = match self
+            .conn
+            .query_row(sql::SELECT_STAGED_WINDOW, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        {
+            Ok(w) => Some(w),
+            Err(duckdb::Error::QueryReturnedNoRows) => None,
+            Err(e) => return Err(PipelineError::warehouse("reading the staged window", e)),
+        };
+        let Some((start, end)) = window else { return Ok(None) };
+        let window = DateWindow::new(parse_date("staged start", &start)?, parse_date("staged end", &end)?)?;
+        let mut stmt = self.conn.prepare(sql::SELECT_STAGED_FILES).map_err(db_err("reading the staged files"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, i64>(5)?))
+            })
+            .map_err(db_err("reading the staged files"))?;
+        let mut files = Vec::new();
+        for row in rows {
+            let (uri, day, size, generation, checksum, ingested_at) = row.map_err(db_err("reading the staged files"))?;
+            files.push(LakeFile { uri, day: parse_date("staged day", &day)?, size: size as u64, generation, checksum, ingested_at });
+        }
+        Ok(Some(StagedFiles { window, files }))
+    }
+
+    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, LedgerEntry>> {
+        let mut stmt = self.conn.prepare(sql::SELECT_LEDGER_ENTRY).map_err(db_err("reading the file ledger"))?;
+        let mut out = BTreeMap::new();
+        for uri in uris {
+            let mut rows = stmt
+                .query_map(params![uri], |r| {
+                    Ok(LedgerEntry { uri: r.get(0)?, size: r.get::<_, i64>(1)? as u64, generation: r.get(2)?, checksum: r.get(3)? })
+                })
+                .map_err(db_err("reading the file ledger"))?;
+            if let Some(entry) = rows.next() {
+                out.insert(uri.clone(), entry.map_err(db_err("reading the file ledger"))?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_raw(&mut self, files: &[LakeFile], loaded_at: i64, source: &mut dyn RawSource) -> Result<RawLoadOutcome> {
+        self.in_transaction("loading raw rows", |conn| {
+            let mut outcome = RawLoadOutcome::default();
+            let mut dates = BTreeSet::new();
+            for file in files {
+                let e = || db_err("replacing the rows of a file");
+                {
+                    let mut stmt = conn.prepare(sql::SELECT_FILE_DATES).map_err(e())?;
+                    let old = stmt
+                        .query_map(params![file.uri], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                        .map_err(e())?;
+                    for row in old {
+                        let (d, n) = row.map_err(e())?;
+                        let d = parse_date("raw event date", &d)?;
+                        dates.insert(epoch_day_of_date(d));
+                        outcome.rows_replaced += n as u64;
+                    }
+                }
+                conn.execute(sql::DELETE_FILE_ROWS, params![file.uri]).map_err(e())?;
+                conn.execute(sql::DELETE_FILE_REJECTS, params![file.uri]).map_err(e())?;
+                let mut rows_loaded = 0u64;
+                let mut rejects = Vec::new();
+                {
+                    let mut appender = conn.appender("raw_events").map_err(e())?;
+                    source.read(file, &mut |typed| {
+                        rows_loaded += typed.rows.num_rows() as u64;
+                        collect_dates(&mut dates, &typed.rows);
+                        rejects.extend(typed.rejected);
+                        appender
+                            .append_record_batch(typed.rows)
+                            .map_err(|err| PipelineError::warehouse(format!("appending rows of {}", file.uri), err))
+                    })?;
+                    appender.flush().map_err(e())?;
+                }
+                if !rejects.is_empty() {
+                    let mut appender = conn.appender("raw_rejects").map_err(e())?;
+                    for r in &rejects {
+                        appender
+                            .append_row(params![file.uri, file.day.to_string(), r.source_row, r.reason, r.request_id, r.raw_timestamp, duckdb::types::Value::Timestamp(duckdb::types::TimeUnit::Microsecond, loaded_at)])
+                            .map_err(e())?;
+                    }
+                    appender.flush().map_err(e())?;
+                }
+                conn.execute(sql::DELETE_LEDGER_ENTRY, params![file.uri]).map_err(e())?;
+                conn.execute(
+                    sql::INSERT_LEDGER_ENTRY,
+                    params![file.uri, file.day.to_string(), file.size as i64, file.generation, file.checksum, file.ingested_at, loaded_at, rows_loaded as i64, rejects.len() as i64],
+                )
+                .map_err(e())?;
+                outcome.rows_written += rows_loaded;
+                outcome.rejected += rejects.len() as u64;
+            }
+            let mut stmt = conn.prepare(sql::INSERT_PENDING_DATE).map_err(db_err("queueing dates for dedup"))?;
+            for d in &dates {
+                let date = date_of_epoch_day(*d);
+                stmt.execute(params![date.to_string()]).map_err(db_err("queueing dates for dedup"))?;
+                outcome.affected_dates.push(date);
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn dedup(&mut self, now: i64) -> Result<DedupOutcome> {
+        self.in_transaction("rebuilding dedup dates", |conn| {
+            let e = || db_err("rebuilding dedup dates");
+            conn.execute_batch(sql::DEDUP_PREPARE).map_err(e())?;
+            let mut outcome = DedupOutcome::default();
+            {
+                let mut stmt = conn.prepare(sql::DEDUP_DATES).map_err(e())?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(e())?;
+                for d in rows {
+                    outcome.rebuilt_dates.push(parse_date("dedup date", &d.map_err(e())?)?);
+                }
+            }
+            if outcome.rebuilt_dates.is_empty() {
+                return Ok(outcome);
+            }
+            let (read, winners, changed, vanished): (i64, i64, i64, i64) = conn
+                .query_row(sql::DEDUP_COUNTS, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .map_err(e())?;
+            outcome.rows_read = read as u64;
+            outcome.duplicates_removed = (read - winners) as u64;
+            outcome.rows_changed = changed as u64;
+            outcome.rows_deleted = vanished as u64;
+            // changed_at is strictly increasing per warehouse, whatever the clock does.
+            let last: Option<i64> = conn.query_row(sql::LAST_CHANGED_AT, [], |r| r.get(0)).map_err(e())?;
+            let changed_at = match last {
+                Some(l) if l >= now => l + 1,
+                _ => now,
+            };
+            outcome.changed_at = Some(changed_at);
+            conn.execute_batch(sql::DEDUP_UPDATE_LINEAGE).map_err(e())?;
+            conn.execute_batch(sql::DEDUP_APPLY_DELETE).map_err(e())?;
+            conn.execute(&sql::DEDUP_APPLY_INSERT, params![changed_at]).map_err(e())?;
+            conn.execute_batch(sql::DEDUP_DELETE_TOMBSTONES).map_err(e())?;
+            conn.execute(sql::DEDUP_INSERT_TOMBSTONES, params![changed_at]).map_err(e())?;
+            conn.execute_batch(sql::DEDUP_CLEAR_PENDING).map_err(e())?;
+            conn.execute(sql::DEDUP_RECORD_RUN, params![changed_at]).map_err(e())?;
+            Ok(outcome)
+        })
+    }
+
+    fn stream_changes(
+        &mut self,
+        selection: &ChangeSelection,
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        let batch_rows = batch_rows.max(1);
+        match selection {
+            ChangeSelection::After(offset) => {
+                let (at, key) = match offset {
+                    Some(o) => (o.changed_at, o.event_key.to_vec()),
+                    None => (FEED_START_MICROS, Vec::new()),
+                };
+                self.stream_query(&sql::CHANGES_AFTER, &[&at, &key], batch_rows, sink)
+            }
+            ChangeSelection::Dates(dates) => {
+                self.select_dates(dates)?;
+                self.stream_query(&sql::ROWS_OF_DATES, &[], batch_rows, sink)
+            }
+        }
+    }
+
+    fn date_checksums(&mut self, dates: Option<&[NaiveDate]>) -> Result<BTreeMap<NaiveDate, DateChecksum>> {
+        let query = match dates {
+            Some(d) => {
+                self.select_dates(d)?;
+                sql::HASHES_OF_DATES
+            }
+            None => sql::HASHES_OF_ALL_DATES,
+        };
+        let mut sums: BTreeMap<i32, DateChecksum> = BTreeMap::new();
+        let mut stmt = self.conn.prepare(query).map_err(db_err("checksumming dedup rows"))?;
+        for batch in stmt.stream_arrow([]).map_err(db_err("checksumming dedup rows"))? {
+            let batch = batch.map_err(db_err("checksumming dedup rows"))?;
+            let days = batch.column(0).as_primitive::<Date32Type>();
+            let hashes = batch.column(1);
+            for i in 0..batch.num_rows() {
+                if let (true, Some(hash)) = (days.is_valid(i), binary_at(hashes.as_ref(), i)) {
+                    add_to_checksum(sums.entry(days.value(i)).or_default(), hash);
+                }
+            }
+        }
+        Ok(sums.into_iter().map(|(d, s)| (date_of_epoch_day(d), s)).collect())
+    }
+}

@@ -1,0 +1,191 @@
+//! SQL of the embedded DuckDB warehouse. Identifiers come from the contract (constants);
+//! every value is a bound parameter.
+
+use std::sync::LazyLock;
+
+use crate::contract::{TYPED_COLUMNS, TypedKind};
+
+fn duckdb_type(kind: TypedKind) -> &'static str {
+    match kind {
+        TypedKind::Key => "BLOB",
+        TypedKind::Date => "DATE",
+        TypedKind::Text => "VARCHAR",
+        TypedKind::Integer => "BIGINT",
+        TypedKind::Float => "DOUBLE",
+        TypedKind::Boolean => "BOOLEAN",
+        TypedKind::Decimal => "DECIMAL(18,6)",
+        TypedKind::Timestamp => "TIMESTAMP",
+    }
+}
+
+/// `"event_key" BLOB NOT NULL, ...` for the typed columns.
+fn typed_column_ddl() -> String {
+    TYPED_COLUMNS
+        .iter()
+        .map(|c| {
+            let not_null = matches!(c.name, "event_key" | "event_date" | "row_hash");
+            format!("\"{}\" {}{}", c.name, duckdb_type(c.kind), if not_null { " NOT NULL" } else { "" })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `"event_key", "event_date", ...`
+pub static TYPED_COLUMN_LIST: LazyLock<String> = LazyLock::new(|| {
+    TYPED_COLUMNS.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")
+});
+
+/// Creates every table of the warehouse (idempotent).
+pub static SCHEMA: LazyLock<String> = LazyLock::new(|| {
+    let typed = typed_column_ddl();
+    format!(
+        "CREATE TABLE IF NOT EXISTS raw_events ({typed});
+CREATE TABLE IF NOT EXISTS raw_rejects (
+    source_file VARCHAR NOT NULL, source_day DATE, source_row BIGINT, reason VARCHAR,
+    request_id VARCHAR, raw_timestamp VARCHAR, loaded_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS file_ledger (
+    uri VARCHAR NOT NULL, source_day DATE, size BIGINT, generation VARCHAR, checksum VARCHAR,
+    ingested_at TIMESTAMP, loaded_at TIMESTAMP, rows_loaded BIGINT, rows_rejected BIGINT);
+CREATE TABLE IF NOT EXISTS staged_window (window_start DATE, window_end DATE, staged_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS staged_files (
+    uri VARCHAR NOT NULL, source_day DATE, size BIGINT, generation VARCHAR, checksum VARCHAR,
+    ingested_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS dedup_pending_dates (event_date DATE NOT NULL);
+CREATE TABLE IF NOT EXISTS dedup_events ({typed}, changed_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS dedup_tombstones (event_key BLOB NOT NULL, event_date DATE NOT NULL, changed_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS dedup_runs (
+    changed_at TIMESTAMP NOT NULL, dates BIGINT, rows_changed BIGINT, rows_deleted BIGINT, finished_at TIMESTAMP);"
+    )
+});
+
+pub const CLEAR_STAGED: &str = "DELETE FROM staged_window; DELETE FROM staged_files;";
+pub const INSERT_STAGED_WINDOW: &str =
+    "INSERT INTO staged_window VALUES (?::DATE, ?::DATE, make_timestamp(?))";
+pub const INSERT_STAGED_FILE: &str =
+    "INSERT INTO staged_files VALUES (?, ?::DATE, ?, ?, ?, make_timestamp(?))";
+pub const SELECT_STAGED_WINDOW: &str =
+    "SELECT window_start::VARCHAR, window_end::VARCHAR FROM staged_window LIMIT 1";
+pub const SELECT_STAGED_FILES: &str = "SELECT uri, source_day::VARCHAR, size, generation, checksum, epoch_us(ingested_at) FROM staged_files ORDER BY source_day, uri";
+
+pub const SELECT_LEDGER_ENTRY: &str =
+    "SELECT uri, size, generation, checksum FROM file_ledger WHERE uri = ?";
+pub const DELETE_LEDGER_ENTRY: &str = "DELETE FROM file_ledger WHERE uri = ?";
+pub const INSERT_LEDGER_ENTRY: &str = "INSERT INTO file_ledger VALUES (?, ?::DATE, ?, ?, ?, make_timestamp(?), make_timestamp(?), ?, ?)";
+
+pub const SELECT_FILE_DATES: &str =
+    "SELECT event_date::VARCHAR, count(*) FROM raw_events WHERE source_file = ? GROUP BY event_date";
+pub const DELETE_FILE_ROWS: &str = "DELETE FROM raw_events WHERE source_file = ?";
+pub const DELETE_FILE_REJECTS: &str = "DELETE FROM raw_rejects WHERE source_file = ?";
+pub const INSERT_PENDING_DATE: &str = "INSERT INTO dedup_pending_dates VALUES (?::DATE)";
+
+/// Dedup, step 1: the dates to rebuild and the winning row per key among their raw rows
+/// (latest ingested_at, then latest source_file, then highest source_row).
+pub const DEDUP_PREPARE: &str = "
+CREATE OR REPLACE TEMP TABLE dedup_dates AS SELECT DISTINCT event_date FROM dedup_pending_dates;
+CREATE OR REPLACE TEMP TABLE dedup_winners AS
+SELECT * EXCLUDE (rn) FROM (
+    SELECT r.*, row_number() OVER (
+        PARTITION BY r.event_key
+        ORDER BY r.ingested_at DESC, r.source_file DESC, r.source_row DESC) AS rn
+    FROM raw_events r
+    WHERE r.event_date IN (SELECT event_date FROM dedup_dates)
+) WHERE rn = 1;
+CREATE OR REPLACE TEMP TABLE dedup_changed AS
+SELECT w.* FROM dedup_winners w
+LEFT JOIN (SELECT * FROM dedup_events WHERE event_date IN (SELECT event_date FROM dedup_dates)) d
+    ON d.event_key = w.event_key
+WHERE d.event_key IS NULL OR d.row_hash <> w.row_hash;
+CREATE OR REPLACE TEMP TABLE dedup_vanished AS
+SELECT d.event_key, d.event_date FROM dedup_events d
+WHERE d.event_date IN (SELECT event_date FROM dedup_dates)
+  AND d.event_key NOT IN (SELECT event_key FROM dedup_winners);";
+
+pub const DEDUP_COUNTS: &str = "SELECT
+    (SELECT count(*) FROM raw_events WHERE event_date IN (SELECT event_date FROM dedup_dates)),
+    (SELECT count(*) FROM dedup_winners),
+    (SELECT count(*) FROM dedup_changed),
+    (SELECT count(*) FROM dedup_vanished)";
+
+pub const DEDUP_DATES: &str = "SELECT event_date::VARCHAR FROM dedup_dates ORDER BY 1";
+
+pub const LAST_CHANGED_AT: &str = "SELECT max(changed_at_us) FROM (
+    SELECT max(epoch_us(changed_at)) AS changed_at_us FROM dedup_runs
+    UNION ALL SELECT max(epoch_us(changed_at)) FROM dedup_events
+    UNION ALL SELECT max(epoch_us(changed_at)) FROM dedup_tombstones)";
+
+/// Dedup, step 2: replace changed rows, delete vanished ones (parameter: changed_at µs).
+pub const DEDUP_APPLY_DELETE: &str = "
+DELETE FROM dedup_events
+WHERE event_date IN (SELECT event_date FROM dedup_dates)
+  AND (event_key IN (SELECT event_key FROM dedup_changed)
+       OR event_key IN (SELECT event_key FROM dedup_vanished))";
+pub static DEDUP_APPLY_INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO dedup_events ({cols}, changed_at) SELECT {cols}, make_timestamp(?) FROM dedup_changed",
+        cols = *TYPED_COLUMN_LIST
+    )
+});
+/// Same content, another winning source (a re-delivered file): the lineage follows the
+/// winner so the dedup table stays a pure function of the raw rows, but `changed_at`
+/// stays, since nothing MySQL serves changed.
+pub const DEDUP_UPDATE_LINEAGE: &str = "
+UPDATE dedup_events AS d
+SET source_day = w.source_day, source_file = w.source_file, source_row = w.source_row,
+    ingested_at = w.ingested_at, loaded_at = w.loaded_at
+FROM dedup_winners AS w
+WHERE d.event_key = w.event_key
+  AND d.event_date IN (SELECT event_date FROM dedup_dates)
+  AND d.row_hash = w.row_hash
+  AND (d.source_file <> w.source_file OR d.source_row <> w.source_row OR d.ingested_at <> w.ingested_at)";
+pub const DEDUP_DELETE_TOMBSTONES: &str = "
+DELETE FROM dedup_tombstones
+WHERE event_key IN (SELECT event_key FROM dedup_changed)
+   OR event_key IN (SELECT event_key FROM dedup_vanished)";
+pub const DEDUP_INSERT_TOMBSTONES: &str =
+    "INSERT INTO dedup_tombstones SELECT event_key, event_date, make_timestamp(?) FROM dedup_vanished";
+pub const DEDUP_CLEAR_PENDING: &str =
+    "DELETE FROM dedup_pending_dates WHERE event_date IN (SELECT event_date FROM dedup_dates)";
+pub const DEDUP_RECORD_RUN: &str = "INSERT INTO dedup_runs VALUES (make_timestamp(?),
+    (SELECT count(*) FROM dedup_dates), (SELECT count(*) FROM dedup_changed),
+    (SELECT count(*) FROM dedup_vanished), now()::TIMESTAMP)";
+
+/// The change feed after `(changed_at, event_key)`: current rows as upserts and
+/// tombstones as deletes, in offset order. Parameters: changed_at µs, changed_at µs,
+/// event_key, then the same three again for the tombstones.
+pub static CHANGES_AFTER: LazyLock<String> = LazyLock::new(|| {
+    let nulls: Vec<String> = TYPED_COLUMNS
+        .iter()
+        .map(|c| match c.name {
+            "event_key" | "event_date" => format!("\"{}\"", c.name),
+            _ => format!("NULL::{} AS \"{}\"", duckdb_type(c.kind), c.name),
+        })
+        .collect();
+    format!(
+        "SELECT * FROM (
+    SELECT 'U' AS op, changed_at, {cols} FROM dedup_events
+    WHERE changed_at > make_timestamp($1) OR (changed_at = make_timestamp($1) AND event_key > $2)
+    UNION ALL
+    SELECT 'D' AS op, changed_at, {nulls} FROM dedup_tombstones
+    WHERE changed_at > make_timestamp($1) OR (changed_at = make_timestamp($1) AND event_key > $2)
+) ORDER BY changed_at, event_key",
+        cols = *TYPED_COLUMN_LIST,
+        nulls = nulls.join(", ")
+    )
+});
+
+pub const CREATE_SELECTED_DATES: &str =
+    "CREATE OR REPLACE TEMP TABLE selected_dates (event_date DATE NOT NULL)";
+pub const INSERT_SELECTED_DATE: &str = "INSERT INTO selected_dates VALUES (?::DATE)";
+
+/// Every current row of the selected dates, in key order (re-sync).
+pub static ROWS_OF_DATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT 'U' AS op, changed_at, {cols} FROM dedup_events
+WHERE event_date IN (SELECT event_date FROM selected_dates) ORDER BY event_key",
+        cols = *TYPED_COLUMN_LIST
+    )
+});
+
+pub const HASHES_OF_DATES: &str = "SELECT event_date, row_hash FROM dedup_events
+WHERE event_date IN (SELECT event_date FROM selected_dates)";
+pub const HASHES_OF_ALL_DATES: &str = "SELECT event_date, row_hash FROM dedup_events";

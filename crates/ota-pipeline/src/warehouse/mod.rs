@@ -1,0 +1,181 @@
+//! The warehouse: file ledger, raw table, dedup table and its change feed.
+//! A small trait with one module per backend (embedded DuckDB now; BigQuery next).
+
+pub mod duckdb;
+
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use crate::error::{PipelineError, Result};
+use crate::lake::LakeFile;
+use crate::typed_batch::TypedBatch;
+use crate::window::DateWindow;
+
+/// The files stage-files exposed to the warehouse for a window.
+#[derive(Debug, Clone)]
+pub struct StagedFiles {
+    pub window: DateWindow,
+    pub files: Vec<LakeFile>,
+}
+
+/// What the ledger knows of a loaded file version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub uri: String,
+    pub size: u64,
+    pub generation: String,
+    pub checksum: String,
+}
+
+impl LedgerEntry {
+    /// Whether the lake file is the version the ledger loaded.
+    pub fn matches(&self, file: &LakeFile) -> bool {
+        self.size == file.size && self.checksum == file.checksum
+    }
+}
+
+/// Streams the typed rows of one file into the warehouse.
+pub trait RawSource {
+    /// Reads `file`, handing each typed batch to `sink`.
+    fn read(&mut self, file: &LakeFile, sink: &mut dyn FnMut(TypedBatch) -> Result<()>) -> Result<()>;
+}
+
+/// Outcome of a raw load.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RawLoadOutcome {
+    pub rows_written: u64,
+    pub rejected: u64,
+    pub rows_replaced: u64,
+    /// Event dates whose raw rows changed (old and new), for dedup.
+    pub affected_dates: Vec<NaiveDate>,
+}
+
+/// Outcome of a dedup run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DedupOutcome {
+    pub rebuilt_dates: Vec<NaiveDate>,
+    pub rows_read: u64,
+    pub duplicates_removed: u64,
+    pub rows_changed: u64,
+    pub rows_deleted: u64,
+    /// `changed_at` of this run, UTC microseconds (None when nothing was pending).
+    pub changed_at: Option<i64>,
+}
+
+/// Position in the change feed: `(changed_at, event_key)` of the last applied change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FeedOffset {
+    pub changed_at: i64,
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub event_key: [u8; 16],
+}
+
+/// Row count and order-independent checksum of `row_hash` for one event date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DateChecksum {
+    pub rows: u64,
+    /// Sum of the first 8 bytes (big-endian) of every row_hash.
+    pub checksum: u128,
+}
+
+/// The bytes of a binary cell, whichever binary layout the backend returns.
+pub fn binary_at(array: &dyn arrow::array::Array, row: usize) -> Option<&[u8]> {
+    use arrow::array::AsArray;
+    if array.is_null(row) {
+        return None;
+    }
+    if let Some(a) = array.as_binary_opt::<i32>() {
+        Some(a.value(row))
+    } else if let Some(a) = array.as_binary_opt::<i64>() {
+        Some(a.value(row))
+    } else if let Some(a) = array.as_binary_view_opt() {
+        Some(a.value(row))
+    } else {
+        array.as_fixed_size_binary_opt().map(|a| a.value(row))
+    }
+}
+
+/// Adds one row_hash to a checksum.
+pub fn add_to_checksum(sum: &mut DateChecksum, row_hash: &[u8]) {
+    let mut first = [0u8; 8];
+    let n = row_hash.len().min(8);
+    first[..n].copy_from_slice(&row_hash[..n]);
+    sum.rows += 1;
+    sum.checksum += u128::from(u64::from_be_bytes(first));
+}
+
+/// Which changes to read from the warehouse.
+#[derive(Debug, Clone)]
+pub enum ChangeSelection {
+    /// The change feed after an offset (None: from the beginning): upserts and tombstones.
+    After(Option<FeedOffset>),
+    /// Every current row of these event dates (re-sync): upserts only.
+    Dates(Vec<NaiveDate>),
+}
+
+/// A warehouse backend. Change batches carry the columns `op` ('U' upsert, 'D' delete),
+/// `changed_at`, then the typed columns of [`crate::contract::TYPED_SCHEMA`].
+pub trait Warehouse: Send {
+    fn url(&self) -> &str;
+
+    /// Records the files of the window as the staged set (replacing the previous one).
+    fn stage_files(&mut self, staged: &StagedFiles) -> Result<()>;
+
+    /// The staged set, if stage-files ran.
+    fn staged_files(&mut self) -> Result<Option<StagedFiles>>;
+
+    /// Ledger entries of these URIs.
+    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, LedgerEntry>>;
+
+    /// Replaces the raw rows of each file with what `source` reads, all files in one
+    /// transaction (a failure leaves the warehouse unchanged), updating the ledger and
+    /// queueing the affected event dates for dedup.
+    fn load_raw(
+        &mut self,
+        files: &[LakeFile],
+        loaded_at: i64,
+        source: &mut dyn RawSource,
+    ) -> Result<RawLoadOutcome>;
+
+    /// Rebuilds the dedup rows of the queued event dates, maintaining `changed_at` and
+    /// tombstones. `now` is the current time in UTC microseconds.
+    fn dedup(&mut self, now: i64) -> Result<DedupOutcome>;
+
+    /// Streams changes in `(changed_at, event_key)` order as Arrow batches of at most
+    /// `batch_rows` rows. `sink` returns false to stop early.
+    fn stream_changes(
+        &mut self,
+        selection: &ChangeSelection,
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()>;
+
+    /// Per event date: row count and checksum of the dedup table (all dates when None).
+    fn date_checksums(&mut self, dates: Option<&[NaiveDate]>) -> Result<BTreeMap<NaiveDate, DateChecksum>>;
+}
+
+/// How a step uses the warehouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// Reads only (export, reconcile): several such runs may share an embedded warehouse.
+    ReadOnly,
+}
+
+/// Opens the warehouse a URL names.
+pub fn open_warehouse(url: &str, access: Access) -> Result<Box<dyn Warehouse>> {
+    if let Some(path) = url.strip_prefix("duckdb://") {
+        Ok(Box::new(duckdb::DuckDbWarehouse::open(path, access == Access::ReadOnly)?))
+    } else if url.starts_with("bigquery://") {
+        Err(PipelineError::Config(
+            "the BigQuery warehouse (bigquery://) is not available in this build yet; use duckdb:///abs/path/warehouse.duckdb".into(),
+        ))
+    } else {
+        Err(PipelineError::Config(format!(
+            "warehouse URL {url:?} must start with duckdb:// or bigquery://"
+        )))
+    }
+}

@@ -1,0 +1,121 @@
+//! The date window a run works on: `start_date..=end_date`, inclusive, in UTC.
+
+use chrono::{Days, NaiveDate, Utc};
+use serde::Serialize;
+
+use crate::error::{PipelineError, Result};
+
+/// Days covered when no date is given (ending on the reference date).
+pub const DEFAULT_WINDOW_DAYS: u64 = 3;
+
+/// An inclusive range of UTC calendar days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DateWindow {
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+}
+
+impl DateWindow {
+    pub fn new(start: NaiveDate, end: NaiveDate) -> Result<Self> {
+        if end < start {
+            return Err(PipelineError::Window(format!(
+                "end date {end} is before start date {start}"
+            )));
+        }
+        Ok(DateWindow { start, end })
+    }
+
+    /// Resolves the window from the optional flags, following DESIGN.md:
+    /// none given -> the 3 days ending on `reference`; only start -> start..=reference;
+    /// only end -> end-2..=end.
+    pub fn resolve(
+        start: Option<&str>,
+        end: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Self> {
+        let start = start.map(|s| parse_date("start date", s)).transpose()?;
+        let end = end.map(|s| parse_date("end date", s)).transpose()?;
+        let reference = match reference {
+            Some(r) => parse_date("reference date", r)?,
+            None => Utc::now().date_naive(),
+        };
+        let back = |d: NaiveDate| {
+            d.checked_sub_days(Days::new(DEFAULT_WINDOW_DAYS - 1))
+                .ok_or_else(|| PipelineError::Window(format!("date {d} is out of range")))
+        };
+        match (start, end) {
+            (Some(s), Some(e)) => DateWindow::new(s, e),
+            (Some(s), None) => DateWindow::new(s, reference),
+            (None, Some(e)) => DateWindow::new(back(e)?, e),
+            (None, None) => DateWindow::new(back(reference)?, reference),
+        }
+    }
+
+    /// Every day of the window, in order.
+    pub fn days(&self) -> impl Iterator<Item = NaiveDate> + '_ {
+        self.start.iter_days().take_while(move |d| d <= &self.end)
+    }
+
+    pub fn contains(&self, day: NaiveDate) -> bool {
+        self.start <= day && day <= self.end
+    }
+
+    pub fn len_days(&self) -> i64 {
+        (self.end - self.start).num_days() + 1
+    }
+}
+
+impl std::fmt::Display for DateWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.start, self.end)
+    }
+}
+
+/// Parses a strict `YYYY-MM-DD` date.
+pub fn parse_date(what: &str, text: &str) -> Result<NaiveDate> {
+    let ok_shape = text.len() == 10
+        && text
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    let parsed = ok_shape
+        .then(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+        .flatten();
+    parsed.ok_or_else(|| {
+        PipelineError::Window(format!("{what} {text:?} is not a valid YYYY-MM-DD date"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn resolves_every_combination() {
+        let r = Some("2024-03-10");
+        let w = DateWindow::resolve(None, None, r).unwrap();
+        assert_eq!((w.start, w.end), (d("2024-03-08"), d("2024-03-10")));
+        let w = DateWindow::resolve(Some("2024-03-01"), None, r).unwrap();
+        assert_eq!((w.start, w.end), (d("2024-03-01"), d("2024-03-10")));
+        let w = DateWindow::resolve(None, Some("2024-03-01"), r).unwrap();
+        assert_eq!((w.start, w.end), (d("2024-02-28"), d("2024-03-01")));
+        let w = DateWindow::resolve(Some("2024-02-28"), Some("2024-03-01"), r).unwrap();
+        assert_eq!(w.days().count(), 3);
+        assert_eq!(w.len_days(), 3);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in ["2024-3-01", "2024-02-30", "20240301", "yesterday", "2024-03-01 "] {
+            let err = DateWindow::resolve(Some(bad), None, Some("2024-03-10")).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+        let err = DateWindow::resolve(Some("2024-03-05"), Some("2024-03-01"), None).unwrap_err();
+        assert!(err.to_string().contains("before start"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+    }
+}

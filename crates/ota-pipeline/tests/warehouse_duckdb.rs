@@ -1,0 +1,139 @@
+//! The embedded warehouse on its own: dedup order, change feed, tombstones, no-op re-runs.
+//! Rows are typed by the real typing code from small Arrow batches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use chrono::NaiveDate;
+use ota_pipeline::Result;
+use ota_pipeline::lake::LakeFile;
+use ota_pipeline::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
+use ota_pipeline::warehouse::{Access, ChangeSelection, FeedOffset, RawSource, Warehouse, binary_at, open_warehouse};
+
+const DAY1_NS: i64 = 1_704_067_200_000_000_000; // 2024-01-01T00:00:00Z
+
+/// Source rows by file URI: (request_id, timestamp ns, hotel_name).
+struct Files(BTreeMap<String, Vec<(&'static str, i64, &'static str)>>);
+
+impl RawSource for Files {
+    fn read(&mut self, file: &LakeFile, sink: &mut dyn FnMut(TypedBatch) -> Result<()>) -> Result<()> {
+        let rows = &self.0[&file.uri];
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("request_id", DataType::Utf8, true),
+            Field::new("timestamp", DataType::Int64, true),
+            Field::new("hotel_name", DataType::Utf8, true),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+        ];
+        let batch = RecordBatch::try_new(schema, cols).expect("batch");
+        let lineage = Lineage {
+            source_day: file.day.to_epoch_days(),
+            source_file: file.uri.clone(),
+            ingested_at: file.ingested_at,
+            loaded_at: 0,
+        };
+        sink(type_batch(&batch, &ColumnMapping::new(&batch.schema()), &lineage, 0)?)
+    }
+}
+
+fn file(name: &str, ingested_at: i64) -> LakeFile {
+    LakeFile {
+        uri: format!("file:///lake/{name}"),
+        day: NaiveDate::from_ymd_opt(2024, 1, 1).expect("day"),
+        size: 1,
+        generation: "1".into(),
+        checksum: format!("{ingested_at}"),
+        ingested_at,
+    }
+}
+
+/// The change feed as (op, request_id or key hex, hotel_name).
+fn feed(wh: &mut Box<dyn Warehouse>, after: Option<FeedOffset>) -> (Vec<(String, Option<String>, Option<String>)>, Option<FeedOffset>) {
+    let mut out = Vec::new();
+    let mut last = None;
+    wh.stream_changes(&ChangeSelection::After(after), 2, &mut |b| {
+        let idx = |n: &str| b.schema().index_of(n).expect(n);
+        for i in 0..b.num_rows() {
+            let op = b.column(0).as_string::<i32>().value(i).to_string();
+            let text = |n: &str| {
+                let c = b.column(idx(n));
+                (!c.is_null(i)).then(|| c.as_string::<i32>().value(i).to_string())
+            };
+            out.push((op, text("request_id"), text("hotel_name")));
+            let at = b.column(1).as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(i);
+            let mut key = [0u8; 16];
+            key.copy_from_slice(binary_at(b.column(2).as_ref(), i).expect("key"));
+            last = Some(FeedOffset { changed_at: at, event_key: key });
+        }
+        Ok(true)
+    })
+    .expect("stream");
+    (out, last.or(after))
+}
+
+#[test]
+fn dedup_keeps_the_latest_version_and_feeds_changes_in_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("duckdb://{}", dir.path().join("w.duckdb").display());
+    let mut wh = open_warehouse(&url, Access::ReadWrite).expect("open");
+    let ts = DAY1_NS + 3_600_000_000_000;
+    let mut files = Files(BTreeMap::new());
+    files.0.insert(file("a", 100).uri, vec![("r1", ts, "old"), ("r1", ts, "dup-later-row"), ("r2", ts, "two"), ("", ts, "rejected")]);
+    files.0.insert(file("b", 200).uri, vec![("r1", ts, "newer-file"), ("r3", ts + 1_000, "three")]);
+
+    let out = wh.load_raw(&[file("a", 100), file("b", 200)], 1, &mut files).expect("load");
+    assert_eq!(out.rejected, 1);
+    assert_eq!(out.rows_written, 5);
+    let d = wh.dedup(1_000).expect("dedup");
+    assert_eq!(d.duplicates_removed, 2);
+    assert_eq!(d.rows_changed, 3);
+    let (changes, offset) = feed(&mut wh, None);
+    let names: BTreeMap<_, _> = changes.iter().map(|(_, r, h)| (r.clone(), h.clone())).collect();
+    assert_eq!(names[&Some("r1".into())], Some("newer-file".into()), "latest ingested_at wins");
+    assert_eq!(changes.len(), 3);
+
+    // Nothing pending: dedup changes nothing, the feed after the offset is empty.
+    assert_eq!(wh.dedup(2_000).expect("dedup").rows_changed, 0);
+    assert!(feed(&mut wh, offset).0.is_empty());
+
+    // File b re-delivered without r3 and with r1 unchanged: r3 becomes a tombstone,
+    // r1 keeps its changed_at.
+    files.0.insert(file("b", 300).uri, vec![("r1", ts, "newer-file")]);
+    wh.load_raw(&[file("b", 300)], 2, &mut files).expect("reload");
+    let d = wh.dedup(3_000).expect("dedup");
+    assert_eq!((d.rows_changed, d.rows_deleted), (0, 1));
+    let (changes, offset2) = feed(&mut wh, offset);
+    assert_eq!(changes, vec![("D".to_string(), None, None)]);
+    assert!(offset2 > offset);
+
+    // r3 comes back: its tombstone goes, it is an upsert again; changed_at keeps rising
+    // even when the clock goes backwards.
+    files.0.insert(file("c", 400).uri, vec![("r3", ts + 1_000, "three again")]);
+    wh.load_raw(&[file("c", 400)], 3, &mut files).expect("load c");
+    let d = wh.dedup(10).expect("dedup");
+    assert!(d.changed_at.expect("changed_at") > offset2.expect("offset").changed_at);
+    let (changes, _) = feed(&mut wh, offset2);
+    assert_eq!(changes, vec![("U".to_string(), Some("r3".into()), Some("three again".into()))]);
+    let sums = wh.date_checksums(None).expect("checksums");
+    assert_eq!(sums.values().map(|s| s.rows).sum::<u64>(), 3);
+}
+
+#[test]
+fn ties_break_on_source_file_then_source_row() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("duckdb://{}", dir.path().join("w.duckdb").display());
+    let mut wh = open_warehouse(&url, Access::ReadWrite).expect("open");
+    let ts = DAY1_NS + 7_200_000_000_000;
+    let mut files = Files(BTreeMap::new());
+    files.0.insert(file("a", 100).uri, vec![("r1", ts, "a-0"), ("r1", ts, "a-1")]);
+    files.0.insert(file("b", 100).uri, vec![("r1", ts, "b-0"), ("r1", ts, "b-1")]);
+    wh.load_raw(&[file("b", 100), file("a", 100)], 1, &mut files).expect("load");
+    wh.dedup(1).expect("dedup");
+    let (changes, _) = feed(&mut wh, None);
+    assert_eq!(changes, vec![("U".to_string(), Some("r1".into()), Some("b-1".into()))]);
+}
