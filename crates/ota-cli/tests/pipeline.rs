@@ -10,7 +10,13 @@ use common::{Env, SourceRow, mtime_micros, read_parquet, rows_of, write_parquet}
 use mysql_async::Row;
 use serde_json::Value;
 
-type Key = (Option<String>, Option<String>, Option<String>, Option<String>, i64);
+type Key = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
 
 /// An independent model of the pipeline: the winning source row per event key.
 struct Expected {
@@ -26,7 +32,9 @@ fn expected(files: &[PathBuf]) -> Expected {
         let uri = format!("file://{}", path.display());
         for (i, row) in rows_of(path).into_iter().enumerate() {
             let rid = row["request_id"].clone();
-            let ts = row["timestamp"].as_deref().and_then(|t| t.parse::<i64>().ok());
+            let ts = row["timestamp"]
+                .as_deref()
+                .and_then(|t| t.parse::<i64>().ok());
             let (Some(r), Some(ts)) = (rid.clone(), ts) else {
                 rejected += 1;
                 continue;
@@ -35,7 +43,13 @@ fn expected(files: &[PathBuf]) -> Expected {
                 rejected += 1;
                 continue;
             }
-            let key = (rid, row["funnel_id"].clone(), row["session_id"].clone(), row["page_name"].clone(), ts.div_euclid(1000));
+            let key = (
+                rid,
+                row["funnel_id"].clone(),
+                row["session_id"].clone(),
+                row["page_name"].clone(),
+                ts.div_euclid(1000),
+            );
             let order = (ingested, uri.clone(), i);
             match best.get(&key) {
                 Some((o, _)) if *o >= order => {}
@@ -45,14 +59,21 @@ fn expected(files: &[PathBuf]) -> Expected {
             }
         }
     }
-    Expected { winners: best.into_iter().map(|(k, (_, r))| (k, r)).collect(), rejected }
+    Expected {
+        winners: best.into_iter().map(|(k, (_, r))| (k, r)).collect(),
+        rejected,
+    }
 }
 
 fn lake_files(env: &Env) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&env.lake)
         .expect("lake")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_OTA.parquet")))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "parquet")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with("_OTA.parquet"))
+        })
         .collect();
     files.sort();
     files
@@ -73,17 +94,30 @@ fn mysql_rows(env: &Env) -> HashMap<Key, HashMap<&'static str, Option<String>>> 
     ];
     let sql = format!(
         "SELECT request_id, funnel_id, session_id, page_name, CAST(`timestamp` AS CHAR), {} FROM ota_events",
-        COLS.iter().map(|c| format!("CAST(`{c}` AS CHAR)")).collect::<Vec<_>>().join(", ")
+        COLS.iter()
+            .map(|c| format!("CAST(`{c}` AS CHAR)"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let rows: Vec<Row> = env.query(&sql);
     let mut out = HashMap::new();
     for row in rows {
         let s = |i: usize| row.get::<Option<String>, _>(i).flatten();
         let ts = s(4).expect("timestamp");
-        let us = chrono::NaiveDateTime::parse_from_str(&ts, "%Y-%m-%d %H:%M:%S%.f").expect("datetime").and_utc().timestamp_micros();
+        let us = chrono::NaiveDateTime::parse_from_str(&ts, "%Y-%m-%d %H:%M:%S%.f")
+            .expect("datetime")
+            .and_utc()
+            .timestamp_micros();
         let key = (s(0), s(1), s(2), s(3), us);
-        let values = COLS.iter().enumerate().map(|(i, c)| (*c, s(5 + i))).collect();
-        assert!(out.insert(key, values).is_none(), "duplicate event key in MySQL");
+        let values = COLS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c, s(5 + i)))
+            .collect();
+        assert!(
+            out.insert(key, values).is_none(),
+            "duplicate event key in MySQL"
+        );
     }
     out
 }
@@ -93,7 +127,11 @@ fn price_oracle(raw: &str) -> Option<f64> {
     if let Some(eur) = t.strip_prefix('€') {
         return eur.replace('.', "").replace(',', ".").parse().ok();
     }
-    if let Some(x) = t.strip_prefix('$').or_else(|| t.strip_prefix('£')).or_else(|| t.strip_prefix('¥')) {
+    if let Some(x) = t
+        .strip_prefix('$')
+        .or_else(|| t.strip_prefix('£'))
+        .or_else(|| t.strip_prefix('¥'))
+    {
         return x.replace(',', "").parse().ok();
     }
     if let Some((a, b)) = t.split_once(',') {
@@ -113,25 +151,57 @@ fn permission_oracle(raw: &str) -> Option<&'static str> {
 fn assert_mysql_matches_model(env: &Env) -> Expected {
     let model = expected(&lake_files(env));
     let mysql = mysql_rows(env);
-    assert_eq!(mysql.len(), model.winners.len(), "one MySQL row per event key");
+    assert_eq!(
+        mysql.len(),
+        model.winners.len(),
+        "one MySQL row per event key"
+    );
     for (key, src) in &model.winners {
-        let got = mysql.get(key).unwrap_or_else(|| panic!("event {key:?} missing from MySQL"));
-        for col in ["payment_status", "confirmation_number", "hotel_name", "search_query", "user_agent"] {
+        let got = mysql
+            .get(key)
+            .unwrap_or_else(|| panic!("event {key:?} missing from MySQL"));
+        for col in [
+            "payment_status",
+            "confirmation_number",
+            "hotel_name",
+            "search_query",
+            "user_agent",
+        ] {
             assert_eq!(got[col], src[col], "{col} of {key:?} (byte for byte)");
         }
-        assert_eq!(got["hotel_price_raw"], src["hotel_price"], "hotel_price_raw keeps the source text");
+        assert_eq!(
+            got["hotel_price_raw"], src["hotel_price"],
+            "hotel_price_raw keeps the source text"
+        );
         let raw_price = src["hotel_price"].clone();
         let want = raw_price.as_deref().and_then(price_oracle);
-        let have = got["hotel_price"].as_deref().map(|p| p.parse::<f64>().expect("decimal"));
+        let have = got["hotel_price"]
+            .as_deref()
+            .map(|p| p.parse::<f64>().expect("decimal"));
         match (want, have) {
             (Some(w), Some(h)) => assert!((w - h).abs() < 1e-6, "price {raw_price:?}: {h} != {w}"),
             (None, None) => {}
             other => panic!("price {raw_price:?}: {other:?}"),
         }
-        let perm = src["has_email_contact_permission"].as_deref().and_then(permission_oracle);
-        assert_eq!(got["has_email_contact_permission"].as_deref(), perm, "permission {:?}", src["has_email_contact_permission"]);
-        let user = src["user_id"].as_deref().and_then(|u| u.strip_suffix(".0").or(Some(u))).filter(|u| u.bytes().all(|b| b.is_ascii_digit()));
-        assert_eq!(got["user_id"].as_deref(), user, "user_id {:?}", src["user_id"]);
+        let perm = src["has_email_contact_permission"]
+            .as_deref()
+            .and_then(permission_oracle);
+        assert_eq!(
+            got["has_email_contact_permission"].as_deref(),
+            perm,
+            "permission {:?}",
+            src["has_email_contact_permission"]
+        );
+        let user = src["user_id"]
+            .as_deref()
+            .and_then(|u| u.strip_suffix(".0").or(Some(u)))
+            .filter(|u| u.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(
+            got["user_id"].as_deref(),
+            user,
+            "user_id {:?}",
+            src["user_id"]
+        );
     }
     model
 }
@@ -155,11 +225,24 @@ fn three_days_end_to_end_then_a_rerun_changes_nothing() {
     assert_eq!(num(&s[0], &["counts", "files"]), 3);
     let model = assert_mysql_matches_model(&env);
     assert!(model.rejected > 0, "the generator makes unkeyable rows");
-    assert_eq!(num(&s[1], &["counts", "rejected"]), model.rejected, "rejected rows are counted");
+    assert_eq!(
+        num(&s[1], &["counts", "rejected"]),
+        model.rejected,
+        "rejected rows are counted"
+    );
     assert!(num(&s[2], &["counts", "duplicates_removed"]) > 0);
-    assert_eq!(env.query::<u64>("SELECT COUNT(*) FROM ota_events WHERE request_id IS NULL OR TRIM(request_id) = ''")[0], 0);
+    assert_eq!(
+        env.query::<u64>(
+            "SELECT COUNT(*) FROM ota_events WHERE request_id IS NULL OR TRIM(request_id) = ''"
+        )[0],
+        0
+    );
     // Re-delivered corrections (CNF-FIX-...) won over the first delivery.
-    assert!(env.query::<u64>("SELECT COUNT(*) FROM ota_events WHERE confirmation_number LIKE 'CNF-FIX-%'")[0] > 0);
+    assert!(
+        env.query::<u64>(
+            "SELECT COUNT(*) FROM ota_events WHERE confirmation_number LIKE 'CNF-FIX-%'"
+        )[0] > 0
+    );
     // Timestamps keep microseconds in UTC.
     let ts: Vec<String> = env.query("SELECT CAST(`timestamp` AS CHAR) FROM ota_events LIMIT 1");
     assert_eq!(ts[0].len(), 26, "{}", ts[0]);
@@ -183,26 +266,49 @@ fn run_order_does_not_matter() {
 
     let out_of_order = Env::new();
     out_of_order.generate("2024-01-01", 3, 1_500);
-    out_of_order.pipeline(&["--start-date", "2024-01-03", "--end-date", "2024-01-03"], &[]);
-    out_of_order.pipeline(&["--start-date", "2024-01-01", "--end-date", "2024-01-02"], &[]);
+    out_of_order.pipeline(
+        &["--start-date", "2024-01-03", "--end-date", "2024-01-03"],
+        &[],
+    );
+    out_of_order.pipeline(
+        &["--start-date", "2024-01-01", "--end-date", "2024-01-02"],
+        &[],
+    );
 
     assert_eq!(all_at_once.table_checksum(), out_of_order.table_checksum());
     assert_mysql_matches_model(&out_of_order);
 }
 
 /// Rewrites one day's file through `edit` (a re-delivery: new bytes, new mtime).
-fn redeliver(env: &Env, day: &str, edit: impl FnOnce(Vec<arrow::array::RecordBatch>) -> Vec<arrow::array::RecordBatch>) {
+fn redeliver(
+    env: &Env,
+    day: &str,
+    edit: impl FnOnce(Vec<arrow::array::RecordBatch>) -> Vec<arrow::array::RecordBatch>,
+) {
     let path = env.file(day);
     let batches = edit(read_parquet(&path));
     std::thread::sleep(std::time::Duration::from_millis(20));
     write_parquet(&path, &batches);
 }
 
-fn set_text(batch: &arrow::array::RecordBatch, column: &str, row: usize, value: &str) -> arrow::array::RecordBatch {
+fn set_text(
+    batch: &arrow::array::RecordBatch,
+    column: &str,
+    row: usize,
+    value: &str,
+) -> arrow::array::RecordBatch {
     use arrow::array::{Array, AsArray, StringArray};
     let idx = batch.schema().index_of(column).expect("column");
     let old = batch.column(idx).as_string::<i32>();
-    let new: StringArray = (0..old.len()).map(|i| if i == row { Some(value.to_string()) } else { (!old.is_null(i)).then(|| old.value(i).to_string()) }).collect();
+    let new: StringArray = (0..old.len())
+        .map(|i| {
+            if i == row {
+                Some(value.to_string())
+            } else {
+                (!old.is_null(i)).then(|| old.value(i).to_string())
+            }
+        })
+        .collect();
     let mut cols = batch.columns().to_vec();
     cols[idx] = std::sync::Arc::new(new);
     arrow::array::RecordBatch::try_new(batch.schema(), cols).expect("batch")
@@ -223,16 +329,34 @@ fn late_events_corrections_and_removals_reach_mysql_in_normal_runs() {
     let b = set_text(&b, "request_id", 0, "late-event-1");
     let ts_idx = b.schema().index_of("timestamp").expect("ts");
     let mut cols = b.columns().to_vec();
-    cols[ts_idx] = std::sync::Arc::new(arrow::array::Int64Array::from(vec![1_704_103_200_000_000_000_i64])); // 2024-01-01T10:00Z
+    cols[ts_idx] = std::sync::Arc::new(arrow::array::Int64Array::from(vec![
+        1_704_103_200_000_000_000_i64,
+    ])); // 2024-01-01T10:00Z
     let b = arrow::array::RecordBatch::try_new(b.schema(), cols).expect("batch");
     write_parquet(&env.file("2024-01-04"), &[b]);
     let s = normal("2024-01-04");
-    assert!(s[1]["affected_dates"].as_array().expect("dates").iter().any(|d| d == "2024-01-01"), "{}", s[1]);
-    assert_eq!(env.query::<String>("SELECT CAST(event_date AS CHAR) FROM ota_events WHERE request_id = 'late-event-1'"), vec!["2024-01-01"]);
+    assert!(
+        s[1]["affected_dates"]
+            .as_array()
+            .expect("dates")
+            .iter()
+            .any(|d| d == "2024-01-01"),
+        "{}",
+        s[1]
+    );
+    assert_eq!(
+        env.query::<String>(
+            "SELECT CAST(event_date AS CHAR) FROM ota_events WHERE request_id = 'late-event-1'"
+        ),
+        vec!["2024-01-01"]
+    );
 
     // A re-delivered file with one field corrected.
     let rows3 = rows_of(&env.file("2024-01-03"));
-    let earlier: Vec<SourceRow> = ["2024-01-01", "2024-01-02"].iter().flat_map(|d| rows_of(&env.file(d))).collect();
+    let earlier: Vec<SourceRow> = ["2024-01-01", "2024-01-02"]
+        .iter()
+        .flat_map(|d| rows_of(&env.file(d)))
+        .collect();
     // A row whose event only this file holds.
     let target = (0..rows3.len())
         .find(|i| {
@@ -248,7 +372,11 @@ fn late_events_corrections_and_removals_reach_mysql_in_normal_runs() {
         bs.into_iter()
             .map(|b| {
                 let n = b.num_rows();
-                let out = if (offset..offset + n).contains(&target) { set_text(&b, "hotel_name", target - offset, "Corrected Hotel ✓") } else { b };
+                let out = if (offset..offset + n).contains(&target) {
+                    set_text(&b, "hotel_name", target - offset, "Corrected Hotel ✓")
+                } else {
+                    b
+                };
                 offset += n;
                 out
             })
@@ -256,7 +384,12 @@ fn late_events_corrections_and_removals_reach_mysql_in_normal_runs() {
     });
     let s = normal("2024-01-04");
     assert_eq!(num(&s[3], &["upserted"]), 1, "{}", s[3]);
-    assert_eq!(env.query::<Option<String>>(&format!("SELECT hotel_name FROM ota_events WHERE request_id = '{rid}'")), vec![Some("Corrected Hotel ✓".to_string())]);
+    assert_eq!(
+        env.query::<Option<String>>(&format!(
+            "SELECT hotel_name FROM ota_events WHERE request_id = '{rid}'"
+        )),
+        vec![Some("Corrected Hotel ✓".to_string())]
+    );
 
     // A re-delivered file with that row removed.
     redeliver(&env, "2024-01-03", |bs| {
@@ -278,7 +411,12 @@ fn late_events_corrections_and_removals_reach_mysql_in_normal_runs() {
     });
     let s = normal("2024-01-04");
     assert_eq!(num(&s[3], &["deleted"]), 1, "{}", s[3]);
-    assert_eq!(env.query::<u64>(&format!("SELECT COUNT(*) FROM ota_events WHERE request_id = '{rid}'")), vec![0]);
+    assert_eq!(
+        env.query::<u64>(&format!(
+            "SELECT COUNT(*) FROM ota_events WHERE request_id = '{rid}'"
+        )),
+        vec![0]
+    );
     assert_mysql_matches_model(&env);
 }
 
@@ -293,13 +431,25 @@ fn same_timestamp_file(env: &Env, day: &str, n: usize) {
         .enumerate()
         .map(|(i, f)| -> arrow::array::ArrayRef {
             match f.name().as_str() {
-                "request_id" => std::sync::Arc::new(arrow::array::StringArray::from_iter_values((0..n).map(|k| format!("same-ts-{k:04}")))),
-                "timestamp" => std::sync::Arc::new(arrow::array::Int64Array::from(vec![1_704_110_400_123_456_000_i64; n])),
-                _ => arrow::compute::take(b.column(i).as_ref(), &arrow::array::UInt32Array::from(vec![0u32; n]), None).expect("take"),
+                "request_id" => std::sync::Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|k| format!("same-ts-{k:04}")),
+                )),
+                "timestamp" => std::sync::Arc::new(arrow::array::Int64Array::from(
+                    vec![1_704_110_400_123_456_000_i64; n],
+                )),
+                _ => arrow::compute::take(
+                    b.column(i).as_ref(),
+                    &arrow::array::UInt32Array::from(vec![0u32; n]),
+                    None,
+                )
+                .expect("take"),
             }
         })
         .collect();
-    write_parquet(&env.file(day), &[arrow::array::RecordBatch::try_new(schema, cols).expect("batch")]);
+    write_parquet(
+        &env.file(day),
+        &[arrow::array::RecordBatch::try_new(schema, cols).expect("batch")],
+    );
 }
 
 #[test]
@@ -312,21 +462,33 @@ fn equal_timestamps_across_batch_boundaries_and_a_crash_mid_export() {
         env.run(step, &w).ok();
     }
     // Crash before committing the 4th batch: 3 batches (300 rows) are in, the 4th is not.
-    let crashed = env.run("export-mysql", &["--batch-size", "100", "--fail-after-batches", "3"]);
+    let crashed = env.run(
+        "export-mysql",
+        &["--batch-size", "100", "--fail-after-batches", "3"],
+    );
     assert_eq!(crashed.code, 1, "{}", crashed.stderr);
     assert_eq!(env.count(), 300);
     let after_crash = env.offset().expect("offset after 3 batches");
 
-    let s = env.run("export-mysql", &["--batch-size", "100"]).ok().summary();
+    let s = env
+        .run("export-mysql", &["--batch-size", "100"])
+        .ok()
+        .summary();
     assert_eq!(num(&s, &["upserted"]), 700, "{s}");
     assert_eq!(num(&s, &["batches"]), 7);
     assert_eq!(env.count(), 1_000);
-    assert_eq!(env.query::<u64>("SELECT COUNT(DISTINCT request_id) FROM ota_events")[0], 1_000);
+    assert_eq!(
+        env.query::<u64>("SELECT COUNT(DISTINCT request_id) FROM ota_events")[0],
+        1_000
+    );
     let end = env.offset().expect("offset");
     assert_eq!(end.0, after_crash.0, "one shared timestamp");
     assert!(end.1 > after_crash.1, "the offset only moves forward");
 
-    let again = env.run("export-mysql", &["--batch-size", "100"]).ok().summary();
+    let again = env
+        .run("export-mysql", &["--batch-size", "100"])
+        .ok()
+        .summary();
     assert_eq!(num(&again, &["upserted"]), 0);
     env.run("export-mysql", &["--reconcile"]).ok();
 }
@@ -342,7 +504,11 @@ fn a_backfill_resyncs_its_window_exactly_and_keeps_the_offset() {
 
     env.mysql(async |c| {
         use mysql_async::prelude::Queryable;
-        c.query_drop("DELETE FROM ota_events WHERE event_date = '2024-01-01' ORDER BY event_key LIMIT 1").await.expect("delete");
+        c.query_drop(
+            "DELETE FROM ota_events WHERE event_date = '2024-01-01' ORDER BY event_key LIMIT 1",
+        )
+        .await
+        .expect("delete");
         c.query_drop(
             "INSERT INTO ota_events (event_key, event_date, request_id, row_hash, changed_at) \
              VALUES (UNHEX(MD5('bogus')), '2024-01-02', 'bogus', UNHEX(MD5('x')), NOW(6))",
@@ -351,13 +517,27 @@ fn a_backfill_resyncs_its_window_exactly_and_keeps_the_offset() {
         .expect("insert");
     });
     assert_ne!(env.table_checksum(), before);
-    assert_eq!(env.run("export-mysql", &["--reconcile"]).code, 1, "drift is reported with exit 1");
+    assert_eq!(
+        env.run("export-mysql", &["--reconcile"]).code,
+        1,
+        "drift is reported with exit 1"
+    );
 
-    let s = env.run("export-mysql", &["--start-date", "2024-01-01", "--end-date", "2024-01-02"]).ok().summary();
+    let s = env
+        .run(
+            "export-mysql",
+            &["--start-date", "2024-01-01", "--end-date", "2024-01-02"],
+        )
+        .ok()
+        .summary();
     assert_eq!(num(&s, &["upserted"]), 1, "{s}");
     assert_eq!(num(&s, &["deleted"]), 1, "{s}");
     assert_eq!(env.table_checksum(), before);
-    assert_eq!(env.offset(), offset, "a backfill leaves the forward offset alone");
+    assert_eq!(
+        env.offset(),
+        offset,
+        "a backfill leaves the forward offset alone"
+    );
     env.run("export-mysql", &["--reconcile"]).ok();
 }
 
@@ -377,20 +557,36 @@ fn missing_days_empty_windows_and_bad_input() {
     // No files in the window: every step exits 0 with no_data.
     let empty = ["--start-date", "2023-06-01", "--end-date", "2023-06-03"];
     for step in ["stage-files", "load-raw", "dedup"] {
-        assert_eq!(env.run(step, &empty).ok().summary()["status"], "no_data", "{step}");
+        assert_eq!(
+            env.run(step, &empty).ok().summary()["status"],
+            "no_data",
+            "{step}"
+        );
     }
     let fresh = Env::new();
     for step in ["stage-files", "load-raw", "dedup", "export-mysql"] {
-        assert_eq!(fresh.run(step, &empty).ok().summary()["status"], "no_data", "{step}");
+        assert_eq!(
+            fresh.run(step, &empty).ok().summary()["status"],
+            "no_data",
+            "{step}"
+        );
     }
 
     // Malformed dates and end < start: exit 2 with one line.
-    for args in [&["--start-date", "2024-13-01"][..], &["--start-date", "2024-01-05", "--end-date", "2024-01-01"], &["--end-date", "yesterday"]] {
+    for args in [
+        &["--start-date", "2024-13-01"][..],
+        &["--start-date", "2024-01-05", "--end-date", "2024-01-01"],
+        &["--end-date", "yesterday"],
+    ] {
         for step in ["stage-files", "load-raw", "dedup", "export-mysql"] {
             let r = env.run(step, args);
             assert_eq!(r.code, 2, "{step} {args:?}: {}", r.stderr);
             let last = r.stderr.lines().last().unwrap_or_default();
-            assert!(last.starts_with("error: invalid date window"), "{step}: {}", r.stderr);
+            assert!(
+                last.starts_with("error: invalid date window"),
+                "{step}: {}",
+                r.stderr
+            );
         }
     }
 
@@ -404,7 +600,11 @@ fn missing_days_empty_windows_and_bad_input() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("20240103_OTA.parquet"), "{}", r.stderr);
     let d = env.run("dedup", &W3).ok().summary();
-    assert_eq!(num(&d, &["rows_changed"]), 0, "the failed load left nothing to rebuild");
+    assert_eq!(
+        num(&d, &["rows_changed"]),
+        0,
+        "the failed load left nothing to rebuild"
+    );
     env.run("export-mysql", &W3).ok();
     assert_eq!(env.table_checksum(), before);
 }
@@ -414,40 +614,76 @@ fn concurrent_exports_wait_for_each_other_and_a_held_lock_fails_clearly() {
     let env = Env::new();
     env.generate("2024-01-01", 2, 1_500);
     for step in ["stage-files", "load-raw", "dedup"] {
-        env.run(step, &["--start-date", "2024-01-01", "--end-date", "2024-01-02"]).ok();
+        env.run(
+            step,
+            &["--start-date", "2024-01-01", "--end-date", "2024-01-02"],
+        )
+        .ok();
     }
     // Two runs at once: one waits for the other; the result is exact.
     let spawn = || {
         std::process::Command::new(common::bin("export-mysql"))
-            .args(["--batch-size", "200", "--warehouse-url", &env.warehouse_url(), "--mysql-url", &env.mysql_url])
+            .args([
+                "--batch-size",
+                "200",
+                "--warehouse-url",
+                &env.warehouse_url(),
+                "--mysql-url",
+                &env.mysql_url,
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn")
     };
     let (a, b) = (spawn(), spawn());
-    let (a, b) = (common::Run::from(a.wait_with_output().expect("a")), common::Run::from(b.wait_with_output().expect("b")));
+    let (a, b) = (
+        common::Run::from(a.wait_with_output().expect("a")),
+        common::Run::from(b.wait_with_output().expect("b")),
+    );
     assert_eq!((a.code, b.code), (0, 0), "a: {}\nb: {}", a.stderr, b.stderr);
     let (sa, sb) = (a.summary(), b.summary());
-    assert_eq!(num(&sa, &["upserted"]) + num(&sb, &["upserted"]), env.count(), "every row applied exactly once: {sa} {sb}");
+    assert_eq!(
+        num(&sa, &["upserted"]) + num(&sb, &["upserted"]),
+        env.count(),
+        "every row applied exactly once: {sa} {sb}"
+    );
     env.run("export-mysql", &[]).ok();
     env.run("export-mysql", &["--reconcile"]).ok();
 
     // A lock held elsewhere: a run with a short timeout fails with a clear message.
     let url = env.mysql_url.clone();
     let holder = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         rt.block_on(async move {
             use mysql_async::prelude::Queryable;
-            let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).expect("url")).await.expect("conn");
-            let db: String = c.query_first("SELECT DATABASE()").await.expect("db").expect("name");
+            let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).expect("url"))
+                .await
+                .expect("conn");
+            let db: String = c
+                .query_first("SELECT DATABASE()")
+                .await
+                .expect("db")
+                .expect("name");
             let name = format!("{db}.ota_events");
             let digest = {
                 use md5::Digest;
                 md5::Md5::digest(name.as_bytes())
             };
-            let lock: String = format!("ota_export_{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
-            let got: Option<i64> = c.exec_first("SELECT GET_LOCK(?, 5)", (lock,)).await.expect("lock");
+            let lock: String = format!(
+                "ota_export_{}",
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            let got: Option<i64> = c
+                .exec_first("SELECT GET_LOCK(?, 5)", (lock,))
+                .await
+                .expect("lock");
             assert_eq!(got, Some(1));
             tokio::time::sleep(std::time::Duration::from_secs(4)).await;
             c.disconnect().await.expect("disconnect");
@@ -464,10 +700,16 @@ fn concurrent_exports_wait_for_each_other_and_a_held_lock_fails_clearly() {
 fn insert_fallback_gives_the_same_table() {
     let a = Env::new();
     a.generate("2024-01-01", 2, 700);
-    a.pipeline(&["--start-date", "2024-01-01", "--end-date", "2024-01-02"], &["--batch-size", "250"]);
+    a.pipeline(
+        &["--start-date", "2024-01-01", "--end-date", "2024-01-02"],
+        &["--batch-size", "250"],
+    );
     let b = Env::new();
     b.generate("2024-01-01", 2, 700);
-    b.pipeline(&["--start-date", "2024-01-01", "--end-date", "2024-01-02"], &["--batch-size", "250", "--load-method", "insert"]);
+    b.pipeline(
+        &["--start-date", "2024-01-01", "--end-date", "2024-01-02"],
+        &["--batch-size", "250", "--load-method", "insert"],
+    );
     assert_eq!(a.table_checksum(), b.table_checksum());
     assert_mysql_matches_model(&b);
 }
@@ -478,7 +720,17 @@ fn historic_load_splits_one_file_idempotently() {
     let single = env.dir.path().join("case_data.parquet.gzip");
     common::Run::from(
         std::process::Command::new(common::bin("ota-gen"))
-            .args(["--seed", "3", "--start", "2024-02-01", "--days", "3", "--rows-per-day", "900", "--single"])
+            .args([
+                "--seed",
+                "3",
+                "--start",
+                "2024-02-01",
+                "--days",
+                "3",
+                "--rows-per-day",
+                "900",
+                "--single",
+            ])
             .arg(&single)
             .output()
             .expect("gen"),
@@ -486,14 +738,36 @@ fn historic_load_splits_one_file_idempotently() {
     .ok();
     let from = single.display().to_string();
     let s = env.run("stage-files", &["--from", &from]).ok().summary();
-    assert_eq!(s["window"]["start"], "2024-01-30", "late events reach back two days: {s}");
+    assert_eq!(
+        s["window"]["start"], "2024-01-30",
+        "late events reach back two days: {s}"
+    );
     assert_eq!(s["window"]["end"], "2024-02-03");
-    let total: u64 = s["split"]["days"].as_array().expect("days").iter().map(|d| d["rows"].as_u64().expect("rows")).sum();
+    let total: u64 = s["split"]["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .map(|d| d["rows"].as_u64().expect("rows"))
+        .sum();
     assert_eq!(total, 2_700);
     let mtimes: Vec<i64> = lake_files(&env).iter().map(|p| mtime_micros(p)).collect();
     let again = env.run("stage-files", &["--from", &from]).ok().summary();
-    assert!(again["split"]["days"].as_array().expect("days").iter().all(|d| d["outcome"] == "unchanged"), "{again}");
-    assert_eq!(lake_files(&env).iter().map(|p| mtime_micros(p)).collect::<Vec<_>>(), mtimes, "nothing rewritten");
+    assert!(
+        again["split"]["days"]
+            .as_array()
+            .expect("days")
+            .iter()
+            .all(|d| d["outcome"] == "unchanged"),
+        "{again}"
+    );
+    assert_eq!(
+        lake_files(&env)
+            .iter()
+            .map(|p| mtime_micros(p))
+            .collect::<Vec<_>>(),
+        mtimes,
+        "nothing rewritten"
+    );
     let w = ["--start-date", "2024-01-30", "--end-date", "2024-02-03"];
     for step in ["load-raw", "dedup", "export-mysql"] {
         env.run(step, &w).ok();

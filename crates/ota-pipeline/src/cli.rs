@@ -28,7 +28,11 @@ pub struct WindowArgs {
 
 impl WindowArgs {
     pub fn resolve(&self) -> Result<DateWindow> {
-        DateWindow::resolve(self.start_date.as_deref(), self.end_date.as_deref(), self.reference_date.as_deref())
+        DateWindow::resolve(
+            self.start_date.as_deref(),
+            self.end_date.as_deref(),
+            self.reference_date.as_deref(),
+        )
     }
 
     /// Whether the user named the window (a backfill, for export-mysql).
@@ -81,7 +85,11 @@ pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", summary.to_json_line());
             let _ = out.flush();
-            if summary.status == Status::Drift { ExitCode::from(1) } else { ExitCode::SUCCESS }
+            if summary.status == Status::Drift {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             let mut err = std::io::stderr().lock();

@@ -67,8 +67,13 @@ pub const SOURCE_COLUMNS: [SourceColumn; 27] = [
 ];
 
 /// The columns of the event key, in key order.
-pub const EVENT_KEY_COLUMNS: [&str; 5] =
-    ["request_id", "funnel_id", "session_id", "page_name", "timestamp"];
+pub const EVENT_KEY_COLUMNS: [&str; 5] = [
+    "request_id",
+    "funnel_id",
+    "session_id",
+    "page_name",
+    "timestamp",
+];
 
 /// Scale and precision of typed prices.
 pub const PRICE_PRECISION: u8 = 18;
@@ -99,8 +104,16 @@ pub struct TypedColumn {
 /// Typed columns, in storage order: key, content columns, then lineage.
 pub static TYPED_COLUMNS: LazyLock<Vec<TypedColumn>> = LazyLock::new(|| {
     let mut cols = vec![
-        TypedColumn { name: "event_key", kind: TypedKind::Key, content: false },
-        TypedColumn { name: "event_date", kind: TypedKind::Date, content: false },
+        TypedColumn {
+            name: "event_key",
+            kind: TypedKind::Key,
+            content: false,
+        },
+        TypedColumn {
+            name: "event_date",
+            kind: TypedKind::Date,
+            content: false,
+        },
     ];
     for c in SOURCE_COLUMNS {
         let kind = match c.kind {
@@ -111,18 +124,50 @@ pub static TYPED_COLUMNS: LazyLock<Vec<TypedColumn>> = LazyLock::new(|| {
             Price => TypedKind::Decimal,
             Timestamp => TypedKind::Timestamp,
         };
-        cols.push(TypedColumn { name: c.name, kind, content: true });
+        cols.push(TypedColumn {
+            name: c.name,
+            kind,
+            content: true,
+        });
         if c.kind == Price {
-            cols.push(TypedColumn { name: "hotel_price_raw", kind: TypedKind::Text, content: true });
+            cols.push(TypedColumn {
+                name: "hotel_price_raw",
+                kind: TypedKind::Text,
+                content: true,
+            });
         }
     }
     cols.extend([
-        TypedColumn { name: "row_hash", kind: TypedKind::Key, content: false },
-        TypedColumn { name: "source_day", kind: TypedKind::Date, content: false },
-        TypedColumn { name: "source_file", kind: TypedKind::Text, content: false },
-        TypedColumn { name: "source_row", kind: TypedKind::Integer, content: false },
-        TypedColumn { name: "ingested_at", kind: TypedKind::Timestamp, content: false },
-        TypedColumn { name: "loaded_at", kind: TypedKind::Timestamp, content: false },
+        TypedColumn {
+            name: "row_hash",
+            kind: TypedKind::Key,
+            content: false,
+        },
+        TypedColumn {
+            name: "source_day",
+            kind: TypedKind::Date,
+            content: false,
+        },
+        TypedColumn {
+            name: "source_file",
+            kind: TypedKind::Text,
+            content: false,
+        },
+        TypedColumn {
+            name: "source_row",
+            kind: TypedKind::Integer,
+            content: false,
+        },
+        TypedColumn {
+            name: "ingested_at",
+            kind: TypedKind::Timestamp,
+            content: false,
+        },
+        TypedColumn {
+            name: "loaded_at",
+            kind: TypedKind::Timestamp,
+            content: false,
+        },
     ]);
     cols
 });
@@ -151,7 +196,10 @@ pub static TYPED_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let fields: Vec<Field> = TYPED_COLUMNS
         .iter()
         .map(|c| {
-            let nullable = !matches!(c.name, "event_key" | "event_date" | "row_hash" | "request_id" | "timestamp");
+            let nullable = !matches!(
+                c.name,
+                "event_key" | "event_date" | "row_hash" | "request_id" | "timestamp"
+            );
             Field::new(c.name, arrow_type(c.kind), nullable)
         })
         .collect();

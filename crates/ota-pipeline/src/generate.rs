@@ -72,7 +72,13 @@ impl Rng {
     }
 }
 
-const PAGES: [&str; 5] = ["search", "hotel_details", "room_selection", "payment", "confirmation"];
+const PAGES: [&str; 5] = [
+    "search",
+    "hotel_details",
+    "room_selection",
+    "payment",
+    "confirmation",
+];
 const DEVICES: [&str; 4] = ["mobile", "desktop", "tablet", "Mobile "];
 const AGENTS: [&str; 4] = [
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
@@ -119,7 +125,7 @@ fn price_text(rng: &mut Rng, currency: &str, amount_cents: u64) -> Option<String
         let s = units.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(sep);
             }
             out.push(c);
@@ -157,7 +163,13 @@ fn event(seed: u64, day: NaiveDate, session: u64, page: usize, late_by_days: u64
     let user = 1 + s.below(50_000);
     let device = s.pick(&DEVICES);
     let agent = s.pick(&AGENTS);
-    let ip = format!("{}.{}.{}.{}", 1 + s.below(223), s.below(256), s.below(256), 1 + s.below(254));
+    let ip = format!(
+        "{}.{}.{}.{}",
+        1 + s.below(223),
+        s.below(256),
+        s.below(256),
+        1 + s.below(254)
+    );
     let country = s.pick(&COUNTRIES);
     let utm = s.pick(&SOURCES);
     let query = s.pick(&QUERIES);
@@ -167,16 +179,28 @@ fn event(seed: u64, day: NaiveDate, session: u64, page: usize, late_by_days: u64
     let nights = 1 + s.below(10);
     let night_cents = 4_000 + s.below(60_000);
     let subscriber = s.chance(300).then(|| 10_000 + s.below(90_000));
-    let email_perm = s.pick(&["yes", "no", "Yes", "NO", "true", "false", "1", "0", "", "maybe"]);
+    let email_perm = s.pick(&[
+        "yes", "no", "Yes", "NO", "true", "false", "1", "0", "", "maybe",
+    ]);
     let phone_perm = s.pick(&["yes", "no", "TRUE", " no ", "1", "0"]);
     // Sessions start within the day, early enough for five pages to stay in it.
     let base_day = day.checked_sub_days(Days::new(late_by_days)).unwrap_or(day);
     let day_start_ns = base_day.to_epoch_days() as i64 * DAY_NS;
     let start_us = s.below(82_800_000_000) as i64; // within 23 h
     let mut p = Rng::new(&[seed, day_num, session, late_by_days, page as u64 + 1]);
-    let offset_us: i64 = (0..page).map(|_| 30_000_000 + p.below(240_000_000) as i64).sum::<i64>() + page as i64;
+    let offset_us: i64 = (0..page)
+        .map(|_| 30_000_000 + p.below(240_000_000) as i64)
+        .sum::<i64>()
+        + page as i64;
     let ts_ns = day_start_ns + (start_us + offset_us) * 1_000;
-    let request = format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", p.next() >> 32, p.below(1 << 16), p.below(1 << 12), p.below(1 << 12), p.next() >> 16);
+    let request = format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        p.next() >> 32,
+        p.below(1 << 16),
+        p.below(1 << 12),
+        p.below(1 << 12),
+        p.next() >> 16
+    );
     let page_name = PAGES[page];
     let booked = page >= 3;
     let mut fields: [Option<String>; 27] = Default::default();
@@ -197,7 +221,14 @@ fn event(seed: u64, day: NaiveDate, session: u64, page: usize, late_by_days: u64
     set("subscriber_id", subscriber.map(|v| v.to_string()));
     set("has_email_contact_permission", Some(email_perm.into()));
     set("has_phone_contact_permission", Some(phone_perm.into()));
-    set("hotel_price", if page >= 1 { price_text(&mut p, currency, night_cents * nights) } else { None });
+    set(
+        "hotel_price",
+        if page >= 1 {
+            price_text(&mut p, currency, night_cents * nights)
+        } else {
+            None
+        },
+    );
     set("hotel_id", (page >= 1).then(|| (1_000 + hotel).to_string()));
     set("currency", Some(currency.into()));
     set("country", Some(country.into()));
@@ -205,13 +236,31 @@ fn event(seed: u64, day: NaiveDate, session: u64, page: usize, late_by_days: u64
     set("search_query", Some(query.into()));
     set("num_guests", messy_int(&mut p, guests));
     set("destination_id", messy_int(&mut p, 100 + hotel % 7));
-    set("hotel_name", (page >= 1).then(|| HOTELS[hotel as usize].to_string()));
-    set("hotel_rating", (page >= 1).then(|| format!("{:.1}", 2.5 + (hotel % 6) as f64 * 0.5)));
-    set("selected_room_id", (page >= 2).then(|| (hotel * 100 + p.below(20)).to_string()));
+    set(
+        "hotel_name",
+        (page >= 1).then(|| HOTELS[hotel as usize].to_string()),
+    );
+    set(
+        "hotel_rating",
+        (page >= 1).then(|| format!("{:.1}", 2.5 + (hotel % 6) as f64 * 0.5)),
+    );
+    set(
+        "selected_room_id",
+        (page >= 2).then(|| (hotel * 100 + p.below(20)).to_string()),
+    );
     set("nights", messy_int(&mut p, nights));
-    set("price_per_night", (page >= 1).then(|| format!("{}.{:02}", night_cents / 100, night_cents % 100)));
-    set("payment_status", booked.then(|| STATUSES[p.below(2) as usize].to_string()));
-    set("confirmation_number", (page == 4).then(|| format!("CNF-{:010}", p.below(10_000_000_000))));
+    set(
+        "price_per_night",
+        (page >= 1).then(|| format!("{}.{:02}", night_cents / 100, night_cents % 100)),
+    );
+    set(
+        "payment_status",
+        booked.then(|| STATUSES[p.below(2) as usize].to_string()),
+    );
+    set(
+        "confirmation_number",
+        (page == 4).then(|| format!("CNF-{:010}", p.below(10_000_000_000))),
+    );
     EventRow { fields }
 }
 
@@ -235,7 +284,17 @@ struct DayRows {
 
 impl DayRows {
     fn new(seed: u64, day: NaiveDate, total: u64) -> Self {
-        DayRows { seed, day, total, emitted: 0, session: 0, page: 0, late_session: 1 << 40, last: None, rng: Rng::new(&[seed, day.to_epoch_days() as u64, 7]) }
+        DayRows {
+            seed,
+            day,
+            total,
+            emitted: 0,
+            session: 0,
+            page: 0,
+            late_session: 1 << 40,
+            last: None,
+            rng: Rng::new(&[seed, day.to_epoch_days() as u64, 7]),
+        }
     }
 
     fn next_row(&mut self) -> EventRow {
@@ -243,24 +302,38 @@ impl DayRows {
         let roll = self.rng.below(1000);
         let row = if roll < 15 && self.last.is_some() {
             // An exact duplicate of the previous row.
-            self.last.clone().unwrap_or_else(|| event(self.seed, self.day, 0, 0, 0))
+            self.last
+                .clone()
+                .unwrap_or_else(|| event(self.seed, self.day, 0, 0, 0))
         } else if roll < 30 && self.day.to_epoch_days() > 0 {
             // Re-delivery of an event of the previous day, with payment_status corrected.
             let prev = self.day.checked_sub_days(Days::new(1)).unwrap_or(self.day);
             let session = self.rng.below((self.total / 3).max(1));
             let page = session_depth(self.seed, prev, session).min(5) - 1;
             let mut e = event(self.seed, prev, session, page, 0);
-            if let Some(i) = SOURCE_COLUMNS.iter().position(|c| c.name == "payment_status") {
+            if let Some(i) = SOURCE_COLUMNS
+                .iter()
+                .position(|c| c.name == "payment_status")
+            {
                 e.fields[i] = Some("success".into());
             }
-            if let Some(i) = SOURCE_COLUMNS.iter().position(|c| c.name == "confirmation_number") {
+            if let Some(i) = SOURCE_COLUMNS
+                .iter()
+                .position(|c| c.name == "confirmation_number")
+            {
                 e.fields[i] = Some(format!("CNF-FIX-{session:08}"));
             }
             e
         } else if roll < 50 {
             // A late event: happened one or two days before the file's day.
             self.late_session += 1;
-            event(self.seed, self.day, self.late_session, 0, 1 + self.rng.below(2))
+            event(
+                self.seed,
+                self.day,
+                self.late_session,
+                0,
+                1 + self.rng.below(2),
+            )
         } else {
             let e = event(self.seed, self.day, self.session, self.page, 0);
             self.page += 1;
@@ -273,7 +346,11 @@ impl DayRows {
         let mut row = row;
         if self.rng.chance(5) {
             // No request_id: unkeyable, must be rejected.
-            row.fields[0] = if self.rng.chance(500) { None } else { Some(String::new()) };
+            row.fields[0] = if self.rng.chance(500) {
+                None
+            } else {
+                Some(String::new())
+            };
         }
         self.last = Some(row.clone());
         row
@@ -284,9 +361,14 @@ impl DayRows {
         if n == 0 {
             return Ok(None);
         }
-        let mut text: Vec<StringBuilder> = (0..27).map(|_| StringBuilder::with_capacity(n, n * 24)).collect();
+        let mut text: Vec<StringBuilder> = (0..27)
+            .map(|_| StringBuilder::with_capacity(n, n * 24))
+            .collect();
         let mut ts = Int64Builder::with_capacity(n);
-        let ts_index = SOURCE_COLUMNS.iter().position(|c| c.name == "timestamp").unwrap_or(7);
+        let ts_index = SOURCE_COLUMNS
+            .iter()
+            .position(|c| c.name == "timestamp")
+            .unwrap_or(7);
         for _ in 0..n {
             let row = self.next_row();
             for (i, v) in row.fields.into_iter().enumerate() {
@@ -300,9 +382,17 @@ impl DayRows {
         let columns: Vec<ArrayRef> = text
             .iter_mut()
             .enumerate()
-            .map(|(i, b)| if i == ts_index { Arc::new(ts.finish()) as ArrayRef } else { Arc::new(b.finish()) as ArrayRef })
+            .map(|(i, b)| {
+                if i == ts_index {
+                    Arc::new(ts.finish()) as ArrayRef
+                } else {
+                    Arc::new(b.finish()) as ArrayRef
+                }
+            })
             .collect();
-        RecordBatch::try_new(schema.clone(), columns).map(Some).map_err(|e| PipelineError::arrow("generating rows", e))
+        RecordBatch::try_new(schema.clone(), columns)
+            .map(Some)
+            .map_err(|e| PipelineError::arrow("generating rows", e))
     }
 }
 
@@ -312,7 +402,11 @@ pub fn case_schema() -> SchemaRef {
         SOURCE_COLUMNS
             .iter()
             .map(|c| {
-                let t = if c.name == "timestamp" { DataType::Int64 } else { DataType::Utf8 };
+                let t = if c.name == "timestamp" {
+                    DataType::Int64
+                } else {
+                    DataType::Utf8
+                };
                 Field::new(c.name, t, true)
             })
             .collect::<Vec<_>>(),
@@ -321,9 +415,14 @@ pub fn case_schema() -> SchemaRef {
 
 fn writer(path: &Path, compression: Compression) -> Result<ArrowWriter<File>> {
     let f = File::create(path).map_err(|e| PipelineError::io(path, e))?;
-    let props = WriterProperties::builder().set_compression(compression).set_max_row_group_row_count(Some(128 * 1024)).build();
-    ArrowWriter::try_new(f, case_schema(), Some(props))
-        .map_err(|e| PipelineError::Parquet { uri: path.display().to_string(), source: e })
+    let props = WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    ArrowWriter::try_new(f, case_schema(), Some(props)).map_err(|e| PipelineError::Parquet {
+        uri: path.display().to_string(),
+        source: e,
+    })
 }
 
 fn day_of(config: &GenConfig, i: u32) -> Result<NaiveDate> {
@@ -348,12 +447,27 @@ pub fn generate_daily_files(config: &GenConfig, out: &Path) -> Result<GenOutcome
         let mut gen_rows = DayRows::new(config.seed, day, config.rows_per_day);
         while let Some(batch) = gen_rows.next_batch(&schema)? {
             rows += batch.num_rows() as u64;
-            w.write(&batch).map_err(|e| PipelineError::Parquet { uri: path.display().to_string(), source: e })?;
+            w.write(&batch).map_err(|e| PipelineError::Parquet {
+                uri: path.display().to_string(),
+                source: e,
+            })?;
         }
-        w.close().map_err(|e| PipelineError::Parquet { uri: path.display().to_string(), source: e })?;
-        let landed = day.checked_add_days(Days::new(1)).unwrap_or(day).and_hms_opt(1, 0, 0).unwrap_or_default().and_utc();
-        let f = File::options().write(true).open(&tmp).map_err(|e| PipelineError::io(&tmp, e))?;
-        f.set_modified(landed.into()).map_err(|e| PipelineError::io(&tmp, e))?;
+        w.close().map_err(|e| PipelineError::Parquet {
+            uri: path.display().to_string(),
+            source: e,
+        })?;
+        let landed = day
+            .checked_add_days(Days::new(1))
+            .unwrap_or(day)
+            .and_hms_opt(1, 0, 0)
+            .unwrap_or_default()
+            .and_utc();
+        let f = File::options()
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| PipelineError::io(&tmp, e))?;
+        f.set_modified(landed.into())
+            .map_err(|e| PipelineError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| PipelineError::io(&path, e))?;
         files.push(path.display().to_string());
     }
@@ -375,9 +489,18 @@ pub fn generate_single_file(config: &GenConfig, path: &Path) -> Result<GenOutcom
         let mut gen_rows = DayRows::new(config.seed, day, config.rows_per_day);
         while let Some(batch) = gen_rows.next_batch(&schema)? {
             rows += batch.num_rows() as u64;
-            w.write(&batch).map_err(|e| PipelineError::Parquet { uri: path.display().to_string(), source: e })?;
+            w.write(&batch).map_err(|e| PipelineError::Parquet {
+                uri: path.display().to_string(),
+                source: e,
+            })?;
         }
     }
-    w.close().map_err(|e| PipelineError::Parquet { uri: path.display().to_string(), source: e })?;
-    Ok(GenOutcome { files: vec![path.display().to_string()], rows })
+    w.close().map_err(|e| PipelineError::Parquet {
+        uri: path.display().to_string(),
+        source: e,
+    })?;
+    Ok(GenOutcome {
+        files: vec![path.display().to_string()],
+        rows,
+    })
 }

@@ -19,8 +19,8 @@ use serde::Serialize;
 use crate::error::{PipelineError, Result};
 use crate::lake::{Lake, PutOutcome, daily_file_name};
 use crate::typed_batch::{column_text, event_micros};
-use crate::typing::epoch_day_of_micros;
 use crate::typing::date_of_epoch_day;
+use crate::typing::epoch_day_of_micros;
 
 /// Bytes the open daily writers may buffer before the largest is flushed.
 pub const WRITE_BUFFER_BYTES: usize = 128 << 20;
@@ -61,7 +61,10 @@ pub fn daily_writer_properties() -> WriterProperties {
 
 pub fn split_into_lake(from: &Path, lake: &dyn Lake, suffix: &str) -> Result<SplitOutcome> {
     let uri = from.display().to_string();
-    let bad = |reason: String| PipelineError::BadFile { uri: uri.clone(), reason };
+    let bad = |reason: String| PipelineError::BadFile {
+        uri: uri.clone(),
+        reason,
+    };
     let file = File::open(from).map_err(|e| PipelineError::io(from, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| bad(format!("not a readable Parquet file: {e}")))?
@@ -69,7 +72,9 @@ pub fn split_into_lake(from: &Path, lake: &dyn Lake, suffix: &str) -> Result<Spl
         .build()
         .map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;
     let schema = reader.schema();
-    let ts_index = schema.index_of("timestamp").map_err(|_| bad("it has no timestamp column".into()))?;
+    let ts_index = schema
+        .index_of("timestamp")
+        .map_err(|_| bad("it has no timestamp column".into()))?;
     let scratch = lake.scratch_dir()?;
     let stem = from
         .file_name()
@@ -86,7 +91,11 @@ pub fn split_into_lake(from: &Path, lake: &dyn Lake, suffix: &str) -> Result<Spl
         let micros = event_micros(ts, &column_text("timestamp", ts)?);
         let mut by_day: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
         for i in 0..batch.num_rows() {
-            let day = if micros.is_valid(i) { epoch_day_of_micros(micros.value(i)) } else { i32::MIN };
+            let day = if micros.is_valid(i) {
+                epoch_day_of_micros(micros.value(i))
+            } else {
+                i32::MIN
+            };
             by_day.entry(day).or_default().push(i as u32);
         }
         for (day, idx) in by_day {
@@ -102,30 +111,56 @@ pub fn split_into_lake(from: &Path, lake: &dyn Lake, suffix: &str) -> Result<Spl
                     };
                     let path = scratch.join(format!("{name}.split"));
                     let f = File::create(&path).map_err(|e| PipelineError::io(&path, e))?;
-                    let writer = ArrowWriter::try_new(f, schema.clone(), Some(daily_writer_properties()))
-                        .map_err(|e| PipelineError::Parquet { uri: path.display().to_string(), source: e })?;
-                    v.insert(DayWriter { path, writer, rows: 0 })
+                    let writer =
+                        ArrowWriter::try_new(f, schema.clone(), Some(daily_writer_properties()))
+                            .map_err(|e| PipelineError::Parquet {
+                                uri: path.display().to_string(),
+                                source: e,
+                            })?;
+                    v.insert(DayWriter {
+                        path,
+                        writer,
+                        rows: 0,
+                    })
                 }
             };
             w.rows += part.num_rows() as u64;
-            w.writer
-                .write(&part)
-                .map_err(|e| PipelineError::Parquet { uri: w.path.display().to_string(), source: e })?;
+            w.writer.write(&part).map_err(|e| PipelineError::Parquet {
+                uri: w.path.display().to_string(),
+                source: e,
+            })?;
         }
         // Keep the buffered row groups of all open days under the budget.
-        while writers.values().map(|w| w.writer.in_progress_size()).sum::<usize>() > WRITE_BUFFER_BYTES {
-            let Some(largest) = writers.values_mut().max_by_key(|w| w.writer.in_progress_size()) else { break };
-            largest
-                .writer
-                .flush()
-                .map_err(|e| PipelineError::Parquet { uri: largest.path.display().to_string(), source: e })?;
+        while writers
+            .values()
+            .map(|w| w.writer.in_progress_size())
+            .sum::<usize>()
+            > WRITE_BUFFER_BYTES
+        {
+            let Some(largest) = writers
+                .values_mut()
+                .max_by_key(|w| w.writer.in_progress_size())
+            else {
+                break;
+            };
+            largest.writer.flush().map_err(|e| PipelineError::Parquet {
+                uri: largest.path.display().to_string(),
+                source: e,
+            })?;
         }
     }
     let mut days = Vec::new();
     let mut unplaceable_rows = 0;
     for (day, w) in writers {
-        let DayWriter { path, writer, rows: day_rows } = w;
-        writer.close().map_err(|e| PipelineError::Parquet { uri: path.display().to_string(), source: e })?;
+        let DayWriter {
+            path,
+            writer,
+            rows: day_rows,
+        } = w;
+        writer.close().map_err(|e| PipelineError::Parquet {
+            uri: path.display().to_string(),
+            source: e,
+        })?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -139,9 +174,18 @@ pub fn split_into_lake(from: &Path, lake: &dyn Lake, suffix: &str) -> Result<Spl
             tracing::warn!(rows = day_rows, file = %name, "rows without a usable timestamp cannot be placed in a day");
         } else {
             tracing::info!(file = %name, rows = day_rows, outcome = ?outcome, "daily file");
-            days.push(SplitDay { day: date_of_epoch_day(day), rows: day_rows, outcome });
+            days.push(SplitDay {
+                day: date_of_epoch_day(day),
+                rows: day_rows,
+                outcome,
+            });
         }
     }
     let _ = Arc::clone(&schema);
-    Ok(SplitOutcome { source: uri, rows, days, unplaceable_rows })
+    Ok(SplitOutcome {
+        source: uri,
+        rows,
+        days,
+        unplaceable_rows,
+    })
 }

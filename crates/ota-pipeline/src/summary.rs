@@ -38,15 +38,26 @@ pub struct StepSummary {
 
 impl StepSummary {
     pub fn new(step: &'static str, window: Option<DateWindow>) -> Self {
-        StepSummary { step, status: Status::Ok, window, counts: Counts::default(), duration_ms: 0, details: Map::new() }
+        StepSummary {
+            step,
+            status: Status::Ok,
+            window,
+            counts: Counts::default(),
+            duration_ms: 0,
+            details: Map::new(),
+        }
     }
 
     /// Adds a step-specific field.
     pub fn detail(&mut self, key: &str, value: impl Serialize) {
-        self.details.insert(key.to_string(), serde_json::to_value(value).unwrap_or(Value::Null));
+        self.details.insert(
+            key.to_string(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
     }
 
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"step\":\"{}\",\"error\":\"{e}\"}}", self.step))
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"step\":\"{}\",\"error\":\"{e}\"}}", self.step))
     }
 }

@@ -61,8 +61,10 @@ pub struct ColumnMapping {
 
 impl ColumnMapping {
     pub fn new(schema: &SchemaRef) -> Self {
-        let indices: Vec<Option<usize>> =
-            SOURCE_COLUMNS.iter().map(|c| schema.index_of(c.name).ok()).collect();
+        let indices: Vec<Option<usize>> = SOURCE_COLUMNS
+            .iter()
+            .map(|c| schema.index_of(c.name).ok())
+            .collect();
         let unknown = schema
             .fields()
             .iter()
@@ -75,7 +77,11 @@ impl ColumnMapping {
             .filter(|(_, i)| i.is_none())
             .map(|(c, _)| c.name)
             .collect();
-        ColumnMapping { indices, unknown, missing }
+        ColumnMapping {
+            indices,
+            unknown,
+            missing,
+        }
     }
 }
 
@@ -85,8 +91,14 @@ enum TypedValues {
     Integer(Int64Array),
     Float(Float64Array),
     Boolean(BooleanArray),
-    Price { value: Decimal128Array, raw: StringArray },
-    Timestamp { micros: TimestampMicrosecondArray, raw: StringArray },
+    Price {
+        value: Decimal128Array,
+        raw: StringArray,
+    },
+    Timestamp {
+        micros: TimestampMicrosecondArray,
+        raw: StringArray,
+    },
 }
 
 /// Types one batch of source rows. `first_row` is the ordinal of the batch's first row in
@@ -173,10 +185,21 @@ pub fn type_batch(
     }
     columns.push(Arc::new(hashes.finish()));
     columns.push(Arc::new(Date32Array::from(vec![lineage.source_day; n])));
-    columns.push(Arc::new(StringArray::from(vec![lineage.source_file.as_str(); n])));
-    columns.push(Arc::new(Int64Array::from_iter_values(first_row..first_row + n as i64)));
-    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![lineage.ingested_at; n])));
-    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![lineage.loaded_at; n])));
+    columns.push(Arc::new(StringArray::from(vec![
+        lineage
+            .source_file
+            .as_str();
+        n
+    ])));
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        first_row..first_row + n as i64,
+    )));
+    columns.push(Arc::new(TimestampMicrosecondArray::from(
+        vec![lineage.ingested_at; n],
+    )));
+    columns.push(Arc::new(TimestampMicrosecondArray::from(
+        vec![lineage.loaded_at; n],
+    )));
 
     // Build with nullable fields first: rejected rows may hold NULL keys until filtered.
     let loose = Arc::new(arrow::datatypes::Schema::new(
@@ -234,18 +257,28 @@ fn encode_content(buf: &mut Vec<u8>, values: &TypedValues, row: usize) {
     }
     match values {
         TypedValues::Text(a) => text(buf, a, row),
-        TypedValues::Integer(a) => push_opt(buf, a.is_valid(row).then(|| a.value(row).to_le_bytes())),
-        TypedValues::Float(a) => {
-            push_opt(buf, a.is_valid(row).then(|| a.value(row).to_bits().to_le_bytes()))
+        TypedValues::Integer(a) => {
+            push_opt(buf, a.is_valid(row).then(|| a.value(row).to_le_bytes()))
         }
+        TypedValues::Float(a) => push_opt(
+            buf,
+            a.is_valid(row)
+                .then(|| a.value(row).to_bits().to_le_bytes()),
+        ),
         TypedValues::Boolean(a) => push_opt(buf, a.is_valid(row).then(|| [a.value(row) as u8])),
         TypedValues::Price { value, raw } => {
-            push_opt(buf, value.is_valid(row).then(|| value.value(row).to_le_bytes()));
+            push_opt(
+                buf,
+                value.is_valid(row).then(|| value.value(row).to_le_bytes()),
+            );
             text(buf, raw, row);
         }
-        TypedValues::Timestamp { micros, .. } => {
-            push_opt(buf, micros.is_valid(row).then(|| micros.value(row).to_le_bytes()))
-        }
+        TypedValues::Timestamp { micros, .. } => push_opt(
+            buf,
+            micros
+                .is_valid(row)
+                .then(|| micros.value(row).to_le_bytes()),
+        ),
     }
 }
 
@@ -274,7 +307,11 @@ fn is_integer_type(t: &DataType) -> bool {
 fn integers_of(source: &ArrayRef) -> Option<Vec<Option<i64>>> {
     macro_rules! prim {
         ($t:ty) => {
-            source.as_primitive::<$t>().iter().map(|v| v.and_then(|x| i64::try_from(x).ok())).collect()
+            source
+                .as_primitive::<$t>()
+                .iter()
+                .map(|v| v.and_then(|x| i64::try_from(x).ok()))
+                .collect()
         };
     }
     Some(match source.data_type() {
@@ -292,7 +329,11 @@ fn integers_of(source: &ArrayRef) -> Option<Vec<Option<i64>>> {
 
 fn floats_of(source: &ArrayRef) -> Option<Vec<Option<f64>>> {
     Some(match source.data_type() {
-        DataType::Float32 => source.as_primitive::<Float32Type>().iter().map(|v| v.map(f64::from)).collect(),
+        DataType::Float32 => source
+            .as_primitive::<Float32Type>()
+            .iter()
+            .map(|v| v.map(f64::from))
+            .collect(),
         DataType::Float64 => source.as_primitive::<Float64Type>().iter().collect(),
         _ => return None,
     })
@@ -308,7 +349,11 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
             if let Some(ints) = integers_of(source) {
                 b.extend(ints);
             } else if let Some(floats) = floats_of(source) {
-                b.extend(floats.into_iter().map(|v| v.and_then(typing::integer_from_float)));
+                b.extend(
+                    floats
+                        .into_iter()
+                        .map(|v| v.and_then(typing::integer_from_float)),
+                );
             } else if matches!(dt, DataType::Boolean | DataType::Null) {
                 b.append_nulls(n);
             } else {
@@ -351,9 +396,16 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
             let raw = as_text(name, source)?;
             let mut b = Decimal128Builder::with_capacity(n);
             if let Some(floats) = floats_of(source) {
-                b.extend(floats.into_iter().map(|v| v.and_then(typing::price_from_float)));
+                b.extend(
+                    floats
+                        .into_iter()
+                        .map(|v| v.and_then(typing::price_from_float)),
+                );
             } else if let Some(ints) = integers_of(source) {
-                b.extend(ints.into_iter().map(|v| v.and_then(|x| typing::price_from_float(x as f64))));
+                b.extend(
+                    ints.into_iter()
+                        .map(|v| v.and_then(|x| typing::price_from_float(x as f64))),
+                );
             } else {
                 b.extend(raw.iter().map(|v| v.and_then(typing::parse_price)));
             }
@@ -387,25 +439,60 @@ pub fn event_micros(source: &ArrayRef, text: &StringArray) -> TimestampMicroseco
     let micros: Vec<Option<i64>> = match source.data_type() {
         DataType::Timestamp(unit, _) => {
             let (values, div, mul): (Vec<Option<i64>>, i64, i64) = match unit {
-                TimeUnit::Second => (source.as_primitive::<TimestampSecondType>().iter().collect(), 1, 1_000_000),
-                TimeUnit::Millisecond => (source.as_primitive::<TimestampMillisecondType>().iter().collect(), 1, 1_000),
-                TimeUnit::Microsecond => (source.as_primitive::<TimestampMicrosecondType>().iter().collect(), 1, 1),
-                TimeUnit::Nanosecond => (source.as_primitive::<TimestampNanosecondType>().iter().collect(), 1_000, 1),
+                TimeUnit::Second => (
+                    source
+                        .as_primitive::<TimestampSecondType>()
+                        .iter()
+                        .collect(),
+                    1,
+                    1_000_000,
+                ),
+                TimeUnit::Millisecond => (
+                    source
+                        .as_primitive::<TimestampMillisecondType>()
+                        .iter()
+                        .collect(),
+                    1,
+                    1_000,
+                ),
+                TimeUnit::Microsecond => (
+                    source
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .iter()
+                        .collect(),
+                    1,
+                    1,
+                ),
+                TimeUnit::Nanosecond => (
+                    source
+                        .as_primitive::<TimestampNanosecondType>()
+                        .iter()
+                        .collect(),
+                    1_000,
+                    1,
+                ),
             };
-            values.into_iter().map(|v| v.and_then(|x| x.div_euclid(div).checked_mul(mul))).collect()
+            values
+                .into_iter()
+                .map(|v| v.and_then(|x| x.div_euclid(div).checked_mul(mul)))
+                .collect()
         }
         t if is_integer_type(t) => integers_of(source)
             .unwrap_or_default()
             .into_iter()
             .map(|v| v.map(|ns| ns.div_euclid(1_000)))
             .collect(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            text.iter().map(|v| v.and_then(typing::parse_timestamp_text)).collect()
-        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text
+            .iter()
+            .map(|v| v.and_then(typing::parse_timestamp_text))
+            .collect(),
         _ => vec![None; n],
     };
     TimestampMicrosecondArray::from(
-        micros.into_iter().map(|v| v.filter(|m| typing::usable_timestamp(*m))).collect::<Vec<_>>(),
+        micros
+            .into_iter()
+            .map(|v| v.filter(|m| typing::usable_timestamp(*m)))
+            .collect::<Vec<_>>(),
     )
 }
 
@@ -420,11 +507,20 @@ mod tests {
     use arrow::datatypes::{Field, Schema};
 
     fn lineage() -> Lineage {
-        Lineage { source_day: 19_723, source_file: "file:///lake/20240101_OTA.parquet".into(), ingested_at: 1, loaded_at: 2 }
+        Lineage {
+            source_day: 19_723,
+            source_file: "file:///lake/20240101_OTA.parquet".into(),
+            ingested_at: 1,
+            loaded_at: 2,
+        }
     }
 
     fn batch(cols: Vec<(&str, ArrayRef)>) -> RecordBatch {
-        let schema = Schema::new(cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>());
+        let schema = Schema::new(
+            cols.iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
         RecordBatch::try_new(Arc::new(schema), cols.into_iter().map(|(_, a)| a).collect()).unwrap()
     }
 
@@ -432,28 +528,80 @@ mod tests {
     fn types_rows_and_rejects_unkeyable_ones() {
         let ts = 1_704_067_200_000_000_000_i64; // ns
         let b = batch(vec![
-            ("request_id", Arc::new(StringArray::from(vec![Some("r1"), None, Some(" "), Some("r4")])) as ArrayRef),
-            ("timestamp", Arc::new(Int64Array::from(vec![Some(ts), Some(ts), Some(ts), None]))),
-            ("user_id", Arc::new(StringArray::from(vec!["123.0", "x", "1", "2"]))),
-            ("hotel_price", Arc::new(StringArray::from(vec!["€1.234,56", "1", "1", "1"]))),
-            ("has_email_contact_permission", Arc::new(StringArray::from(vec![" Yes", "no", "?", "1"]))),
-            ("mystery", Arc::new(StringArray::from(vec!["a", "b", "c", "d"]))),
+            (
+                "request_id",
+                Arc::new(StringArray::from(vec![
+                    Some("r1"),
+                    None,
+                    Some(" "),
+                    Some("r4"),
+                ])) as ArrayRef,
+            ),
+            (
+                "timestamp",
+                Arc::new(Int64Array::from(vec![Some(ts), Some(ts), Some(ts), None])),
+            ),
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["123.0", "x", "1", "2"])),
+            ),
+            (
+                "hotel_price",
+                Arc::new(StringArray::from(vec!["€1.234,56", "1", "1", "1"])),
+            ),
+            (
+                "has_email_contact_permission",
+                Arc::new(StringArray::from(vec![" Yes", "no", "?", "1"])),
+            ),
+            (
+                "mystery",
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+            ),
         ]);
         let mapping = ColumnMapping::new(&b.schema());
         assert_eq!(mapping.unknown, vec!["mystery".to_string()]);
         assert!(mapping.missing.contains(&"funnel_id"));
         let out = type_batch(&b, &mapping, &lineage(), 10).unwrap();
         assert_eq!(out.rows.num_rows(), 1);
-        let reasons: Vec<_> = out.rejected.iter().map(|r| (r.source_row, r.reason)).collect();
-        assert_eq!(reasons, vec![(11, "missing request_id"), (12, "missing request_id"), (13, "unusable timestamp")]);
+        let reasons: Vec<_> = out
+            .rejected
+            .iter()
+            .map(|r| (r.source_row, r.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (11, "missing request_id"),
+                (12, "missing request_id"),
+                (13, "unusable timestamp")
+            ]
+        );
         let rows = &out.rows;
         let col = |n: &str| rows.column(rows.schema().index_of(n).unwrap()).clone();
         assert_eq!(col("user_id").as_primitive::<Int64Type>().value(0), 123);
-        assert_eq!(col("hotel_price").as_primitive::<arrow::datatypes::Decimal128Type>().value(0), 1_234_560_000);
-        assert_eq!(col("hotel_price_raw").as_string::<i32>().value(0), "€1.234,56");
+        assert_eq!(
+            col("hotel_price")
+                .as_primitive::<arrow::datatypes::Decimal128Type>()
+                .value(0),
+            1_234_560_000
+        );
+        assert_eq!(
+            col("hotel_price_raw").as_string::<i32>().value(0),
+            "€1.234,56"
+        );
         assert!(col("has_email_contact_permission").as_boolean().value(0));
-        assert_eq!(col("timestamp").as_primitive::<TimestampMicrosecondType>().value(0), ts / 1000);
-        assert_eq!(col("event_date").as_primitive::<arrow::datatypes::Date32Type>().value(0), 19_723);
+        assert_eq!(
+            col("timestamp")
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0),
+            ts / 1000
+        );
+        assert_eq!(
+            col("event_date")
+                .as_primitive::<arrow::datatypes::Date32Type>()
+                .value(0),
+            19_723
+        );
         assert_eq!(col("source_row").as_primitive::<Int64Type>().value(0), 10);
         assert!(col("funnel_id").is_null(0));
     }
@@ -462,14 +610,26 @@ mod tests {
     fn event_key_is_null_aware_and_ignores_non_key_columns() {
         let ts = 1_704_067_200_000_000_000_i64;
         let b = batch(vec![
-            ("request_id", Arc::new(StringArray::from(vec!["r", "r", "r", "r"])) as ArrayRef),
-            ("funnel_id", Arc::new(StringArray::from(vec![None, None, Some(""), Some("")]))),
+            (
+                "request_id",
+                Arc::new(StringArray::from(vec!["r", "r", "r", "r"])) as ArrayRef,
+            ),
+            (
+                "funnel_id",
+                Arc::new(StringArray::from(vec![None, None, Some(""), Some("")])),
+            ),
             ("timestamp", Arc::new(Int64Array::from(vec![ts; 4]))),
-            ("hotel_name", Arc::new(StringArray::from(vec!["a", "b", "a", "a"]))),
+            (
+                "hotel_name",
+                Arc::new(StringArray::from(vec!["a", "b", "a", "a"])),
+            ),
         ]);
         let out = type_batch(&b, &ColumnMapping::new(&b.schema()), &lineage(), 0).unwrap();
         let keys = out.rows.column(0).as_binary::<i32>();
-        let hashes = out.rows.column(out.rows.schema().index_of("row_hash").unwrap()).as_binary::<i32>();
+        let hashes = out
+            .rows
+            .column(out.rows.schema().index_of("row_hash").unwrap())
+            .as_binary::<i32>();
         assert_eq!(keys.value(0), keys.value(1), "NULLs compare equal");
         assert_ne!(keys.value(0), keys.value(2), "NULL differs from empty text");
         assert_eq!(keys.value(2), keys.value(3));
@@ -482,15 +642,27 @@ mod tests {
     fn timestamps_of_any_unit_and_text() {
         let us = 1_704_067_200_123_456_i64;
         let variants: Vec<ArrayRef> = vec![
-            Arc::new(arrow::array::TimestampNanosecondArray::from(vec![us * 1000]).with_timezone("UTC")),
+            Arc::new(
+                arrow::array::TimestampNanosecondArray::from(vec![us * 1000]).with_timezone("UTC"),
+            ),
             Arc::new(TimestampMicrosecondArray::from(vec![us])),
             Arc::new(StringArray::from(vec!["2024-01-01T00:00:00.123456Z"])),
             Arc::new(Int64Array::from(vec![us * 1000])),
         ];
         for v in variants {
-            let b = batch(vec![("request_id", Arc::new(StringArray::from(vec!["r"])) as ArrayRef), ("timestamp", v.clone())]);
+            let b = batch(vec![
+                (
+                    "request_id",
+                    Arc::new(StringArray::from(vec!["r"])) as ArrayRef,
+                ),
+                ("timestamp", v.clone()),
+            ]);
             let out = type_batch(&b, &ColumnMapping::new(&b.schema()), &lineage(), 0).unwrap();
-            let got = out.rows.column(out.rows.schema().index_of("timestamp").unwrap()).as_primitive::<TimestampMicrosecondType>().value(0);
+            let got = out
+                .rows
+                .column(out.rows.schema().index_of("timestamp").unwrap())
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0);
             assert_eq!(got, us, "{:?}", v.data_type());
         }
     }

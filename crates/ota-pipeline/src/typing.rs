@@ -50,9 +50,15 @@ pub fn parse_float_text(text: &str) -> Option<f64> {
 /// yes/true/1 -> true, no/false/0 -> false (trimmed, case-insensitive), else None.
 pub fn parse_permission(text: &str) -> Option<bool> {
     let t = text.trim();
-    if ["yes", "true", "1"].iter().any(|w| t.eq_ignore_ascii_case(w)) {
+    if ["yes", "true", "1"]
+        .iter()
+        .any(|w| t.eq_ignore_ascii_case(w))
+    {
         Some(true)
-    } else if ["no", "false", "0"].iter().any(|w| t.eq_ignore_ascii_case(w)) {
+    } else if ["no", "false", "0"]
+        .iter()
+        .any(|w| t.eq_ignore_ascii_case(w))
+    {
         Some(false)
     } else {
         None
@@ -90,7 +96,10 @@ pub fn parse_price(text: &str) -> Option<i128> {
         Some(pos) => {
             let tail = &body[pos + 1..];
             if (1..=2).contains(&tail.len()) && tail.bytes().all(|b| b.is_ascii_digit()) {
-                (body[..pos].chars().filter(char::is_ascii_digit).collect(), tail)
+                (
+                    body[..pos].chars().filter(char::is_ascii_digit).collect(),
+                    tail,
+                )
             } else {
                 (body.chars().filter(char::is_ascii_digit).collect(), "")
             }
@@ -116,7 +125,24 @@ pub fn parse_price(text: &str) -> Option<i128> {
 }
 
 fn is_currency_symbol(c: char) -> bool {
-    matches!(c, '$' | '€' | '£' | '¥' | '₹' | '₩' | '₺' | '₽' | '₫' | '฿' | '₪' | '¢' | '₴' | '₦' | '₱' | '₡')
+    matches!(
+        c,
+        '$' | '€'
+            | '£'
+            | '¥'
+            | '₹'
+            | '₩'
+            | '₺'
+            | '₽'
+            | '₫'
+            | '฿'
+            | '₪'
+            | '¢'
+            | '₴'
+            | '₦'
+            | '₱'
+            | '₡'
+    )
 }
 
 fn has_letters_between_digits(text: &str) -> bool {
@@ -153,7 +179,11 @@ pub fn parse_timestamp_text(text: &str) -> Option<i64> {
         }
     }
     let naive = t.strip_suffix(['Z', 'z']).unwrap_or(t);
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(naive, fmt) {
             return Some(dt.and_utc().timestamp_micros());
         }

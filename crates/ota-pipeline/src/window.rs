@@ -74,10 +74,13 @@ impl std::fmt::Display for DateWindow {
 /// Parses a strict `YYYY-MM-DD` date.
 pub fn parse_date(what: &str, text: &str) -> Result<NaiveDate> {
     let ok_shape = text.len() == 10
-        && text
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     let parsed = ok_shape
         .then(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
         .flatten();
@@ -110,7 +113,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["2024-3-01", "2024-02-30", "20240301", "yesterday", "2024-03-01 "] {
+        for bad in [
+            "2024-3-01",
+            "2024-02-30",
+            "20240301",
+            "yesterday",
+            "2024-03-01 ",
+        ] {
             let err = DateWindow::resolve(Some(bad), None, Some("2024-03-10")).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}");
         }

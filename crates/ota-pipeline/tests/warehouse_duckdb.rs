@@ -10,7 +10,9 @@ use chrono::NaiveDate;
 use ota_pipeline::Result;
 use ota_pipeline::lake::LakeFile;
 use ota_pipeline::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
-use ota_pipeline::warehouse::{Access, ChangeSelection, FeedOffset, RawSource, Warehouse, binary_at, open_warehouse};
+use ota_pipeline::warehouse::{
+    Access, ChangeSelection, FeedOffset, RawSource, Warehouse, binary_at, open_warehouse,
+};
 
 const DAY1_NS: i64 = 1_704_067_200_000_000_000; // 2024-01-01T00:00:00Z
 
@@ -18,7 +20,11 @@ const DAY1_NS: i64 = 1_704_067_200_000_000_000; // 2024-01-01T00:00:00Z
 struct Files(BTreeMap<String, Vec<(&'static str, i64, &'static str)>>);
 
 impl RawSource for Files {
-    fn read(&mut self, file: &LakeFile, sink: &mut dyn FnMut(TypedBatch) -> Result<()>) -> Result<()> {
+    fn read(
+        &mut self,
+        file: &LakeFile,
+        sink: &mut dyn FnMut(TypedBatch) -> Result<()>,
+    ) -> Result<()> {
         let rows = &self.0[&file.uri];
         let schema = Arc::new(Schema::new(vec![
             Field::new("request_id", DataType::Utf8, true),
@@ -37,7 +43,12 @@ impl RawSource for Files {
             ingested_at: file.ingested_at,
             loaded_at: 0,
         };
-        sink(type_batch(&batch, &ColumnMapping::new(&batch.schema()), &lineage, 0)?)
+        sink(type_batch(
+            &batch,
+            &ColumnMapping::new(&batch.schema()),
+            &lineage,
+            0,
+        )?)
     }
 }
 
@@ -52,8 +63,14 @@ fn file(name: &str, ingested_at: i64) -> LakeFile {
     }
 }
 
-/// The change feed as (op, request_id or key hex, hotel_name).
-fn feed(wh: &mut Box<dyn Warehouse>, after: Option<FeedOffset>) -> (Vec<(String, Option<String>, Option<String>)>, Option<FeedOffset>) {
+/// One change: (op, request_id, hotel_name).
+type Change = (String, Option<String>, Option<String>);
+
+/// The change feed after an offset, and the offset it ends at.
+fn feed(
+    wh: &mut Box<dyn Warehouse>,
+    after: Option<FeedOffset>,
+) -> (Vec<Change>, Option<FeedOffset>) {
     let mut out = Vec::new();
     let mut last = None;
     wh.stream_changes(&ChangeSelection::After(after), 2, &mut |b| {
@@ -65,10 +82,16 @@ fn feed(wh: &mut Box<dyn Warehouse>, after: Option<FeedOffset>) -> (Vec<(String,
                 (!c.is_null(i)).then(|| c.as_string::<i32>().value(i).to_string())
             };
             out.push((op, text("request_id"), text("hotel_name")));
-            let at = b.column(1).as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(i);
+            let at = b
+                .column(1)
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(i);
             let mut key = [0u8; 16];
             key.copy_from_slice(binary_at(b.column(2).as_ref(), i).expect("key"));
-            last = Some(FeedOffset { changed_at: at, event_key: key });
+            last = Some(FeedOffset {
+                changed_at: at,
+                event_key: key,
+            });
         }
         Ok(true)
     })
@@ -83,18 +106,38 @@ fn dedup_keeps_the_latest_version_and_feeds_changes_in_order() {
     let mut wh = open_warehouse(&url, Access::ReadWrite).expect("open");
     let ts = DAY1_NS + 3_600_000_000_000;
     let mut files = Files(BTreeMap::new());
-    files.0.insert(file("a", 100).uri, vec![("r1", ts, "old"), ("r1", ts, "dup-later-row"), ("r2", ts, "two"), ("", ts, "rejected")]);
-    files.0.insert(file("b", 200).uri, vec![("r1", ts, "newer-file"), ("r3", ts + 1_000, "three")]);
+    files.0.insert(
+        file("a", 100).uri,
+        vec![
+            ("r1", ts, "old"),
+            ("r1", ts, "dup-later-row"),
+            ("r2", ts, "two"),
+            ("", ts, "rejected"),
+        ],
+    );
+    files.0.insert(
+        file("b", 200).uri,
+        vec![("r1", ts, "newer-file"), ("r3", ts + 1_000, "three")],
+    );
 
-    let out = wh.load_raw(&[file("a", 100), file("b", 200)], 1, &mut files).expect("load");
+    let out = wh
+        .load_raw(&[file("a", 100), file("b", 200)], 1, &mut files)
+        .expect("load");
     assert_eq!(out.rejected, 1);
     assert_eq!(out.rows_written, 5);
     let d = wh.dedup(1_000).expect("dedup");
     assert_eq!(d.duplicates_removed, 2);
     assert_eq!(d.rows_changed, 3);
     let (changes, offset) = feed(&mut wh, None);
-    let names: BTreeMap<_, _> = changes.iter().map(|(_, r, h)| (r.clone(), h.clone())).collect();
-    assert_eq!(names[&Some("r1".into())], Some("newer-file".into()), "latest ingested_at wins");
+    let names: BTreeMap<_, _> = changes
+        .iter()
+        .map(|(_, r, h)| (r.clone(), h.clone()))
+        .collect();
+    assert_eq!(
+        names[&Some("r1".into())],
+        Some("newer-file".into()),
+        "latest ingested_at wins"
+    );
     assert_eq!(changes.len(), 3);
 
     // Nothing pending: dedup changes nothing, the feed after the offset is empty.
@@ -103,8 +146,11 @@ fn dedup_keeps_the_latest_version_and_feeds_changes_in_order() {
 
     // File b re-delivered without r3 and with r1 unchanged: r3 becomes a tombstone,
     // r1 keeps its changed_at.
-    files.0.insert(file("b", 300).uri, vec![("r1", ts, "newer-file")]);
-    wh.load_raw(&[file("b", 300)], 2, &mut files).expect("reload");
+    files
+        .0
+        .insert(file("b", 300).uri, vec![("r1", ts, "newer-file")]);
+    wh.load_raw(&[file("b", 300)], 2, &mut files)
+        .expect("reload");
     let d = wh.dedup(3_000).expect("dedup");
     assert_eq!((d.rows_changed, d.rows_deleted), (0, 1));
     let (changes, offset2) = feed(&mut wh, offset);
@@ -113,12 +159,22 @@ fn dedup_keeps_the_latest_version_and_feeds_changes_in_order() {
 
     // r3 comes back: its tombstone goes, it is an upsert again; changed_at keeps rising
     // even when the clock goes backwards.
-    files.0.insert(file("c", 400).uri, vec![("r3", ts + 1_000, "three again")]);
-    wh.load_raw(&[file("c", 400)], 3, &mut files).expect("load c");
+    files
+        .0
+        .insert(file("c", 400).uri, vec![("r3", ts + 1_000, "three again")]);
+    wh.load_raw(&[file("c", 400)], 3, &mut files)
+        .expect("load c");
     let d = wh.dedup(10).expect("dedup");
     assert!(d.changed_at.expect("changed_at") > offset2.expect("offset").changed_at);
     let (changes, _) = feed(&mut wh, offset2);
-    assert_eq!(changes, vec![("U".to_string(), Some("r3".into()), Some("three again".into()))]);
+    assert_eq!(
+        changes,
+        vec![(
+            "U".to_string(),
+            Some("r3".into()),
+            Some("three again".into())
+        )]
+    );
     let sums = wh.date_checksums(None).expect("checksums");
     assert_eq!(sums.values().map(|s| s.rows).sum::<u64>(), 3);
 }
@@ -130,10 +186,20 @@ fn ties_break_on_source_file_then_source_row() {
     let mut wh = open_warehouse(&url, Access::ReadWrite).expect("open");
     let ts = DAY1_NS + 7_200_000_000_000;
     let mut files = Files(BTreeMap::new());
-    files.0.insert(file("a", 100).uri, vec![("r1", ts, "a-0"), ("r1", ts, "a-1")]);
-    files.0.insert(file("b", 100).uri, vec![("r1", ts, "b-0"), ("r1", ts, "b-1")]);
-    wh.load_raw(&[file("b", 100), file("a", 100)], 1, &mut files).expect("load");
+    files.0.insert(
+        file("a", 100).uri,
+        vec![("r1", ts, "a-0"), ("r1", ts, "a-1")],
+    );
+    files.0.insert(
+        file("b", 100).uri,
+        vec![("r1", ts, "b-0"), ("r1", ts, "b-1")],
+    );
+    wh.load_raw(&[file("b", 100), file("a", 100)], 1, &mut files)
+        .expect("load");
     wh.dedup(1).expect("dedup");
     let (changes, _) = feed(&mut wh, None);
-    assert_eq!(changes, vec![("U".to_string(), Some("r1".into()), Some("b-1".into()))]);
+    assert_eq!(
+        changes,
+        vec![("U".to_string(), Some("r1".into()), Some("b-1".into()))]
+    );
 }

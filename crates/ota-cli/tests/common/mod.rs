@@ -25,7 +25,10 @@ pub const BINS: [(&str, &str); 5] = [
 ];
 
 pub fn bin(name: &str) -> &'static str {
-    BINS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).expect("known binary")
+    BINS.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+        .expect("known binary")
 }
 
 /// What a binary printed and returned.
@@ -40,10 +43,19 @@ impl Run {
     /// The JSON summary: the last line of stdout.
     pub fn summary(&self) -> Value {
         let last = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {last:?}\nstderr: {}", self.stderr))
+        serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "last stdout line is not JSON ({e}): {last:?}\nstderr: {}",
+                self.stderr
+            )
+        })
     }
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "exit code\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "exit code\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -85,12 +97,26 @@ impl Env {
             "ota_t{}_{}_{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_micros())
+                .unwrap_or(0)
         );
         let server_url = server_url();
         let mysql_url = format!("{server_url}/{db}");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        Env { dir, lake, warehouse, db, mysql_url, server_url, rt }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Env {
+            dir,
+            lake,
+            warehouse,
+            db,
+            mysql_url,
+            server_url,
+            rt,
+        }
     }
 
     pub fn lake_url(&self) -> String {
@@ -115,7 +141,17 @@ impl Env {
     /// Generates daily files into the lake.
     pub fn generate(&self, start: &str, days: u32, rows: u64) {
         Command::new(bin("ota-gen"))
-            .args(["--seed", "7", "--start", start, "--days", &days.to_string(), "--rows-per-day", &rows.to_string(), "--out"])
+            .args([
+                "--seed",
+                "7",
+                "--start",
+                start,
+                "--days",
+                &days.to_string(),
+                "--rows-per-day",
+                &rows.to_string(),
+                "--out",
+            ])
             .arg(&self.lake)
             .output()
             .map(Run::from)
@@ -137,10 +173,13 @@ impl Env {
 
     pub fn mysql<T>(&self, f: impl AsyncFnOnce(&mut mysql_async::Conn) -> T) -> T {
         self.rt.block_on(async {
-            let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&self.mysql_url).expect("url"))
+            let mut conn =
+                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.mysql_url).expect("url"))
+                    .await
+                    .expect("connect to MySQL");
+            conn.query_drop("SET time_zone = '+00:00'")
                 .await
-                .expect("connect to MySQL");
-            conn.query_drop("SET time_zone = '+00:00'").await.expect("tz");
+                .expect("tz");
             let v = f(&mut conn).await;
             let _ = conn.disconnect().await;
             v
@@ -174,7 +213,8 @@ impl Env {
     }
 
     pub fn file(&self, day: &str) -> PathBuf {
-        self.lake.join(format!("{}_OTA.parquet", day.replace('-', "")))
+        self.lake
+            .join(format!("{}_OTA.parquet", day.replace('-', "")))
     }
 }
 
@@ -184,7 +224,8 @@ impl Drop for Env {
         let db = self.db.clone();
         let _ = self.rt.block_on(async move {
             let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url)?).await?;
-            c.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")).await?;
+            c.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+                .await?;
             c.disconnect().await
         });
     }
@@ -193,7 +234,12 @@ impl Drop for Env {
 /// Reads every batch of a Parquet file.
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let f = File::open(path).expect("open parquet");
-    ParquetRecordBatchReaderBuilder::try_new(f).expect("parquet").build().expect("reader").map(|b| b.expect("batch")).collect()
+    ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .map(|b| b.expect("batch"))
+        .collect()
 }
 
 /// Writes batches as a Parquet file (replacing it; the new mtime makes it a re-delivery).
@@ -237,6 +283,10 @@ pub fn rows_of(path: &Path) -> Vec<SourceRow> {
 pub fn mtime_micros(path: &Path) -> i64 {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
-        .map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0))
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0)
+        })
         .expect("mtime")
 }

@@ -38,7 +38,9 @@ impl LocalLake {
             .strip_prefix("file://")
             .map(PathBuf::from)
             .filter(|p| p.starts_with(&self.root))
-            .ok_or_else(|| PipelineError::Config(format!("{uri} is not in the lake {}", self.url)))?;
+            .ok_or_else(|| {
+                PipelineError::Config(format!("{uri} is not in the lake {}", self.url))
+            })?;
         Ok(path)
     }
 
@@ -68,7 +70,9 @@ pub fn crc32c_of_file(path: &Path) -> Result<String> {
     let mut buf = vec![0u8; 1 << 20];
     let mut crc = 0u32;
     loop {
-        let n = file.read(&mut buf).map_err(|e| PipelineError::io(path, e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| PipelineError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -98,7 +102,9 @@ impl Lake for LocalLake {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(day_of_name_prefix)
-            .ok_or_else(|| PipelineError::Config(format!("{uri} is not a daily file (YYYYMMDD_...)")))?;
+            .ok_or_else(|| {
+                PipelineError::Config(format!("{uri} is not a daily file (YYYYMMDD_...)"))
+            })?;
         self.fingerprint(&path, day)
     }
 
@@ -109,7 +115,8 @@ impl Lake for LocalLake {
     fn put_file(&self, name: &str, source: &Path) -> Result<PutOutcome> {
         let target = self.root.join(name);
         if target.exists() && crc32c_of_file(&target)? == crc32c_of_file(source)? {
-            let same_len = fs::metadata(&target).map(|m| m.len()).ok() == fs::metadata(source).map(|m| m.len()).ok();
+            let same_len = fs::metadata(&target).map(|m| m.len()).ok()
+                == fs::metadata(source).map(|m| m.len()).ok();
             if same_len {
                 return Ok(PutOutcome::Unchanged);
             }

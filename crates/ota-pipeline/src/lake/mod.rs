@@ -102,7 +102,9 @@ pub fn day_of_name_prefix(name: &str) -> Option<NaiveDate> {
 pub fn validate_suffix(suffix: &str) -> Result<()> {
     if !suffix.is_empty()
         && suffix.len() <= 64
-        && suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         Ok(())
     } else {
@@ -160,7 +162,10 @@ mod tests {
         let name = daily_file_name(d, "OTA");
         assert_eq!(name, "20240131_OTA.parquet");
         assert_eq!(day_of_file_name(&name, "OTA"), Some(d));
-        assert_eq!(day_of_file_name("file:///x/20240131_OTA.parquet", "OTA"), Some(d));
+        assert_eq!(
+            day_of_file_name("file:///x/20240131_OTA.parquet", "OTA"),
+            Some(d)
+        );
         assert_eq!(day_of_file_name("20240131_XYZ.parquet", "OTA"), None);
         assert_eq!(day_of_file_name("20241331_OTA.parquet", "OTA"), None);
         assert!(validate_suffix("OTA").is_ok());

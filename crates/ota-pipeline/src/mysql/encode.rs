@@ -12,8 +12,8 @@ use arrow::datatypes::{
 use mysql_async::Value;
 
 use crate::error::{PipelineError, Result};
-use crate::warehouse::binary_at;
 use crate::typing::date_of_epoch_day;
+use crate::warehouse::binary_at;
 
 fn unsupported(dt: &DataType) -> PipelineError {
     PipelineError::Config(format!("column type {dt} cannot be exported to MySQL"))
@@ -66,7 +66,12 @@ fn write_decimal(out: &mut Vec<u8>, value: i128, scale: i8) {
     let abs = value.unsigned_abs();
     let _ = write!(out, "{sign}{}", abs / div as u128);
     if scale > 0 {
-        let _ = write!(out, ".{:0width$}", abs % div as u128, width = scale as usize);
+        let _ = write!(
+            out,
+            ".{:0width$}",
+            abs % div as u128,
+            width = scale as usize
+        );
     }
 }
 
@@ -86,9 +91,14 @@ pub fn encode_tsv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
             }
             match col.data_type() {
                 DataType::Utf8 => escape_into(out, col.as_string::<i32>().value(row).as_bytes()),
-                DataType::LargeUtf8 => escape_into(out, col.as_string::<i64>().value(row).as_bytes()),
+                DataType::LargeUtf8 => {
+                    escape_into(out, col.as_string::<i64>().value(row).as_bytes())
+                }
                 DataType::Utf8View => escape_into(out, col.as_string_view().value(row).as_bytes()),
-                DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+                DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+                | DataType::FixedSizeBinary(_) => {
                     hex_into(out, binary_at(col.as_ref(), row).unwrap_or_default())
                 }
                 DataType::Int64 => {
@@ -97,7 +107,11 @@ pub fn encode_tsv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
                 DataType::Float64 => {
                     let _ = write!(out, "{}", col.as_primitive::<Float64Type>().value(row));
                 }
-                DataType::Boolean => out.push(if col.as_boolean().value(row) { b'1' } else { b'0' }),
+                DataType::Boolean => out.push(if col.as_boolean().value(row) {
+                    b'1'
+                } else {
+                    b'0'
+                }),
                 DataType::Date32 => {
                     let d = date_of_epoch_day(col.as_primitive::<Date32Type>().value(row));
                     let _ = write!(out, "{}", d.format("%Y-%m-%d"));
@@ -105,9 +119,10 @@ pub fn encode_tsv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
                 DataType::Decimal128(_, scale) => {
                     write_decimal(out, col.as_primitive::<Decimal128Type>().value(row), *scale)
                 }
-                DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                    write_datetime(out, col.as_primitive::<TimestampMicrosecondType>().value(row))
-                }
+                DataType::Timestamp(TimeUnit::Microsecond, _) => write_datetime(
+                    out,
+                    col.as_primitive::<TimestampMicrosecondType>().value(row),
+                ),
                 other => return Err(unsupported(other)),
             }
         }
@@ -144,25 +159,38 @@ pub fn row_values(batch: &RecordBatch, row: usize, out: &mut Vec<Value>) -> Resu
         }
         let v = match col.data_type() {
             DataType::Utf8 => Value::Bytes(col.as_string::<i32>().value(row).as_bytes().to_vec()),
-            DataType::LargeUtf8 => Value::Bytes(col.as_string::<i64>().value(row).as_bytes().to_vec()),
+            DataType::LargeUtf8 => {
+                Value::Bytes(col.as_string::<i64>().value(row).as_bytes().to_vec())
+            }
             DataType::Utf8View => Value::Bytes(col.as_string_view().value(row).as_bytes().to_vec()),
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_) => {
                 Value::Bytes(binary_at(col.as_ref(), row).unwrap_or_default().to_vec())
             }
             DataType::Int64 => Value::Int(col.as_primitive::<Int64Type>().value(row)),
             DataType::Float64 => Value::Double(col.as_primitive::<Float64Type>().value(row)),
             DataType::Boolean => Value::Int(i64::from(col.as_boolean().value(row))),
             DataType::Date32 => Value::Bytes(
-                date_of_epoch_day(col.as_primitive::<Date32Type>().value(row)).format("%Y-%m-%d").to_string().into_bytes(),
+                date_of_epoch_day(col.as_primitive::<Date32Type>().value(row))
+                    .format("%Y-%m-%d")
+                    .to_string()
+                    .into_bytes(),
             ),
             DataType::Decimal128(_, scale) => {
                 let mut b = Vec::new();
-                write_decimal(&mut b, col.as_primitive::<Decimal128Type>().value(row), *scale);
+                write_decimal(
+                    &mut b,
+                    col.as_primitive::<Decimal128Type>().value(row),
+                    *scale,
+                );
                 Value::Bytes(b)
             }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                Value::Bytes(datetime_text(col.as_primitive::<TimestampMicrosecondType>().value(row)).into_bytes())
-            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => Value::Bytes(
+                datetime_text(col.as_primitive::<TimestampMicrosecondType>().value(row))
+                    .into_bytes(),
+            ),
             other => return Err(unsupported(other)),
         };
         out.push(v);
@@ -188,6 +216,9 @@ mod tests {
         out.push(b' ');
         write_decimal(&mut out, 5, 6);
         assert_eq!(String::from_utf8(out).unwrap(), "-1234.560000 0.000005");
-        assert_eq!(datetime_text(1_704_067_200_000_001), "2024-01-01 00:00:00.000001");
+        assert_eq!(
+            datetime_text(1_704_067_200_000_001),
+            "2024-01-01 00:00:00.000001"
+        );
     }
 }

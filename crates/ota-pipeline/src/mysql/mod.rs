@@ -42,7 +42,9 @@ pub struct MysqlConfig {
 
 /// `mysql://user:***@host:port/db`: the URL with its password masked, for logs.
 pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
     match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
@@ -84,16 +86,19 @@ impl MysqlTarget {
             .map_err(|e| PipelineError::Config(format!("MySQL URL {masked_url}: {e}")))?;
         let db = opts
             .db_name()
-            .ok_or_else(|| PipelineError::Config(format!("MySQL URL {masked_url} names no database")))?
+            .ok_or_else(|| {
+                PipelineError::Config(format!("MySQL URL {masked_url} names no database"))
+            })?
             .to_string();
         validate_identifier("MySQL database", &db)?;
         let conn = match Conn::new(opts.clone()).await {
             Ok(c) => c,
             Err(e) if server_code(&e) == Some(1049) => {
                 tracing::info!(database = %db, "creating the database");
-                let mut admin = Conn::new(OptsBuilder::from_opts(opts.clone()).db_name(None::<String>))
-                    .await
-                    .map_err(my_err(format!("connecting to {masked_url}")))?;
+                let mut admin =
+                    Conn::new(OptsBuilder::from_opts(opts.clone()).db_name(None::<String>))
+                        .await
+                        .map_err(my_err(format!("connecting to {masked_url}")))?;
                 admin
                     .query_drop(format!(
                         "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -101,9 +106,16 @@ impl MysqlTarget {
                     .await
                     .map_err(my_err(format!("creating database {db}")))?;
                 let _ = admin.disconnect().await;
-                Conn::new(opts).await.map_err(my_err(format!("connecting to {masked_url}")))?
+                Conn::new(opts)
+                    .await
+                    .map_err(my_err(format!("connecting to {masked_url}")))?
             }
-            Err(e) => return Err(PipelineError::mysql(format!("connecting to {masked_url}"), e)),
+            Err(e) => {
+                return Err(PipelineError::mysql(
+                    format!("connecting to {masked_url}"),
+                    e,
+                ));
+            }
         };
         let mut target = MysqlTarget {
             conn,
@@ -119,13 +131,21 @@ impl MysqlTarget {
 
     async fn setup(&mut self) -> Result<()> {
         let c = &mut self.conn;
-        c.query_drop(sql::SESSION_SETUP).await.map_err(my_err("setting up the session"))?;
+        c.query_drop(sql::SESSION_SETUP)
+            .await
+            .map_err(my_err("setting up the session"))?;
         c.query_drop(sql::create_target(&self.table))
             .await
             .map_err(my_err(format!("creating table {}", self.table)))?;
-        c.query_drop(sql::CREATE_OFFSETS).await.map_err(my_err("creating the offsets table"))?;
-        c.query_drop(sql::create_stage()).await.map_err(my_err("creating the staging table"))?;
-        c.query_drop(sql::create_resync_keys()).await.map_err(my_err("creating the re-sync table"))?;
+        c.query_drop(sql::CREATE_OFFSETS)
+            .await
+            .map_err(my_err("creating the offsets table"))?;
+        c.query_drop(sql::create_stage())
+            .await
+            .map_err(my_err("creating the staging table"))?;
+        c.query_drop(sql::create_resync_keys())
+            .await
+            .map_err(my_err("creating the re-sync table"))?;
         Ok(())
     }
 
@@ -160,7 +180,10 @@ impl MysqlTarget {
                 .await
                 .map_err(my_err("releasing the export lock"))?;
         }
-        self.conn.disconnect().await.map_err(my_err("disconnecting"))
+        self.conn
+            .disconnect()
+            .await
+            .map_err(my_err("disconnecting"))
     }
 
     /// The forward offset of the table, if any batch was ever exported.
@@ -170,34 +193,53 @@ impl MysqlTarget {
             .exec_first(sql::SELECT_OFFSET, (&self.table,))
             .await
             .map_err(my_err("reading the offset"))?;
-        let Some((at, key)) = row else { return Ok(None) };
+        let Some((at, key)) = row else {
+            return Ok(None);
+        };
         let changed_at = chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%d %H:%M:%S%.f")
-            .map_err(|e| PipelineError::Config(format!("stored offset {at:?} is not a datetime: {e}")))?
+            .map_err(|e| {
+                PipelineError::Config(format!("stored offset {at:?} is not a datetime: {e}"))
+            })?
             .and_utc()
             .timestamp_micros();
         let mut event_key = [0u8; 16];
         for (i, b) in event_key.iter_mut().enumerate() {
             *b = u8::from_str_radix(key.get(i * 2..i * 2 + 2).unwrap_or("00"), 16).unwrap_or(0);
         }
-        Ok(Some(FeedOffset { changed_at, event_key }))
+        Ok(Some(FeedOffset {
+            changed_at,
+            event_key,
+        }))
     }
 
     /// Loads one batch into the (emptied) staging table.
     async fn stage(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.conn.query_drop(sql::truncate_stage()).await.map_err(my_err("emptying the staging table"))?;
+        self.conn
+            .query_drop(sql::truncate_stage())
+            .await
+            .map_err(my_err("emptying the staging table"))?;
         if self.method != LoadMethod::Insert {
             let mut buf = Vec::with_capacity(batch.get_array_memory_size());
             encode::encode_tsv(batch, &mut buf)?;
             let data = Bytes::from(buf);
-            self.conn.set_infile_handler(async move { Ok(stream::iter([Ok(data)]).boxed()) });
+            self.conn
+                .set_infile_handler(async move { Ok(stream::iter([Ok(data)]).boxed()) });
             match self.conn.query_drop(sql::load_stage()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if self.method == LoadMethod::Auto && refuses_local_infile(&e) => {
                     tracing::warn!(error = %e, "the server refuses LOAD DATA LOCAL INFILE; falling back to multi-row INSERT");
                     self.method = LoadMethod::Insert;
-                    self.conn.query_drop(sql::truncate_stage()).await.map_err(my_err("emptying the staging table"))?;
+                    self.conn
+                        .query_drop(sql::truncate_stage())
+                        .await
+                        .map_err(my_err("emptying the staging table"))?;
                 }
-                Err(e) => return Err(PipelineError::mysql("loading a batch with LOAD DATA LOCAL INFILE", e)),
+                Err(e) => {
+                    return Err(PipelineError::mysql(
+                        "loading a batch with LOAD DATA LOCAL INFILE",
+                        e,
+                    ));
+                }
             }
         }
         self.insert_stage(batch).await
@@ -234,20 +276,34 @@ impl MysqlTarget {
         self.stage(batch).await?;
         let upserts = count_ops(batch, "U");
         let c = &mut self.conn;
-        c.query_drop("START TRANSACTION").await.map_err(my_err("starting a batch transaction"))?;
-        c.query_drop(sql::upsert_from_stage(&self.table)).await.map_err(my_err("upserting a batch"))?;
-        c.query_drop(sql::delete_from_stage(&self.table)).await.map_err(my_err("deleting a batch's tombstones"))?;
+        c.query_drop("START TRANSACTION")
+            .await
+            .map_err(my_err("starting a batch transaction"))?;
+        c.query_drop(sql::upsert_from_stage(&self.table))
+            .await
+            .map_err(my_err("upserting a batch"))?;
+        c.query_drop(sql::delete_from_stage(&self.table))
+            .await
+            .map_err(my_err("deleting a batch's tombstones"))?;
         let deleted = c.affected_rows();
         c.exec_drop(
             sql::SAVE_OFFSET,
-            (&self.table, encode::datetime_text(offset.changed_at), crate::hex::encode(&offset.event_key)),
+            (
+                &self.table,
+                encode::datetime_text(offset.changed_at),
+                crate::hex::encode(&offset.event_key),
+            ),
         )
         .await
         .map_err(my_err("saving the offset"))?;
         if crash_before_commit {
-            return Err(PipelineError::Injected("stopped before committing a batch".into()));
+            return Err(PipelineError::Injected(
+                "stopped before committing a batch".into(),
+            ));
         }
-        c.query_drop("COMMIT").await.map_err(my_err("committing a batch"))?;
+        c.query_drop("COMMIT")
+            .await
+            .map_err(my_err("committing a batch"))?;
         Ok((upserts, deleted))
     }
 
@@ -256,16 +312,28 @@ impl MysqlTarget {
     pub async fn apply_resync(&mut self, batch: &RecordBatch) -> Result<u64> {
         self.stage(batch).await?;
         let c = &mut self.conn;
-        c.query_drop(sql::remember_resync_keys()).await.map_err(my_err("remembering re-sync keys"))?;
-        c.query_drop(sql::drop_unchanged_from_stage(&self.table)).await.map_err(my_err("comparing a re-sync batch"))?;
-        let differing: Option<u64> = c.query_first(sql::count_stage()).await.map_err(my_err("comparing a re-sync batch"))?;
-        c.query_drop(sql::upsert_from_stage(&self.table)).await.map_err(my_err("upserting a re-sync batch"))?;
+        c.query_drop(sql::remember_resync_keys())
+            .await
+            .map_err(my_err("remembering re-sync keys"))?;
+        c.query_drop(sql::drop_unchanged_from_stage(&self.table))
+            .await
+            .map_err(my_err("comparing a re-sync batch"))?;
+        let differing: Option<u64> = c
+            .query_first(sql::count_stage())
+            .await
+            .map_err(my_err("comparing a re-sync batch"))?;
+        c.query_drop(sql::upsert_from_stage(&self.table))
+            .await
+            .map_err(my_err("upserting a re-sync batch"))?;
         Ok(differing.unwrap_or(0))
     }
 
     /// Starts a re-sync: forgets the keys of a previous one.
     pub async fn begin_resync(&mut self) -> Result<()> {
-        self.conn.query_drop(sql::truncate_resync_keys()).await.map_err(my_err("emptying the re-sync keys"))
+        self.conn
+            .query_drop(sql::truncate_resync_keys())
+            .await
+            .map_err(my_err("emptying the re-sync keys"))
     }
 
     /// Re-sync: deletes rows of these dates that no re-sync batch carried.
@@ -275,26 +343,43 @@ impl MysqlTarget {
             self.conn
                 .exec_drop(sql::delete_unknown_of_date(&self.table), (d.to_string(),))
                 .await
-                .map_err(my_err(format!("deleting rows of {d} the warehouse does not hold")))?;
+                .map_err(my_err(format!(
+                    "deleting rows of {d} the warehouse does not hold"
+                )))?;
             deleted += self.conn.affected_rows();
         }
         Ok(deleted)
     }
 
     /// Per event date between two dates: rows and row_hash checksum.
-    pub async fn checksums(&mut self, start: NaiveDate, end: NaiveDate) -> Result<BTreeMap<NaiveDate, DateChecksum>> {
+    pub async fn checksums(
+        &mut self,
+        start: NaiveDate,
+        end: NaiveDate,
+    ) -> Result<BTreeMap<NaiveDate, DateChecksum>> {
         let rows: Vec<(String, u64, Option<String>)> = self
             .conn
-            .exec(sql::checksums_between(&self.table), (start.to_string(), end.to_string()))
+            .exec(
+                sql::checksums_between(&self.table),
+                (start.to_string(), end.to_string()),
+            )
             .await
             .map_err(my_err("checksumming MySQL rows"))?;
         let mut out = BTreeMap::new();
         for (date, count, sum) in rows {
             let date = crate::window::parse_date("MySQL event date", &date)?;
             let checksum = sum.as_deref().unwrap_or("0").parse::<u128>().map_err(|e| {
-                PipelineError::Drift(format!("MySQL checksum {sum:?} of {date} is not a number: {e}"))
+                PipelineError::Drift(format!(
+                    "MySQL checksum {sum:?} of {date} is not a number: {e}"
+                ))
             })?;
-            out.insert(date, DateChecksum { rows: count, checksum });
+            out.insert(
+                date,
+                DateChecksum {
+                    rows: count,
+                    checksum,
+                },
+            );
         }
         Ok(out)
     }
@@ -313,7 +398,10 @@ fn count_ops(batch: &RecordBatch, op: &str) -> u64 {
         .as_string_opt::<i32>()
         .map(|ops| ops.iter().filter(|o| *o == Some(op)).count() as u64)
         .or_else(|| {
-            batch.column(0).as_string_view_opt().map(|ops| ops.iter().filter(|o| *o == Some(op)).count() as u64)
+            batch
+                .column(0)
+                .as_string_view_opt()
+                .map(|ops| ops.iter().filter(|o| *o == Some(op)).count() as u64)
         })
         .unwrap_or(0)
 }
@@ -322,7 +410,10 @@ fn count_ops(batch: &RecordBatch, op: &str) -> u64 {
 /// characters and table names need not be).
 pub fn lock_name(db: &str, table: &str) -> String {
     use md5::Digest;
-    format!("ota_export_{}", crate::hex::encode(&md5::Md5::digest(format!("{db}.{table}").as_bytes())))
+    format!(
+        "ota_export_{}",
+        crate::hex::encode(&md5::Md5::digest(format!("{db}.{table}").as_bytes()))
+    )
 }
 
 #[cfg(test)]
@@ -331,7 +422,10 @@ mod tests {
 
     #[test]
     fn masks_passwords() {
-        assert_eq!(mask_url("mysql://u:secret@h:3306/db"), "mysql://u:***@h:3306/db");
+        assert_eq!(
+            mask_url("mysql://u:secret@h:3306/db"),
+            "mysql://u:***@h:3306/db"
+        );
         assert_eq!(mask_url("mysql://u@h/db"), "mysql://u@h/db");
         assert_eq!(mask_url("mysql://u:p@ss@h/db"), "mysql://u:***@h/db");
     }

@@ -16,7 +16,8 @@ pub const CREATE_OFFSETS: &str = "CREATE TABLE IF NOT EXISTS ota_pipeline_offset
 pub const SELECT_OFFSET: &str = "SELECT CAST(changed_at AS CHAR), HEX(event_key)
 FROM ota_pipeline_offsets WHERE target_table = ?";
 
-pub const SAVE_OFFSET: &str = "INSERT INTO ota_pipeline_offsets (target_table, changed_at, event_key, updated_at)
+pub const SAVE_OFFSET: &str =
+    "INSERT INTO ota_pipeline_offsets (target_table, changed_at, event_key, updated_at)
 VALUES (?, ?, UNHEX(?), UTC_TIMESTAMP(6))
 ON DUPLICATE KEY UPDATE changed_at = VALUES(changed_at), event_key = VALUES(event_key),
     updated_at = VALUES(updated_at)";
@@ -55,7 +56,12 @@ pub fn create_target(table: &str) -> String {
         .iter()
         .map(|c| {
             let not_null = matches!(c.name, "event_key" | "event_date" | "row_hash");
-            format!("`{}` {}{}", c.name, mysql_type(c.kind), if not_null { " NOT NULL" } else { " NULL" })
+            format!(
+                "`{}` {}{}",
+                c.name,
+                mysql_type(c.kind),
+                if not_null { " NOT NULL" } else { " NULL" }
+            )
         })
         .collect();
     format!(
@@ -66,8 +72,10 @@ pub fn create_target(table: &str) -> String {
 
 /// Staging: the change batch as it arrives (`op` 'U' upsert / 'D' delete).
 pub fn create_stage() -> String {
-    let cols: Vec<String> =
-        TYPED_COLUMNS.iter().map(|c| format!("`{}` {} NULL", c.name, mysql_type(c.kind))).collect();
+    let cols: Vec<String> = TYPED_COLUMNS
+        .iter()
+        .map(|c| format!("`{}` {} NULL", c.name, mysql_type(c.kind)))
+        .collect();
     format!(
         "CREATE TEMPORARY TABLE IF NOT EXISTS `{STAGE_TABLE}` (`op` CHAR(1) NOT NULL, `changed_at` DATETIME(6) NULL, {}) {TABLE_OPTIONS}",
         cols.join(", ")
@@ -88,7 +96,9 @@ pub fn stage_columns() -> Vec<&'static str> {
 }
 
 fn is_binary(name: &str) -> bool {
-    TYPED_COLUMNS.iter().any(|c| c.name == name && c.kind == TypedKind::Key)
+    TYPED_COLUMNS
+        .iter()
+        .any(|c| c.name == name && c.kind == TypedKind::Key)
 }
 
 /// `LOAD DATA LOCAL INFILE` of one encoded batch into the staging table. Binary columns
@@ -118,7 +128,10 @@ pub fn insert_stage(rows: usize) -> String {
     let one = format!("({})", vec!["?"; cols.len()].join(", "));
     format!(
         "INSERT INTO `{STAGE_TABLE}` ({}) VALUES {}",
-        cols.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+        cols.iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
         vec![one; rows].join(", ")
     )
 }
@@ -134,7 +147,11 @@ fn target_columns() -> Vec<&'static str> {
 }
 
 fn column_list(prefix: &str) -> String {
-    target_columns().iter().map(|c| format!("{prefix}`{c}`")).collect::<Vec<_>>().join(", ")
+    target_columns()
+        .iter()
+        .map(|c| format!("{prefix}`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn update_list() -> String {
@@ -176,7 +193,9 @@ pub fn count_stage() -> String {
 }
 
 pub fn remember_resync_keys() -> String {
-    format!("INSERT IGNORE INTO `{RESYNC_KEYS_TABLE}` (`event_key`) SELECT `event_key` FROM `{STAGE_TABLE}`")
+    format!(
+        "INSERT IGNORE INTO `{RESYNC_KEYS_TABLE}` (`event_key`) SELECT `event_key` FROM `{STAGE_TABLE}`"
+    )
 }
 
 pub fn truncate_resync_keys() -> String {

@@ -16,7 +16,12 @@ pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     let mut warehouse = open_warehouse(&config.warehouse_url, Access::ReadWrite)?;
     let staged = warehouse.staged_files()?;
     let outcome = warehouse.dedup(chrono::Utc::now().timestamp_micros())?;
-    tracing::info!(dates = outcome.rebuilt_dates.len(), changed = outcome.rows_changed, deleted = outcome.rows_deleted, "dedup done");
+    tracing::info!(
+        dates = outcome.rebuilt_dates.len(),
+        changed = outcome.rows_changed,
+        deleted = outcome.rows_deleted,
+        "dedup done"
+    );
     let mut summary = StepSummary::new("dedup", Some(staged.as_ref().map_or(window, |s| s.window)));
     let no_files = staged.as_ref().is_none_or(|s| s.files.is_empty());
     if no_files && outcome.rebuilt_dates.is_empty() {
@@ -28,6 +33,9 @@ pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     summary.detail("rows_changed", outcome.rows_changed);
     summary.detail("rows_deleted", outcome.rows_deleted);
     summary.detail("affected_dates", &outcome.rebuilt_dates);
-    summary.detail("changed_at", outcome.changed_at.map(crate::mysql::encode::datetime_text));
+    summary.detail(
+        "changed_at",
+        outcome.changed_at.map(crate::mysql::encode::datetime_text),
+    );
     Ok(summary)
 }

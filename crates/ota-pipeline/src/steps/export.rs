@@ -12,7 +12,9 @@ use crate::cli::WindowArgs;
 use crate::error::{PipelineError, Result};
 use crate::mysql::{MysqlConfig, MysqlTarget};
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::{Access, ChangeSelection, DateChecksum, FeedOffset, Warehouse, open_warehouse};
+use crate::warehouse::{
+    Access, ChangeSelection, DateChecksum, FeedOffset, Warehouse, open_warehouse,
+};
 
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
@@ -41,7 +43,9 @@ const ALL_END: &str = "9999-12-31";
 
 pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
     if config.batch_rows == 0 {
-        return Err(PipelineError::Config("--batch-size must be at least 1".into()));
+        return Err(PipelineError::Config(
+            "--batch-size must be at least 1".into(),
+        ));
     }
     let window = config.window.resolve()?;
     let warehouse = open_warehouse(&config.warehouse_url, Access::ReadOnly)?;
@@ -71,15 +75,33 @@ fn parse_bound(s: &str) -> NaiveDate {
 }
 
 /// The event dates a backfill re-syncs: the window's, or every date either side holds.
-fn resync_dates(config: &ExportConfig, wh_dates: &BTreeMap<NaiveDate, DateChecksum>, my_dates: &BTreeMap<NaiveDate, DateChecksum>) -> Vec<NaiveDate> {
+fn resync_dates(
+    config: &ExportConfig,
+    wh_dates: &BTreeMap<NaiveDate, DateChecksum>,
+    my_dates: &BTreeMap<NaiveDate, DateChecksum>,
+) -> Vec<NaiveDate> {
     if config.full_refresh {
-        wh_dates.keys().chain(my_dates.keys()).copied().collect::<BTreeSet<_>>().into_iter().collect()
+        wh_dates
+            .keys()
+            .chain(my_dates.keys())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     } else {
-        config.window.resolve().map(|w| w.days().collect()).unwrap_or_default()
+        config
+            .window
+            .resolve()
+            .map(|w| w.days().collect())
+            .unwrap_or_default()
     }
 }
 
-fn drift(dates: &[NaiveDate], wh: &BTreeMap<NaiveDate, DateChecksum>, my: &BTreeMap<NaiveDate, DateChecksum>) -> Vec<DateDrift> {
+fn drift(
+    dates: &[NaiveDate],
+    wh: &BTreeMap<NaiveDate, DateChecksum>,
+    my: &BTreeMap<NaiveDate, DateChecksum>,
+) -> Vec<DateDrift> {
     dates
         .iter()
         .map(|d| DateDrift {
@@ -94,11 +116,16 @@ async fn both_checksums(
     config: &ExportConfig,
     warehouse: &mut Box<dyn Warehouse>,
     target: &mut MysqlTarget,
-) -> Result<(BTreeMap<NaiveDate, DateChecksum>, BTreeMap<NaiveDate, DateChecksum>)> {
+) -> Result<(
+    BTreeMap<NaiveDate, DateChecksum>,
+    BTreeMap<NaiveDate, DateChecksum>,
+)> {
     let window = config.window.resolve()?;
     if config.full_refresh || !config.window.is_explicit() {
         let wh = warehouse.date_checksums(None)?;
-        let my = target.checksums(parse_bound(ALL_START), parse_bound(ALL_END)).await?;
+        let my = target
+            .checksums(parse_bound(ALL_START), parse_bound(ALL_END))
+            .await?;
         Ok((wh, my))
     } else {
         let days: Vec<NaiveDate> = window.days().collect();
@@ -115,9 +142,18 @@ async fn reconcile(
     summary: &mut StepSummary,
 ) -> Result<()> {
     let (wh, my) = both_checksums(config, &mut warehouse, target).await?;
-    let dates: Vec<NaiveDate> = wh.keys().chain(my.keys()).copied().collect::<BTreeSet<_>>().into_iter().collect();
+    let dates: Vec<NaiveDate> = wh
+        .keys()
+        .chain(my.keys())
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let table = drift(&dates, &wh, &my);
-    println!("{:<12} {:>12} {:>12} {:>22} {:>22}  status", "event_date", "wh_rows", "mysql_rows", "wh_checksum", "mysql_checksum");
+    println!(
+        "{:<12} {:>12} {:>12} {:>22} {:>22}  status",
+        "event_date", "wh_rows", "mysql_rows", "wh_checksum", "mysql_checksum"
+    );
     let mut drifting = Vec::new();
     for line in &table {
         let ok = line.warehouse == line.mysql;
@@ -135,7 +171,11 @@ async fn reconcile(
         );
     }
     summary.counts.rows_read = table.iter().map(|l| l.warehouse.rows).sum();
-    summary.status = if drifting.is_empty() { Status::Ok } else { Status::Drift };
+    summary.status = if drifting.is_empty() {
+        Status::Ok
+    } else {
+        Status::Drift
+    };
     if !drifting.is_empty() {
         tracing::error!(dates = ?drifting, "warehouse and MySQL differ");
     }
@@ -147,11 +187,17 @@ async fn reconcile(
 
 fn last_offset(batch: &RecordBatch) -> Option<FeedOffset> {
     let n = batch.num_rows().checked_sub(1)?;
-    let at = batch.column(1).as_primitive_opt::<TimestampMicrosecondType>()?.value(n);
+    let at = batch
+        .column(1)
+        .as_primitive_opt::<TimestampMicrosecondType>()?
+        .value(n);
     let key = crate::warehouse::binary_at(batch.column(2).as_ref(), n)?;
     let mut event_key = [0u8; 16];
     event_key.copy_from_slice(key.get(..16)?);
-    Some(FeedOffset { changed_at: at, event_key })
+    Some(FeedOffset {
+        changed_at: at,
+        event_key,
+    })
 }
 
 /// Streams a selection from the warehouse on its own thread (the warehouse is blocking)
@@ -167,8 +213,9 @@ impl WarehouseReader {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
         let thread = std::thread::spawn(move || {
             let mut warehouse = warehouse;
-            let streamed =
-                warehouse.stream_changes(&selection, batch_rows, &mut |b| Ok(tx.blocking_send(Ok(b)).is_ok()));
+            let streamed = warehouse.stream_changes(&selection, batch_rows, &mut |b| {
+                Ok(tx.blocking_send(Ok(b)).is_ok())
+            });
             if let Err(e) = streamed {
                 let _ = tx.blocking_send(Err(e));
             }
@@ -184,7 +231,9 @@ impl WarehouseReader {
     /// Waits for the reader and hands the warehouse back.
     fn finish(self) -> Result<Box<dyn Warehouse>> {
         drop(self.rx);
-        self.thread.join().map_err(|_| PipelineError::Config("the warehouse reader thread panicked".into()))
+        self.thread
+            .join()
+            .map_err(|_| PipelineError::Config("the warehouse reader thread panicked".into()))
     }
 }
 
@@ -199,10 +248,15 @@ async fn export(
     let (mut upserted, mut deleted, mut batches, mut rows) = (0u64, 0u64, 0u64, 0u64);
     tracing::info!(mysql = %target.masked_url(), offset = ?offset, "exporting the change feed");
 
-    let mut reader = WarehouseReader::spawn(warehouse, ChangeSelection::After(start_offset), config.batch_rows);
+    let mut reader = WarehouseReader::spawn(
+        warehouse,
+        ChangeSelection::After(start_offset),
+        config.batch_rows,
+    );
     while let Some(batch) = reader.next().await {
         let batch = batch?;
-        let next = last_offset(&batch).ok_or_else(|| PipelineError::Config("a change batch without offset columns".into()))?;
+        let next = last_offset(&batch)
+            .ok_or_else(|| PipelineError::Config("a change batch without offset columns".into()))?;
         let crash = config.fail_after_batches == Some(batches);
         let (u, d) = target.apply_changes(&batch, next, crash).await?;
         offset = Some(next);
@@ -219,12 +273,20 @@ async fn export(
     if config.window.is_explicit() || config.full_refresh {
         let (wh, my) = both_checksums(config, &mut warehouse, target).await?;
         let candidates = resync_dates(config, &wh, &my);
-        let drifting: Vec<NaiveDate> =
-            candidates.into_iter().filter(|d| wh.get(d).copied().unwrap_or_default() != my.get(d).copied().unwrap_or_default()).collect();
+        let drifting: Vec<NaiveDate> = candidates
+            .into_iter()
+            .filter(|d| {
+                wh.get(d).copied().unwrap_or_default() != my.get(d).copied().unwrap_or_default()
+            })
+            .collect();
         if !drifting.is_empty() {
             tracing::info!(dates = ?drifting, "re-syncing event dates that differ from the warehouse");
             target.begin_resync().await?;
-            let mut reader = WarehouseReader::spawn(warehouse, ChangeSelection::Dates(drifting.clone()), config.batch_rows);
+            let mut reader = WarehouseReader::spawn(
+                warehouse,
+                ChangeSelection::Dates(drifting.clone()),
+                config.batch_rows,
+            );
             while let Some(batch) = reader.next().await {
                 let batch = batch?;
                 upserted += target.apply_resync(&batch).await?;
@@ -245,7 +307,16 @@ async fn export(
     if no_files && rows == 0 {
         summary.status = Status::NoData;
     }
-    summary.detail("mode", if config.full_refresh { "full-refresh" } else if config.window.is_explicit() { "backfill" } else { "incremental" });
+    summary.detail(
+        "mode",
+        if config.full_refresh {
+            "full-refresh"
+        } else if config.window.is_explicit() {
+            "backfill"
+        } else {
+            "incremental"
+        },
+    );
     summary.detail("upserted", upserted);
     summary.detail("deleted", deleted);
     summary.detail("batches", batches);

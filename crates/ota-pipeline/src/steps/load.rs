@@ -34,18 +34,38 @@ pub struct ParquetRawSource<'a> {
 
 impl<'a> ParquetRawSource<'a> {
     pub fn new(lake: &'a dyn Lake, loaded_at: i64) -> Self {
-        ParquetRawSource { lake, loaded_at, rows_read: 0, unknown_columns: BTreeSet::new() }
+        ParquetRawSource {
+            lake,
+            loaded_at,
+            rows_read: 0,
+            unknown_columns: BTreeSet::new(),
+        }
     }
 }
 
 impl RawSource for ParquetRawSource<'_> {
-    fn read(&mut self, file: &LakeFile, sink: &mut dyn FnMut(TypedBatch) -> Result<()>) -> Result<()> {
-        let bad = |reason: String| PipelineError::BadFile { uri: file.uri.clone(), reason };
+    fn read(
+        &mut self,
+        file: &LakeFile,
+        sink: &mut dyn FnMut(TypedBatch) -> Result<()>,
+    ) -> Result<()> {
+        let bad = |reason: String| PipelineError::BadFile {
+            uri: file.uri.clone(),
+            reason,
+        };
         // The file must still be the version stage-files recorded.
         match self.lake.stat(&file.uri)? {
             Some(now) if now.size == file.size && now.checksum == file.checksum => {}
-            Some(_) => return Err(bad("it changed since stage-files ran; run stage-files again".into())),
-            None => return Err(bad("it disappeared since stage-files ran; run stage-files again".into())),
+            Some(_) => {
+                return Err(bad(
+                    "it changed since stage-files ran; run stage-files again".into(),
+                ));
+            }
+            None => {
+                return Err(bad(
+                    "it disappeared since stage-files ran; run stage-files again".into(),
+                ));
+            }
         }
         let copy = self.lake.local_copy(file)?;
         let handle = File::open(copy.path()).map_err(|e| PipelineError::io(copy.path(), e))?;
@@ -57,7 +77,9 @@ impl RawSource for ParquetRawSource<'_> {
         let mapping = ColumnMapping::new(&reader.schema());
         for required in ["request_id", "timestamp"] {
             if mapping.missing.contains(&required) {
-                return Err(bad(format!("it has no {required} column, so no row can be keyed")));
+                return Err(bad(format!(
+                    "it has no {required} column, so no row can be keyed"
+                )));
             }
         }
         for name in &mapping.unknown {
@@ -108,21 +130,35 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     }
     let uris: Vec<String> = staged.files.iter().map(|f| f.uri.clone()).collect();
     let ledger = warehouse.ledger_entries(&uris)?;
-    let (skipped, changed): (Vec<_>, Vec<_>) =
-        staged.files.iter().cloned().partition(|f| ledger.get(&f.uri).is_some_and(|e| e.matches(f)));
+    let (skipped, changed): (Vec<_>, Vec<_>) = staged
+        .files
+        .iter()
+        .cloned()
+        .partition(|f| ledger.get(&f.uri).is_some_and(|e| e.matches(f)));
     for f in &skipped {
         tracing::info!(file = %f.uri, "unchanged since it was loaded; skipping");
     }
     let loaded_at = chrono::Utc::now().timestamp_micros();
     let mut source = ParquetRawSource::new(lake.as_ref(), loaded_at);
     let outcome = warehouse.load_raw(&changed, loaded_at, &mut source)?;
-    tracing::info!(files = changed.len(), rows = outcome.rows_written, rejected = outcome.rejected, "loaded raw rows");
+    tracing::info!(
+        files = changed.len(),
+        rows = outcome.rows_written,
+        rejected = outcome.rejected,
+        "loaded raw rows"
+    );
 
     summary.counts.rows_read = source.rows_read;
     summary.counts.rejected = outcome.rejected;
     summary.counts.rows_written = outcome.rows_written;
-    summary.detail("files_loaded", changed.iter().map(|f| f.uri.as_str()).collect::<Vec<_>>());
-    summary.detail("files_skipped", skipped.iter().map(|f| f.uri.as_str()).collect::<Vec<_>>());
+    summary.detail(
+        "files_loaded",
+        changed.iter().map(|f| f.uri.as_str()).collect::<Vec<_>>(),
+    );
+    summary.detail(
+        "files_skipped",
+        skipped.iter().map(|f| f.uri.as_str()).collect::<Vec<_>>(),
+    );
     summary.detail("rows_replaced", outcome.rows_replaced);
     summary.detail("affected_dates", &outcome.affected_dates);
     summary.detail("unknown_columns", &source.unknown_columns);

@@ -49,13 +49,23 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     if !missing.is_empty() {
         tracing::warn!(days = ?missing, "no daily file for these days; they are left untouched");
     }
-    warehouse.stage_files(&StagedFiles { window, files: files.clone() })?;
+    warehouse.stage_files(&StagedFiles {
+        window,
+        files: files.clone(),
+    })?;
     tracing::info!(window = %window, files = files.len(), "staged files");
 
     summary.window = Some(window);
     summary.counts.files = files.len() as u64;
-    summary.status = if files.is_empty() { Status::NoData } else { Status::Ok };
-    summary.detail("files", files.iter().map(|f| f.uri.as_str()).collect::<Vec<_>>());
+    summary.status = if files.is_empty() {
+        Status::NoData
+    } else {
+        Status::Ok
+    };
+    summary.detail(
+        "files",
+        files.iter().map(|f| f.uri.as_str()).collect::<Vec<_>>(),
+    );
     summary.detail("missing_days", missing);
     summary.detail("lake", lake.url());
     Ok(summary)

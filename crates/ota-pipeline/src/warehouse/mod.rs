@@ -40,7 +40,11 @@ impl LedgerEntry {
 /// Streams the typed rows of one file into the warehouse.
 pub trait RawSource {
     /// Reads `file`, handing each typed batch to `sink`.
-    fn read(&mut self, file: &LakeFile, sink: &mut dyn FnMut(TypedBatch) -> Result<()>) -> Result<()>;
+    fn read(
+        &mut self,
+        file: &LakeFile,
+        sink: &mut dyn FnMut(TypedBatch) -> Result<()>,
+    ) -> Result<()>;
 }
 
 /// Outcome of a raw load.
@@ -154,7 +158,10 @@ pub trait Warehouse: Send {
     ) -> Result<()>;
 
     /// Per event date: row count and checksum of the dedup table (all dates when None).
-    fn date_checksums(&mut self, dates: Option<&[NaiveDate]>) -> Result<BTreeMap<NaiveDate, DateChecksum>>;
+    fn date_checksums(
+        &mut self,
+        dates: Option<&[NaiveDate]>,
+    ) -> Result<BTreeMap<NaiveDate, DateChecksum>>;
 }
 
 /// How a step uses the warehouse.
@@ -168,7 +175,10 @@ pub enum Access {
 /// Opens the warehouse a URL names.
 pub fn open_warehouse(url: &str, access: Access) -> Result<Box<dyn Warehouse>> {
     if let Some(path) = url.strip_prefix("duckdb://") {
-        Ok(Box::new(duckdb::DuckDbWarehouse::open(path, access == Access::ReadOnly)?))
+        Ok(Box::new(duckdb::DuckDbWarehouse::open(
+            path,
+            access == Access::ReadOnly,
+        )?))
     } else if url.starts_with("bigquery://") {
         Err(PipelineError::Config(
             "the BigQuery warehouse (bigquery://) is not available in this build yet; use duckdb:///abs/path/warehouse.duckdb".into(),

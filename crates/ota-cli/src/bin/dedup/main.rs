@@ -18,6 +18,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = DedupConfig { window: cli.window, warehouse_url: cli.warehouse.warehouse_url };
+    let config = DedupConfig {
+        window: cli.window,
+        warehouse_url: cli.warehouse.warehouse_url,
+    };
     run_step(|| dedup(&config))
 }

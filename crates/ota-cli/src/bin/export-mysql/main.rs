@@ -17,7 +17,12 @@ struct Cli {
     #[command(flatten)]
     warehouse: WarehouseArgs,
     /// The serving database: mysql://user:password@host:3306/database (created if missing).
-    #[arg(long, env = "OTA_MYSQL_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OTA_MYSQL_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     mysql_url: String,
     /// Target table (created if missing).
     #[arg(long, env = "OTA_MYSQL_TABLE", default_value = "ota_events")]
@@ -26,7 +31,12 @@ struct Cli {
     #[arg(long, env = "OTA_BATCH_SIZE", default_value_t = 50_000)]
     batch_size: usize,
     /// How batches reach MySQL.
-    #[arg(long, env = "OTA_MYSQL_LOAD_METHOD", value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "OTA_MYSQL_LOAD_METHOD",
+        value_enum,
+        default_value = "auto"
+    )]
     load_method: LoadMethod,
     /// Seconds to wait for another export-mysql run on the same table.
     #[arg(long, env = "OTA_LOCK_TIMEOUT", default_value_t = 600)]

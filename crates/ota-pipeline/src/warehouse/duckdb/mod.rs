@@ -50,7 +50,15 @@ impl DuckDbWarehouse {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
         }
-        let opening = |e| PipelineError::warehouse(format!("opening {} (is another step writing to it?)", path.display()), e);
+        let opening = |e| {
+            PipelineError::warehouse(
+                format!(
+                    "opening {} (is another step writing to it?)",
+                    path.display()
+                ),
+                e,
+            )
+        };
         let conn = if read_only {
             if !path.exists() {
                 return Err(PipelineError::Config(format!(
@@ -58,18 +66,30 @@ impl DuckDbWarehouse {
                     path.display()
                 )));
             }
-            let config = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly).map_err(opening)?;
+            let config = duckdb::Config::default()
+                .access_mode(duckdb::AccessMode::ReadOnly)
+                .map_err(opening)?;
             Connection::open_with_flags(&path, config).map_err(opening)?
         } else {
             let conn = Connection::open(&path).map_err(opening)?;
-            conn.execute_batch(&sql::SCHEMA).map_err(db_err("creating the warehouse tables"))?;
+            conn.execute_batch(&sql::SCHEMA)
+                .map_err(db_err("creating the warehouse tables"))?;
             conn
         };
-        Ok(DuckDbWarehouse { conn, url: format!("duckdb://{}", path.display()) })
+        Ok(DuckDbWarehouse {
+            conn,
+            url: format!("duckdb://{}", path.display()),
+        })
     }
 
-    fn in_transaction<T>(&mut self, what: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("BEGIN TRANSACTION").map_err(db_err(what))?;
+    fn in_transaction<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.conn
+            .execute_batch("BEGIN TRANSACTION")
+            .map_err(db_err(what))?;
         match f(&self.conn) {
             Ok(v) => {
                 self.conn.execute_batch("COMMIT").map_err(db_err(what))?;
@@ -85,10 +105,16 @@ impl DuckDbWarehouse {
     }
 
     fn select_dates(&self, dates: &[NaiveDate]) -> Result<()> {
-        self.conn.execute_batch(sql::CREATE_SELECTED_DATES).map_err(db_err("selecting dates"))?;
-        let mut stmt = self.conn.prepare(sql::INSERT_SELECTED_DATE).map_err(db_err("selecting dates"))?;
+        self.conn
+            .execute_batch(sql::CREATE_SELECTED_DATES)
+            .map_err(db_err("selecting dates"))?;
+        let mut stmt = self
+            .conn
+            .prepare(sql::INSERT_SELECTED_DATE)
+            .map_err(db_err("selecting dates"))?;
         for d in dates {
-            stmt.execute(params![d.to_string()]).map_err(db_err("selecting dates"))?;
+            stmt.execute(params![d.to_string()])
+                .map_err(db_err("selecting dates"))?;
         }
         Ok(())
     }
@@ -100,7 +126,10 @@ impl DuckDbWarehouse {
         batch_rows: usize,
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        let mut stmt = self.conn.prepare(query).map_err(db_err("preparing the change query"))?;
+        let mut stmt = self
+            .conn
+            .prepare(query)
+            .map_err(db_err("preparing the change query"))?;
         let stream = stmt.stream_arrow(bind).map_err(db_err("reading changes"))?;
         let schema = stream.get_schema();
         let mut pending: Vec<RecordBatch> = Vec::new();
@@ -155,63 +184,116 @@ impl Warehouse for DuckDbWarehouse {
         let now = chrono::Utc::now().timestamp_micros();
         self.in_transaction("recording the staged files", |conn| {
             let e = db_err("recording the staged files");
-            conn.execute_batch(sql::CLEAR_STAGED).map_err(db_err("clearing the staged files"))?;
+            conn.execute_batch(sql::CLEAR_STAGED)
+                .map_err(db_err("clearing the staged files"))?;
             conn.execute(
                 sql::INSERT_STAGED_WINDOW,
-                params![staged.window.start.to_string(), staged.window.end.to_string(), now],
+                params![
+                    staged.window.start.to_string(),
+                    staged.window.end.to_string(),
+                    now
+                ],
             )
             .map_err(e)?;
-            let mut stmt = conn.prepare(sql::INSERT_STAGED_FILE).map_err(db_err("recording the staged files"))?;
+            let mut stmt = conn
+                .prepare(sql::INSERT_STAGED_FILE)
+                .map_err(db_err("recording the staged files"))?;
             for f in &staged.files {
-                stmt.execute(params![f.uri, f.day.to_string(), f.size as i64, f.generation, f.checksum, f.ingested_at])
-                    .map_err(db_err("recording the staged files"))?;
+                stmt.execute(params![
+                    f.uri,
+                    f.day.to_string(),
+                    f.size as i64,
+                    f.generation,
+                    f.checksum,
+                    f.ingested_at
+                ])
+                .map_err(db_err("recording the staged files"))?;
             }
             Ok(())
         })
     }
 
     fn staged_files(&mut self) -> Result<Option<StagedFiles>> {
-        let window: Option<(String, String)> = match self
-            .conn
-            .query_row(sql::SELECT_STAGED_WINDOW, [], |r| Ok((r.get(0)?, r.get(1)?)))
-        {
-            Ok(w) => Some(w),
-            Err(duckdb::Error::QueryReturnedNoRows) => None,
-            Err(e) => return Err(PipelineError::warehouse("reading the staged window", e)),
+        let window: Option<(String, String)> =
+            match self.conn.query_row(sql::SELECT_STAGED_WINDOW, [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            }) {
+                Ok(w) => Some(w),
+                Err(duckdb::Error::QueryReturnedNoRows) => None,
+                Err(e) => return Err(PipelineError::warehouse("reading the staged window", e)),
+            };
+        let Some((start, end)) = window else {
+            return Ok(None);
         };
-        let Some((start, end)) = window else { return Ok(None) };
-        let window = DateWindow::new(parse_date("staged start", &start)?, parse_date("staged end", &end)?)?;
-        let mut stmt = self.conn.prepare(sql::SELECT_STAGED_FILES).map_err(db_err("reading the staged files"))?;
+        let window = DateWindow::new(
+            parse_date("staged start", &start)?,
+            parse_date("staged end", &end)?,
+        )?;
+        let mut stmt = self
+            .conn
+            .prepare(sql::SELECT_STAGED_FILES)
+            .map_err(db_err("reading the staged files"))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, i64>(5)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
             })
             .map_err(db_err("reading the staged files"))?;
         let mut files = Vec::new();
         for row in rows {
-            let (uri, day, size, generation, checksum, ingested_at) = row.map_err(db_err("reading the staged files"))?;
-            files.push(LakeFile { uri, day: parse_date("staged day", &day)?, size: size as u64, generation, checksum, ingested_at });
+            let (uri, day, size, generation, checksum, ingested_at) =
+                row.map_err(db_err("reading the staged files"))?;
+            files.push(LakeFile {
+                uri,
+                day: parse_date("staged day", &day)?,
+                size: size as u64,
+                generation,
+                checksum,
+                ingested_at,
+            });
         }
         Ok(Some(StagedFiles { window, files }))
     }
 
     fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, LedgerEntry>> {
-        let mut stmt = self.conn.prepare(sql::SELECT_LEDGER_ENTRY).map_err(db_err("reading the file ledger"))?;
+        let mut stmt = self
+            .conn
+            .prepare(sql::SELECT_LEDGER_ENTRY)
+            .map_err(db_err("reading the file ledger"))?;
         let mut out = BTreeMap::new();
         for uri in uris {
             let mut rows = stmt
                 .query_map(params![uri], |r| {
-                    Ok(LedgerEntry { uri: r.get(0)?, size: r.get::<_, i64>(1)? as u64, generation: r.get(2)?, checksum: r.get(3)? })
+                    Ok(LedgerEntry {
+                        uri: r.get(0)?,
+                        size: r.get::<_, i64>(1)? as u64,
+                        generation: r.get(2)?,
+                        checksum: r.get(3)?,
+                    })
                 })
                 .map_err(db_err("reading the file ledger"))?;
             if let Some(entry) = rows.next() {
-                out.insert(uri.clone(), entry.map_err(db_err("reading the file ledger"))?);
+                out.insert(
+                    uri.clone(),
+                    entry.map_err(db_err("reading the file ledger"))?,
+                );
             }
         }
         Ok(out)
     }
 
-    fn load_raw(&mut self, files: &[LakeFile], loaded_at: i64, source: &mut dyn RawSource) -> Result<RawLoadOutcome> {
+    fn load_raw(
+        &mut self,
+        files: &[LakeFile],
+        loaded_at: i64,
+        source: &mut dyn RawSource,
+    ) -> Result<RawLoadOutcome> {
         self.in_transaction("loading raw rows", |conn| {
             let mut outcome = RawLoadOutcome::default();
             let mut dates = BTreeSet::new();
@@ -220,7 +302,9 @@ impl Warehouse for DuckDbWarehouse {
                 {
                     let mut stmt = conn.prepare(sql::SELECT_FILE_DATES).map_err(e())?;
                     let old = stmt
-                        .query_map(params![file.uri], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                        .query_map(params![file.uri], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                        })
                         .map_err(e())?;
                     for row in old {
                         let (d, n) = row.map_err(e())?;
@@ -229,8 +313,10 @@ impl Warehouse for DuckDbWarehouse {
                         outcome.rows_replaced += n as u64;
                     }
                 }
-                conn.execute(sql::DELETE_FILE_ROWS, params![file.uri]).map_err(e())?;
-                conn.execute(sql::DELETE_FILE_REJECTS, params![file.uri]).map_err(e())?;
+                conn.execute(sql::DELETE_FILE_ROWS, params![file.uri])
+                    .map_err(e())?;
+                conn.execute(sql::DELETE_FILE_REJECTS, params![file.uri])
+                    .map_err(e())?;
                 let mut rows_loaded = 0u64;
                 let mut rejects = Vec::new();
                 {
@@ -239,9 +325,9 @@ impl Warehouse for DuckDbWarehouse {
                         rows_loaded += typed.rows.num_rows() as u64;
                         collect_dates(&mut dates, &typed.rows);
                         rejects.extend(typed.rejected);
-                        appender
-                            .append_record_batch(typed.rows)
-                            .map_err(|err| PipelineError::warehouse(format!("appending rows of {}", file.uri), err))
+                        appender.append_record_batch(typed.rows).map_err(|err| {
+                            PipelineError::warehouse(format!("appending rows of {}", file.uri), err)
+                        })
                     })?;
                     appender.flush().map_err(e())?;
                 }
@@ -249,24 +335,49 @@ impl Warehouse for DuckDbWarehouse {
                     let mut appender = conn.appender("raw_rejects").map_err(e())?;
                     for r in &rejects {
                         appender
-                            .append_row(params![file.uri, file.day.to_string(), r.source_row, r.reason, r.request_id, r.raw_timestamp, duckdb::types::Value::Timestamp(duckdb::types::TimeUnit::Microsecond, loaded_at)])
+                            .append_row(params![
+                                file.uri,
+                                file.day.to_string(),
+                                r.source_row,
+                                r.reason,
+                                r.request_id,
+                                r.raw_timestamp,
+                                duckdb::types::Value::Timestamp(
+                                    duckdb::types::TimeUnit::Microsecond,
+                                    loaded_at
+                                )
+                            ])
                             .map_err(e())?;
                     }
                     appender.flush().map_err(e())?;
                 }
-                conn.execute(sql::DELETE_LEDGER_ENTRY, params![file.uri]).map_err(e())?;
+                conn.execute(sql::DELETE_LEDGER_ENTRY, params![file.uri])
+                    .map_err(e())?;
                 conn.execute(
                     sql::INSERT_LEDGER_ENTRY,
-                    params![file.uri, file.day.to_string(), file.size as i64, file.generation, file.checksum, file.ingested_at, loaded_at, rows_loaded as i64, rejects.len() as i64],
+                    params![
+                        file.uri,
+                        file.day.to_string(),
+                        file.size as i64,
+                        file.generation,
+                        file.checksum,
+                        file.ingested_at,
+                        loaded_at,
+                        rows_loaded as i64,
+                        rejects.len() as i64
+                    ],
                 )
                 .map_err(e())?;
                 outcome.rows_written += rows_loaded;
                 outcome.rejected += rejects.len() as u64;
             }
-            let mut stmt = conn.prepare(sql::INSERT_PENDING_DATE).map_err(db_err("queueing dates for dedup"))?;
+            let mut stmt = conn
+                .prepare(sql::INSERT_PENDING_DATE)
+                .map_err(db_err("queueing dates for dedup"))?;
             for d in &dates {
                 let date = date_of_epoch_day(*d);
-                stmt.execute(params![date.to_string()]).map_err(db_err("queueing dates for dedup"))?;
+                stmt.execute(params![date.to_string()])
+                    .map_err(db_err("queueing dates for dedup"))?;
                 outcome.affected_dates.push(date);
             }
             Ok(outcome)
@@ -282,21 +393,27 @@ impl Warehouse for DuckDbWarehouse {
                 let mut stmt = conn.prepare(sql::DEDUP_DATES).map_err(e())?;
                 let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(e())?;
                 for d in rows {
-                    outcome.rebuilt_dates.push(parse_date("dedup date", &d.map_err(e())?)?);
+                    outcome
+                        .rebuilt_dates
+                        .push(parse_date("dedup date", &d.map_err(e())?)?);
                 }
             }
             if outcome.rebuilt_dates.is_empty() {
                 return Ok(outcome);
             }
             let (read, winners, changed, vanished): (i64, i64, i64, i64) = conn
-                .query_row(sql::DEDUP_COUNTS, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_row(sql::DEDUP_COUNTS, [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .map_err(e())?;
             outcome.rows_read = read as u64;
             outcome.duplicates_removed = (read - winners) as u64;
             outcome.rows_changed = changed as u64;
             outcome.rows_deleted = vanished as u64;
             // changed_at is strictly increasing per warehouse, whatever the clock does.
-            let last: Option<i64> = conn.query_row(sql::LAST_CHANGED_AT, [], |r| r.get(0)).map_err(e())?;
+            let last: Option<i64> = conn
+                .query_row(sql::LAST_CHANGED_AT, [], |r| r.get(0))
+                .map_err(e())?;
             let changed_at = match last {
                 Some(l) if l >= now => l + 1,
                 _ => now,
@@ -304,11 +421,15 @@ impl Warehouse for DuckDbWarehouse {
             outcome.changed_at = Some(changed_at);
             conn.execute_batch(sql::DEDUP_UPDATE_LINEAGE).map_err(e())?;
             conn.execute_batch(sql::DEDUP_APPLY_DELETE).map_err(e())?;
-            conn.execute(&sql::DEDUP_APPLY_INSERT, params![changed_at]).map_err(e())?;
-            conn.execute_batch(sql::DEDUP_DELETE_TOMBSTONES).map_err(e())?;
-            conn.execute(sql::DEDUP_INSERT_TOMBSTONES, params![changed_at]).map_err(e())?;
+            conn.execute(&sql::DEDUP_APPLY_INSERT, params![changed_at])
+                .map_err(e())?;
+            conn.execute_batch(sql::DEDUP_DELETE_TOMBSTONES)
+                .map_err(e())?;
+            conn.execute(sql::DEDUP_INSERT_TOMBSTONES, params![changed_at])
+                .map_err(e())?;
             conn.execute_batch(sql::DEDUP_CLEAR_PENDING).map_err(e())?;
-            conn.execute(sql::DEDUP_RECORD_RUN, params![changed_at]).map_err(e())?;
+            conn.execute(sql::DEDUP_RECORD_RUN, params![changed_at])
+                .map_err(e())?;
             Ok(outcome)
         })
     }
@@ -335,7 +456,10 @@ impl Warehouse for DuckDbWarehouse {
         }
     }
 
-    fn date_checksums(&mut self, dates: Option<&[NaiveDate]>) -> Result<BTreeMap<NaiveDate, DateChecksum>> {
+    fn date_checksums(
+        &mut self,
+        dates: Option<&[NaiveDate]>,
+    ) -> Result<BTreeMap<NaiveDate, DateChecksum>> {
         let query = match dates {
             Some(d) => {
                 self.select_dates(d)?;
@@ -344,8 +468,14 @@ impl Warehouse for DuckDbWarehouse {
             None => sql::HASHES_OF_ALL_DATES,
         };
         let mut sums: BTreeMap<i32, DateChecksum> = BTreeMap::new();
-        let mut stmt = self.conn.prepare(query).map_err(db_err("checksumming dedup rows"))?;
-        for batch in stmt.stream_arrow([]).map_err(db_err("checksumming dedup rows"))? {
+        let mut stmt = self
+            .conn
+            .prepare(query)
+            .map_err(db_err("checksumming dedup rows"))?;
+        for batch in stmt
+            .stream_arrow([])
+            .map_err(db_err("checksumming dedup rows"))?
+        {
             let batch = batch.map_err(db_err("checksumming dedup rows"))?;
             let days = batch.column(0).as_primitive::<Date32Type>();
             let hashes = batch.column(1);
@@ -355,6 +485,9 @@ impl Warehouse for DuckDbWarehouse {
                 }
             }
         }
-        Ok(sums.into_iter().map(|(d, s)| (date_of_epoch_day(d), s)).collect())
+        Ok(sums
+            .into_iter()
+            .map(|(d, s)| (date_of_epoch_day(d), s))
+            .collect())
     }
 }

@@ -24,7 +24,12 @@ fn typed_column_ddl() -> String {
         .iter()
         .map(|c| {
             let not_null = matches!(c.name, "event_key" | "event_date" | "row_hash");
-            format!("\"{}\" {}{}", c.name, duckdb_type(c.kind), if not_null { " NOT NULL" } else { "" })
+            format!(
+                "\"{}\" {}{}",
+                c.name,
+                duckdb_type(c.kind),
+                if not_null { " NOT NULL" } else { "" }
+            )
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -32,7 +37,11 @@ fn typed_column_ddl() -> String {
 
 /// `"event_key", "event_date", ...`
 pub static TYPED_COLUMN_LIST: LazyLock<String> = LazyLock::new(|| {
-    TYPED_COLUMNS.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")
+    TYPED_COLUMNS
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 });
 
 /// Creates every table of the warehouse (idempotent).
@@ -72,8 +81,7 @@ pub const SELECT_LEDGER_ENTRY: &str =
 pub const DELETE_LEDGER_ENTRY: &str = "DELETE FROM file_ledger WHERE uri = ?";
 pub const INSERT_LEDGER_ENTRY: &str = "INSERT INTO file_ledger VALUES (?, ?::DATE, ?, ?, ?, make_timestamp(?), make_timestamp(?), ?, ?)";
 
-pub const SELECT_FILE_DATES: &str =
-    "SELECT event_date::VARCHAR, count(*) FROM raw_events WHERE source_file = ? GROUP BY event_date";
+pub const SELECT_FILE_DATES: &str = "SELECT event_date::VARCHAR, count(*) FROM raw_events WHERE source_file = ? GROUP BY event_date";
 pub const DELETE_FILE_ROWS: &str = "DELETE FROM raw_events WHERE source_file = ?";
 pub const DELETE_FILE_REJECTS: &str = "DELETE FROM raw_rejects WHERE source_file = ?";
 pub const INSERT_PENDING_DATE: &str = "INSERT INTO dedup_pending_dates VALUES (?::DATE)";
@@ -141,8 +149,7 @@ pub const DEDUP_DELETE_TOMBSTONES: &str = "
 DELETE FROM dedup_tombstones
 WHERE event_key IN (SELECT event_key FROM dedup_changed)
    OR event_key IN (SELECT event_key FROM dedup_vanished)";
-pub const DEDUP_INSERT_TOMBSTONES: &str =
-    "INSERT INTO dedup_tombstones SELECT event_key, event_date, make_timestamp(?) FROM dedup_vanished";
+pub const DEDUP_INSERT_TOMBSTONES: &str = "INSERT INTO dedup_tombstones SELECT event_key, event_date, make_timestamp(?) FROM dedup_vanished";
 pub const DEDUP_CLEAR_PENDING: &str =
     "DELETE FROM dedup_pending_dates WHERE event_date IN (SELECT event_date FROM dedup_dates)";
 pub const DEDUP_RECORD_RUN: &str = "INSERT INTO dedup_runs VALUES (make_timestamp(?),
