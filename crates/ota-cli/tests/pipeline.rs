@@ -774,3 +774,23 @@ fn historic_load_splits_one_file_idempotently() {
     }
     assert_mysql_matches_model(&env);
 }
+
+#[test]
+fn batches_larger_than_a_packet_stream_in_pieces() {
+    let env = Env::new();
+    env.generate("2024-01-01", 1, 60_000);
+    let s = env.pipeline(
+        &["--start-date", "2024-01-01", "--end-date", "2024-01-01"],
+        &["--batch-size", "100000"],
+    );
+    assert_eq!(num(&s[3], &["batches"]), 1, "{}", s[3]);
+    let max_packet = env.query::<u64>("SELECT @@max_allowed_packet")[0];
+    let bytes = env.query::<u64>(
+        "SELECT SUM(LENGTH(COALESCE(user_agent, '')) + LENGTH(COALESCE(search_query, '')) + LENGTH(COALESCE(hotel_name, '')) + 350) FROM ota_events",
+    )[0];
+    assert!(
+        bytes > max_packet.min(16 << 20),
+        "the batch ({bytes} bytes) must exceed one packet ({max_packet})"
+    );
+    assert_mysql_matches_model(&env);
+}

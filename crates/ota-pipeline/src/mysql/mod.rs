@@ -18,6 +18,9 @@ use crate::contract::validate_identifier;
 use crate::error::{PipelineError, Result};
 use crate::warehouse::{DateChecksum, FeedOffset};
 
+/// Size of the pieces a LOAD DATA stream is sent in (well under any max_allowed_packet).
+const INFILE_CHUNK_BYTES: usize = 1 << 20;
+
 /// How batches reach the staging table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -221,9 +224,14 @@ impl MysqlTarget {
         if self.method != LoadMethod::Insert {
             let mut buf = Vec::with_capacity(batch.get_array_memory_size());
             encode::encode_tsv(batch, &mut buf)?;
+            // Sent in pieces: one packet may not exceed the server's max_allowed_packet.
             let data = Bytes::from(buf);
+            let chunks: Vec<std::io::Result<Bytes>> = (0..data.len())
+                .step_by(INFILE_CHUNK_BYTES)
+                .map(|at| Ok(data.slice(at..(at + INFILE_CHUNK_BYTES).min(data.len()))))
+                .collect();
             self.conn
-                .set_infile_handler(async move { Ok(stream::iter([Ok(data)]).boxed()) });
+                .set_infile_handler(async move { Ok(stream::iter(chunks).boxed()) });
             match self.conn.query_drop(sql::load_stage()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if self.method == LoadMethod::Auto && refuses_local_infile(&e) => {
