@@ -794,3 +794,44 @@ fn batches_larger_than_a_packet_stream_in_pieces() {
     );
     assert_mysql_matches_model(&env);
 }
+
+/// Sets a server variable for the life of the guard.
+struct GlobalSetting {
+    name: &'static str,
+    old: String,
+}
+
+impl GlobalSetting {
+    fn set(name: &'static str, value: &str) -> Self {
+        let old = common::server_query(&format!("SELECT CAST(@@GLOBAL.{name} AS CHAR)"))[0].clone();
+        common::server_query(&format!("SET GLOBAL {name} = {value}"));
+        GlobalSetting { name, old }
+    }
+}
+
+impl Drop for GlobalSetting {
+    fn drop(&mut self) {
+        common::server_query(&format!("SET GLOBAL {} = {}", self.name, self.old));
+    }
+}
+
+#[test]
+fn falls_back_to_insert_when_the_server_refuses_local_infile() {
+    let env = Env::new();
+    env.generate("2024-01-01", 1, 500);
+    let w = ["--start-date", "2024-01-01", "--end-date", "2024-01-01"];
+    for step in ["stage-files", "load-raw", "dedup"] {
+        env.run(step, &w).ok();
+    }
+    let r = {
+        let _off = GlobalSetting::set("local_infile", "0");
+        env.run("export-mysql", &["--batch-size", "200"])
+    };
+    let r = r.ok();
+    assert!(
+        r.stderr.contains("falling back to multi-row INSERT"),
+        "{}",
+        r.stderr
+    );
+    assert_mysql_matches_model(&env);
+}

@@ -231,6 +231,24 @@ impl Drop for Env {
     }
 }
 
+/// Runs statements on the server without a database (server-wide settings).
+pub fn server_query(sql: &str) -> Vec<String> {
+    let sql = sql.to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut c =
+            mysql_async::Conn::new(mysql_async::Opts::from_url(&server_url()).expect("url"))
+                .await
+                .expect("connect");
+        let rows: Vec<Option<String>> = c.query(sql).await.expect("query");
+        let _ = c.disconnect().await;
+        rows.into_iter().map(Option::unwrap_or_default).collect()
+    })
+}
+
 /// Reads every batch of a Parquet file.
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let f = File::open(path).expect("open parquet");

@@ -161,7 +161,7 @@ async fn reconcile(
             drifting.push(line.event_date);
         }
         println!(
-            "{:<12} {:>12} {:>12} {:>22} {:>22}  {}",
+            "{:<12} {:>12} {:>12} {:>26} {:>26}  {}",
             line.event_date.to_string(),
             line.warehouse.rows,
             line.mysql.rows,
