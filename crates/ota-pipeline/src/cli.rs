@@ -14,7 +14,7 @@ use crate::window::DateWindow;
 #[derive(Debug, Clone, Args)]
 pub struct WindowArgs {
     /// First day of the window (YYYY-MM-DD, UTC, inclusive). Alone: from this day to the
-    /// reference date.
+    /// reference date. Empty means not given.
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub start_date: Option<String>,
     /// Last day of the window (YYYY-MM-DD, inclusive). Alone: the 3 days ending on it.
@@ -26,18 +26,29 @@ pub struct WindowArgs {
     pub reference_date: Option<String>,
 }
 
+/// An empty value counts as not given (templated orchestrator arguments render optional
+/// dates as empty strings).
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
 impl WindowArgs {
     pub fn resolve(&self) -> Result<DateWindow> {
         DateWindow::resolve(
-            self.start_date.as_deref(),
-            self.end_date.as_deref(),
-            self.reference_date.as_deref(),
+            given(&self.start_date),
+            given(&self.end_date),
+            given(&self.reference_date),
         )
     }
 
     /// Whether the user named the window (a backfill, for export-mysql).
     pub fn is_explicit(&self) -> bool {
-        self.start_date.is_some() || self.end_date.is_some()
+        given(&self.start_date).is_some() || given(&self.end_date).is_some()
+    }
+
+    /// Whether a reference date was given.
+    pub fn has_reference(&self) -> bool {
+        given(&self.reference_date).is_some()
     }
 }
 
@@ -97,5 +108,33 @@ pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
             let _ = err.flush();
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(start: &str, end: &str, reference: &str) -> WindowArgs {
+        let some = |v: &str| Some(v.to_string());
+        WindowArgs {
+            start_date: some(start),
+            end_date: some(end),
+            reference_date: some(reference),
+        }
+    }
+
+    #[test]
+    fn empty_values_count_as_not_given() {
+        let a = args("", " ", "2024-01-03");
+        assert!(!a.is_explicit());
+        let w = a.resolve().unwrap();
+        assert_eq!(
+            (w.start.to_string(), w.end.to_string()),
+            ("2024-01-01".into(), "2024-01-03".into())
+        );
+        let b = args("2024-01-02", "", "");
+        assert!(b.is_explicit() && !b.has_reference());
+        assert!(args("2024-02-30", "", "").resolve().is_err());
     }
 }

@@ -111,7 +111,7 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let staged = warehouse.staged_files()?.ok_or_else(|| {
         PipelineError::Config("nothing is staged in the warehouse: run stage-files first".into())
     })?;
-    if config.window.is_explicit() || config.window.reference_date.is_some() {
+    if config.window.is_explicit() || config.window.has_reference() {
         let asked = config.window.resolve()?;
         if asked != staged.window {
             return Err(PipelineError::Config(format!(
