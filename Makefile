@@ -21,6 +21,9 @@ test:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$$(scripts/airflow-venv.sh)/bin/ruff check dags tests
+	$$(scripts/airflow-venv.sh)/bin/ruff format --check dags tests
 
 fmt:
 	cargo fmt --all
+	$$(scripts/airflow-venv.sh)/bin/ruff format dags tests

@@ -1,0 +1,260 @@
+"""Airflow DAGs of the OTA event pipeline.
+
+``ota_pipeline`` runs the four step binaries (stage-files, load-raw, dedup, export-mysql)
+over a date window, daily or on demand; ``ota_historic_load`` splits the one large case
+data file into daily files first and runs the same steps over the range it holds.
+
+All logic lives in the binaries; this file only wires them. Nothing here does work at
+import time: settings are read from the environment, templates render at run time.
+
+Runner (env ``OTA_TASK_RUNNER``): ``docker`` (default) runs each step in the pipeline
+image with DockerOperator; ``local`` runs the same command line with BashOperator, the
+binaries on PATH and settings from the ``OTA_*`` environment (tests, machines without
+Docker). One function builds the command line for both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from datetime import datetime, timedelta, timezone
+
+try:  # Airflow 3
+    from airflow.sdk import DAG, Param
+except ImportError:  # Airflow 2.10
+    from airflow import DAG
+    from airflow.models.param import Param
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+STEPS = ("stage_files", "load_raw", "dedup", "export_mysql")
+BINARIES = {
+    "stage_files": "stage-files",
+    "load_raw": "load-raw",
+    "dedup": "dedup",
+    "export_mysql": "export-mysql",
+}
+# Settings passed to the container as plain environment (no secrets here).
+PLAIN_SETTINGS = (
+    "OTA_LAKE_URL",
+    "OTA_WAREHOUSE_URL",
+    "OTA_MYSQL_TABLE",
+    "OTA_FILE_SUFFIX",
+    "OTA_BATCH_SIZE",
+    "OTA_MYSQL_LOAD_METHOD",
+    "OTA_LOCK_TIMEOUT",
+    "OTA_GCS_ENDPOINT",
+    "OTA_BQ_ENDPOINT",
+    "OTA_BQ_MAX_BYTES",
+    "RUST_LOG",
+)
+# Settings that carry credentials: hidden from the UI (DockerOperator private_environment).
+SECRET_SETTINGS = ("OTA_MYSQL_URL",)
+# Service-account key files: host path variable -> path inside the container.
+KEY_FILES = {
+    "OTA_GCS_KEY_FILE": "/run/secrets/gcs-key.json",
+    "OTA_BQ_KEY_FILE": "/run/secrets/bq-key.json",
+}
+
+DOC = """
+### OTA event pipeline
+
+Moves the daily OTA clickstream files through the warehouse into MySQL:
+`stage_files >> has_data >> load_raw >> dedup >> export_mysql`.
+
+**Params** (both optional, `YYYY-MM-DD`, UTC, inclusive):
+* none — a manual run covers the 3 days ending today; a scheduled or backfill run the
+  3 days ending on the last day of its data interval;
+* only `start_date` — from it to that reference day; only `end_date` — the 3 days
+  ending on it; both — exactly that window (export then also re-syncs those event dates).
+
+The window stage-files resolves is passed to every later task, so one run works on one
+window. A window without files ends green: `has_data` skips the later tasks.
+
+**Backfills** (Airflow 3): each run processes the window of its data interval.
+
+    airflow backfill create --dag-id ota_pipeline \\
+        --from-date 2024-01-01 --to-date 2024-01-07 --max-active-runs 1
+
+`--from-date/--to-date` are logical dates (a daily interval `[D, D+1)` covers day D).
+Never pass dates through `--dag-run-conf`: it applies the same conf to every run.
+"""
+
+
+def task_runner() -> str:
+    """The runner named by OTA_TASK_RUNNER: ``docker`` (default) or ``local``."""
+    runner = os.environ.get("OTA_TASK_RUNNER", "docker").strip().lower()
+    if runner not in ("docker", "local"):
+        raise ValueError(f"OTA_TASK_RUNNER must be docker or local, not {runner!r}")
+    return runner
+
+
+def reference_date(dag_run, data_interval_end) -> str:
+    """The day a window without dates ends on: today (UTC) for a manual run, the last
+    day of the data interval for a scheduled or backfill run."""
+    run_type = str(getattr(dag_run, "run_type", "") or "")
+    if data_interval_end is None or run_type.endswith("manual"):
+        when = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
+    else:
+        when = data_interval_end - timedelta(microseconds=1)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d")
+
+
+def step_summary(ti, task_id: str = "stage_files") -> dict:
+    """The JSON summary a step printed as its last line (its XCom)."""
+    value = ti.xcom_pull(task_ids=task_id)
+    if isinstance(value, dict):
+        return value
+    if not value:
+        raise ValueError(f"task {task_id} left no summary")
+    return json.loads(value)
+
+
+def window_bound(ti, bound: str) -> str:
+    """``start`` or ``end`` of the window stage-files resolved."""
+    return step_summary(ti)["window"][bound]
+
+
+def has_data(ti) -> bool:
+    """False when stage-files found no file in the window: the later tasks are skipped."""
+    return step_summary(ti).get("status") != "no_data"
+
+
+MACROS = {
+    "ota_reference_date": reference_date,
+    "ota_window": window_bound,
+}
+
+# Jinja templates of the step arguments. They contain no single quote, so the local
+# runner can quote each argument for the shell without touching the template.
+FIRST_STEP_WINDOW = [
+    "--start-date",
+    '{{ params.start_date or "" }}',
+    "--end-date",
+    '{{ params.end_date or "" }}',
+    "--reference-date",
+    "{{ ota_reference_date(dag_run, data_interval_end) }}",
+]
+RESOLVED_WINDOW = [
+    "--start-date",
+    '{{ ota_window(ti, "start") }}',
+    "--end-date",
+    '{{ ota_window(ti, "end") }}',
+]
+
+
+def step_command(step: str, extra: list[str] | None = None) -> list[str]:
+    """The command line of a step, the same for both runners."""
+    window = FIRST_STEP_WINDOW if step == "stage_files" else RESOLVED_WINDOW
+    return [BINARIES[step], *window, *(extra or [])]
+
+
+def shell_line(command: list[str]) -> str:
+    """The command as one shell line for the local runner."""
+    for arg in command:
+        if "'" in arg:
+            raise ValueError(f"argument {arg!r} must not contain a single quote")
+    return " ".join(f"'{arg}'" if ("{{" in arg or not arg) else shlex.quote(arg) for arg in command)
+
+
+def make_task(dag: DAG, step: str, extra: list[str] | None = None):
+    """One step as an operator of the configured runner."""
+    command = step_command(step, extra)
+    common = {
+        "task_id": step,
+        "dag": dag,
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=15),
+    }
+    if task_runner() == "local":
+        from airflow.providers.standard.operators.bash import BashOperator
+
+        # The summary is the last line of stdout, so it becomes the XCom.
+        return BashOperator(bash_command=shell_line(command), append_env=True, **common)
+
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from docker.types import Mount
+
+    environment = {k: os.environ[k] for k in PLAIN_SETTINGS if os.environ.get(k)}
+    private = {k: os.environ[k] for k in SECRET_SETTINGS if os.environ.get(k)}
+    mounts = []
+    for variable, target in KEY_FILES.items():
+        host_path = os.environ.get(variable)
+        if host_path:
+            mounts.append(Mount(source=host_path, target=target, type="bind", read_only=True))
+            environment[variable] = target
+    data_dir = os.environ.get("OTA_DATA_DIR")
+    if data_dir:
+        mounts.append(Mount(source=data_dir, target="/data", type="bind"))
+    return DockerOperator(
+        image=os.environ.get("OTA_IMAGE", "ota-pipeline:latest"),
+        command=command,
+        environment=environment,
+        private_environment=private,
+        mounts=mounts,
+        auto_remove="success",
+        docker_url=os.environ.get("OTA_DOCKER_URL", "unix://var/run/docker.sock"),
+        network_mode=os.environ.get("OTA_DOCKER_NETWORK", "bridge"),
+        mount_tmp_dir=False,
+        xcom_all=False,
+        **common,
+    )
+
+
+def build_pipeline(dag: DAG, first_extra: list[str] | None = None) -> None:
+    """stage_files >> has_data >> load_raw >> dedup >> export_mysql."""
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    stage = make_task(dag, "stage_files", first_extra)
+    gate = ShortCircuitOperator(task_id="has_data", python_callable=has_data, dag=dag)
+    load = make_task(dag, "load_raw")
+    dedup = make_task(dag, "dedup")
+    export = make_task(dag, "export_mysql")
+    # Templates that pull XCom add no dependency by themselves: wire them explicitly.
+    stage >> gate >> load >> dedup >> export
+
+
+DATE_PARAM = {"type": ["null", "string"], "format": "date"}
+
+with DAG(
+    dag_id="ota_pipeline",
+    description="OTA clickstream: lake -> warehouse (raw, dedup) -> MySQL",
+    doc_md=DOC,
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ota", "clickstream", "mysql"],
+    params={
+        "start_date": Param(None, description="First day (YYYY-MM-DD), optional", **DATE_PARAM),
+        "end_date": Param(None, description="Last day (YYYY-MM-DD), optional", **DATE_PARAM),
+    },
+    user_defined_macros=MACROS,
+    render_template_as_native_obj=False,
+) as pipeline_dag:
+    build_pipeline(pipeline_dag)
+
+with DAG(
+    dag_id="ota_historic_load",
+    description="Split the case data file into daily files, then run the pipeline over it",
+    doc_md="Historic load: `stage-files --from <source_file>` splits the case data into "
+    "daily files, then load_raw, dedup and export_mysql run over the range it reports.",
+    schedule=None,
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ota", "historic"],
+    params={
+        "source_file": Param(
+            os.environ.get("OTA_CASE_DATA", "/data/case_data.parquet.gzip"),
+            type="string",
+            description="The case data Parquet file to split",
+        ),
+        "start_date": Param(None, description="Only this window of it (optional)", **DATE_PARAM),
+        "end_date": Param(None, description="Only this window of it (optional)", **DATE_PARAM),
+    },
+    user_defined_macros=MACROS,
+) as historic_dag:
+    build_pipeline(historic_dag, ["--from", "{{ params.source_file }}"])

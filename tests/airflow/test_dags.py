@@ -1,0 +1,155 @@
+"""The DAGs, checked with a real Airflow: parsing in both runner modes, the task graph,
+params and schedule, the DockerOperator arguments, and `airflow dags test` runs of the
+local runner end to end against the real MariaDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import pytest
+from conftest import REPO, airflow
+
+DAG_FILE = REPO / "dags" / "ota_pipeline.py"
+
+
+def load_dags(runner: str, extra_env: dict | None = None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    saved = dict(os.environ)
+    os.environ["OTA_TASK_RUNNER"] = runner
+    os.environ.update(extra_env or {})
+    try:
+        bag = DagBag(dag_folder=str(DAG_FILE))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.dags
+
+
+@pytest.mark.parametrize("runner", ["docker", "local"])
+def test_both_dags_import_with_the_right_shape(runner):
+    dags = load_dags(runner)
+    assert set(dags) == {"ota_pipeline", "ota_historic_load"}
+    for dag in dags.values():
+        order = ["stage_files", "has_data", "load_raw", "dedup", "export_mysql"]
+        assert set(dag.task_ids) == set(order)
+        for up, down in zip(order, order[1:]):
+            assert dag.get_task(down).upstream_task_ids == {up}
+        assert dag.max_active_runs == 1
+        assert not dag.catchup
+        for step in ["stage_files", "load_raw", "dedup", "export_mysql"]:
+            task = dag.get_task(step)
+            assert task.retries >= 1 and task.retry_exponential_backoff
+            kind = "DockerOperator" if runner == "docker" else "BashOperator"
+            assert type(task).__name__ == kind
+    daily = dags["ota_pipeline"]
+    assert type(daily.timetable).__name__ == "CronDataIntervalTimetable"
+    assert set(daily.params.keys()) == {"start_date", "end_date"}
+    assert daily.params["start_date"] is None
+    assert "backfill create" in daily.doc_md
+    assert type(dags["ota_historic_load"].timetable).__name__ == "NullTimetable"
+
+
+def test_docker_tasks_mount_keys_read_only_and_hide_secrets():
+    env = {
+        "OTA_GCS_KEY_FILE": "/secrets/gcs.json",
+        "OTA_BQ_KEY_FILE": "/secrets/bq.json",
+        "OTA_MYSQL_URL": "mysql://ota:s3cret@mysql:3306/ota",
+        "OTA_LAKE_URL": "gs://bucket/lake",
+        "OTA_IMAGE": "ota-pipeline:test",
+    }
+    dag = load_dags("docker", env)["ota_pipeline"]
+    task = dag.get_task("export_mysql")
+    assert task.image == "ota-pipeline:test"
+    assert task.command[0] == "export-mysql"
+    assert "--start-date" in task.command and "--end-date" in task.command
+    # Kept out of the templated, UI-visible fields.
+    assert task._private_environment == {"OTA_MYSQL_URL": "mysql://ota:s3cret@mysql:3306/ota"}
+    assert "OTA_MYSQL_URL" not in task.environment
+    assert "s3cret" not in json.dumps(task.environment)
+    assert task.environment["OTA_LAKE_URL"] == "gs://bucket/lake"
+    assert task.environment["OTA_GCS_KEY_FILE"] == "/run/secrets/gcs-key.json"
+    assert task.environment["OTA_BQ_KEY_FILE"] == "/run/secrets/bq-key.json"
+    mounts = {m["Target"]: m for m in task.mounts}
+    assert mounts["/run/secrets/gcs-key.json"]["Source"] == "/secrets/gcs.json"
+    assert mounts["/run/secrets/bq-key.json"]["Source"] == "/secrets/bq.json"
+    assert all(mounts[t]["ReadOnly"] for t in ["/run/secrets/gcs-key.json", "/run/secrets/bq-key.json"])
+    assert task.auto_remove == "success"
+    assert task.mount_tmp_dir is False
+    assert task.xcom_all is False
+
+
+def test_reference_date_follows_the_run_type():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ota_dag", DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Run:
+        def __init__(self, run_type, run_after):
+            self.run_type, self.run_after = run_type, run_after
+
+    utc = dt.timezone.utc
+    end = dt.datetime(2024, 1, 4, tzinfo=utc)
+    assert module.reference_date(Run("scheduled", end), end) == "2024-01-03"
+    assert module.reference_date(Run("backfill", end), end) == "2024-01-03"
+    manual = dt.datetime(2024, 5, 6, 7, 8, tzinfo=utc)
+    assert module.reference_date(Run("manual", manual), end) == "2024-05-06"
+    assert module.reference_date(Run("manual", manual), None) == "2024-05-06"
+
+
+def dag_test(pipeline, conf: dict | None, logical_date: str | None = None, check=True):
+    args = ["dags", "test", "ota_pipeline"]
+    if logical_date:
+        args.append(logical_date)
+    if conf is not None:
+        args += ["-c", json.dumps(conf)]
+    return airflow(*args, env=pipeline.env, check=check)
+
+
+def json_output(stdout: str):
+    """The JSON a CLI command printed (Airflow may log warnings before it)."""
+    lines = [line for line in stdout.splitlines() if line.startswith(("[", "{"))]
+    return json.loads(lines[-1]) if lines else []
+
+
+def task_states(pipeline) -> dict:
+    runs = json_output(airflow("dags", "list-runs", "ota_pipeline", "-o", "json", env=pipeline.env).stdout)
+    latest = max(runs, key=lambda r: r.get("start_date") or "")
+    out = airflow(
+        "tasks", "states-for-dag-run", "ota_pipeline", latest["run_id"], "-o", "json", env=pipeline.env
+    ).stdout
+    return {row["task_id"]: row["state"] for row in json_output(out)}
+
+
+def test_dags_test_runs_the_pipeline_end_to_end(pipeline):
+    pipeline.generate("2024-01-01", 3, 400)
+    dag_test(pipeline, {"start_date": "2024-01-01", "end_date": "2024-01-03"})
+    summary = pipeline.reconcile()
+    assert summary["status"] == "ok"
+    assert summary["counts"]["rows_read"] > 1000
+    assert set(task_states(pipeline).values()) == {"success"}
+
+    # No params: a manual run covers the 3 days ending today.
+    today = dt.datetime.now(dt.timezone.utc).date()
+    pipeline.generate((today - dt.timedelta(days=2)).isoformat(), 3, 300)
+    before = summary["dates"]
+    dag_test(pipeline, None)
+    after = pipeline.reconcile()
+    assert after["dates"] >= before + 3, after
+
+    # A window without files ends green, the later tasks skipped.
+    dag_test(pipeline, {"start_date": "2023-06-01", "end_date": "2023-06-03"})
+    states = task_states(pipeline)
+    assert states["stage_files"] == "success"
+    assert {states[t] for t in ["load_raw", "dedup", "export_mysql"]} == {"skipped"}, states
+
+
+def test_a_bad_param_fails_at_validation(pipeline):
+    proc = dag_test(pipeline, {"start_date": "2024-13-01"}, check=False)
+    assert proc.returncode != 0
+    assert "2024-13-01" in proc.stdout + proc.stderr
