@@ -1,0 +1,39 @@
+"""What can be checked of the image and compose files without a Docker engine."""
+
+from __future__ import annotations
+
+import yaml
+from conftest import REPO
+
+
+def test_compose_file_wires_airflow_mysql_and_the_image():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"airflow", "mysql", "pipeline"} <= set(services)
+    assert services["pipeline"]["build"]["dockerfile"] == "docker/Dockerfile"
+    assert services["mysql"]["image"].startswith("mysql:8")
+    assert "--local-infile=1" in services["mysql"]["command"]
+    airflow = services["airflow"]
+    assert airflow["environment"]["OTA_TASK_RUNNER"] == "docker"
+    volumes = " ".join(airflow["volumes"])
+    assert "./dags:" in volumes and "./data:/data" in volumes and "./service_accounts:" in volumes
+    assert airflow["depends_on"]["mysql"]["condition"] == "service_healthy"
+
+
+def test_dockerfile_builds_release_binaries_into_a_slim_non_root_image():
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(stages) == 2 and "slim" in stages[1]
+    assert "cargo build --release --locked" in text
+    for binary in ["stage-files", "load-raw", "dedup", "export-mysql"]:
+        assert f"target/release/{binary}" in text
+    assert "ca-certificates" in text
+    assert "\nUSER 10001" in text
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert "target/" in ignored and "service_accounts/" in ignored and "data/" in ignored
+
+
+def test_service_accounts_hold_no_keys():
+    folder = REPO / "service_accounts"
+    assert not list(folder.glob("*.json")) or all("private_key" not in p.read_text() for p in folder.glob("*.json"))
+    assert "/service_accounts/*.json" in (REPO / ".gitignore").read_text()
