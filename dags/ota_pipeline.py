@@ -169,7 +169,10 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
         "max_retry_delay": timedelta(minutes=15),
     }
     if task_runner() == "local":
-        from airflow.providers.standard.operators.bash import BashOperator
+        try:
+            from airflow.providers.standard.operators.bash import BashOperator
+        except ImportError:  # Airflow 2.10 without the standard provider
+            from airflow.operators.bash import BashOperator
 
         # The summary is the last line of stdout, so it becomes the XCom.
         return BashOperator(bash_command=shell_line(command), append_env=True, **common)
@@ -205,7 +208,10 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
 
 def build_pipeline(dag: DAG, first_extra: list[str] | None = None) -> None:
     """stage_files >> has_data >> load_raw >> dedup >> export_mysql."""
-    from airflow.providers.standard.operators.python import ShortCircuitOperator
+    try:
+        from airflow.providers.standard.operators.python import ShortCircuitOperator
+    except ImportError:  # Airflow 2.10 without the standard provider
+        from airflow.operators.python import ShortCircuitOperator
 
     stage = make_task(dag, "stage_files", first_extra)
     gate = ShortCircuitOperator(task_id="has_data", python_callable=has_data, dag=dag)
