@@ -153,3 +153,28 @@ def test_a_bad_param_fails_at_validation(pipeline):
     proc = dag_test(pipeline, {"start_date": "2024-13-01"}, check=False)
     assert proc.returncode != 0
     assert "2024-13-01" in proc.stdout + proc.stderr
+
+
+def test_historic_load_splits_the_case_data_and_loads_its_range(pipeline):
+    case_data = pipeline.root / "case_data.parquet.gzip"
+    pipeline.bin(
+        "ota-gen",
+        "--seed",
+        "5",
+        "--start",
+        "2024-03-01",
+        "--days",
+        "2",
+        "--rows-per-day",
+        "300",
+        "--single",
+        str(case_data),
+    )
+    airflow("dags", "test", "ota_historic_load", "-c", json.dumps({"source_file": str(case_data)}), env=pipeline.env)
+    summary = pipeline.reconcile()
+    assert summary["status"] == "ok"
+    assert summary["counts"]["rows_read"] > 500
+    assert sorted(p.name for p in pipeline.lake.glob("2024030*_OTA.parquet")) == [
+        "20240301_OTA.parquet",
+        "20240302_OTA.parquet",
+    ]

@@ -114,12 +114,16 @@ impl Lake for LocalLake {
 
     fn put_file(&self, name: &str, source: &Path) -> Result<PutOutcome> {
         let target = self.root.join(name);
-        if target.exists() && crc32c_of_file(&target)? == crc32c_of_file(source)? {
-            let same_len = fs::metadata(&target).map(|m| m.len()).ok()
-                == fs::metadata(source).map(|m| m.len()).ok();
-            if same_len {
-                return Ok(PutOutcome::Unchanged);
-            }
+        let len = |p: &Path| {
+            fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| PipelineError::io(p, e))
+        };
+        if target.exists()
+            && len(&target)? == len(source)?
+            && crc32c_of_file(&target)? == crc32c_of_file(source)?
+        {
+            return Ok(PutOutcome::Unchanged);
         }
         // Move (or copy) next to the target, then rename: readers never see a
         // half-written file.
