@@ -24,6 +24,7 @@ lint:
 	$$(scripts/airflow-venv.sh)/bin/ruff check dags tests
 	$$(scripts/airflow-venv.sh)/bin/ruff format --check dags tests
 	$$(scripts/airflow-venv.sh)/bin/hadolint docker/Dockerfile
+	$$(scripts/airflow-venv.sh)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 fmt:
 	cargo fmt --all
