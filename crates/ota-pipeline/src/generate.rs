@@ -419,10 +419,7 @@ fn writer(path: &Path, compression: Compression) -> Result<ArrowWriter<File>> {
         .set_compression(compression)
         .set_max_row_group_row_count(Some(128 * 1024))
         .build();
-    ArrowWriter::try_new(f, case_schema(), Some(props)).map_err(|e| PipelineError::Parquet {
-        uri: path.display().to_string(),
-        source: e,
-    })
+    ArrowWriter::try_new(f, case_schema(), Some(props)).map_err(|e| parquet_error(path, e))
 }
 
 fn day_of(config: &GenConfig, i: u32) -> Result<NaiveDate> {
@@ -432,11 +429,34 @@ fn day_of(config: &GenConfig, i: u32) -> Result<NaiveDate> {
         .ok_or_else(|| PipelineError::Config("generated days run past the calendar".into()))
 }
 
+fn parquet_error(path: &Path, source: parquet::errors::ParquetError) -> PipelineError {
+    PipelineError::Parquet {
+        uri: path.display().to_string(),
+        source,
+    }
+}
+
+/// Generates one day's rows into a writer, batch by batch; returns the row count.
+fn write_day(
+    w: &mut ArrowWriter<File>,
+    config: &GenConfig,
+    day: NaiveDate,
+    path: &Path,
+) -> Result<u64> {
+    let schema = case_schema();
+    let mut rows = 0;
+    let mut day_rows = DayRows::new(config.seed, day, config.rows_per_day);
+    while let Some(batch) = day_rows.next_batch(&schema)? {
+        rows += batch.num_rows() as u64;
+        w.write(&batch).map_err(|e| parquet_error(path, e))?;
+    }
+    Ok(rows)
+}
+
 /// Writes one daily file per day into `out`. Each file's modification time (its
 /// `ingested_at`) is set to one hour after its day ends, as if it landed the next morning.
 pub fn generate_daily_files(config: &GenConfig, out: &Path) -> Result<GenOutcome> {
     std::fs::create_dir_all(out).map_err(|e| PipelineError::io(out, e))?;
-    let schema = case_schema();
     let mut files = Vec::new();
     let mut rows = 0;
     for i in 0..config.days {
@@ -444,18 +464,8 @@ pub fn generate_daily_files(config: &GenConfig, out: &Path) -> Result<GenOutcome
         let path: PathBuf = out.join(daily_file_name(day, &config.suffix));
         let tmp = out.join(format!(".{}.gen", daily_file_name(day, &config.suffix)));
         let mut w = writer(&tmp, Compression::SNAPPY)?;
-        let mut gen_rows = DayRows::new(config.seed, day, config.rows_per_day);
-        while let Some(batch) = gen_rows.next_batch(&schema)? {
-            rows += batch.num_rows() as u64;
-            w.write(&batch).map_err(|e| PipelineError::Parquet {
-                uri: path.display().to_string(),
-                source: e,
-            })?;
-        }
-        w.close().map_err(|e| PipelineError::Parquet {
-            uri: path.display().to_string(),
-            source: e,
-        })?;
+        rows += write_day(&mut w, config, day, &path)?;
+        w.close().map_err(|e| parquet_error(&path, e))?;
         let landed = day
             .checked_add_days(Days::new(1))
             .unwrap_or(day)
@@ -480,25 +490,13 @@ pub fn generate_single_file(config: &GenConfig, path: &Path) -> Result<GenOutcom
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
     }
-    let schema = case_schema();
     let gzip = Compression::GZIP(GzipLevel::default());
     let mut w = writer(path, gzip)?;
     let mut rows = 0;
     for i in 0..config.days {
-        let day = day_of(config, i)?;
-        let mut gen_rows = DayRows::new(config.seed, day, config.rows_per_day);
-        while let Some(batch) = gen_rows.next_batch(&schema)? {
-            rows += batch.num_rows() as u64;
-            w.write(&batch).map_err(|e| PipelineError::Parquet {
-                uri: path.display().to_string(),
-                source: e,
-            })?;
-        }
+        rows += write_day(&mut w, config, day_of(config, i)?, path)?;
     }
-    w.close().map_err(|e| PipelineError::Parquet {
-        uri: path.display().to_string(),
-        source: e,
-    })?;
+    w.close().map_err(|e| parquet_error(path, e))?;
     Ok(GenOutcome {
         files: vec![path.display().to_string()],
         rows,
