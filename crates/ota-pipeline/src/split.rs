@@ -23,7 +23,7 @@ use crate::typing::date_of_epoch_day;
 use crate::typing::epoch_day_of_micros;
 
 /// Bytes the open daily writers may buffer before the largest is flushed.
-pub const WRITE_BUFFER_BYTES: usize = 128 << 20;
+pub const WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// Rows per batch read from the source file.
 pub const SPLIT_BATCH_ROWS: usize = 65_536;
 
