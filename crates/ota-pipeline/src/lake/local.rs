@@ -109,7 +109,7 @@ impl Lake for LocalLake {
     }
 
     fn local_copy(&self, file: &LakeFile) -> Result<LocalCopy> {
-        Ok(LocalCopy::InPlace(self.path_of_uri(&file.uri)?))
+        Ok(LocalCopy::in_place(self.path_of_uri(&file.uri)?))
     }
 
     fn put_file(&self, name: &str, source: &Path) -> Result<PutOutcome> {

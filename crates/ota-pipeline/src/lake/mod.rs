@@ -35,18 +35,40 @@ pub enum PutOutcome {
     Written,
 }
 
-/// A readable local copy of a lake file (the file itself for a local lake).
+/// A readable local copy of a lake file: the file itself where the lake is local, a
+/// downloaded temporary file (removed on drop) where it is remote.
 #[derive(Debug)]
-pub enum LocalCopy {
-    InPlace(PathBuf),
-    Temporary(tempfile_path::TempFile),
+pub struct LocalCopy {
+    path: PathBuf,
+    temporary: bool,
 }
 
 impl LocalCopy {
+    /// The lake's own file, read in place.
+    pub fn in_place(path: PathBuf) -> Self {
+        LocalCopy {
+            path,
+            temporary: false,
+        }
+    }
+
+    /// A downloaded copy that is deleted when dropped.
+    pub fn temporary(path: PathBuf) -> Self {
+        LocalCopy {
+            path,
+            temporary: true,
+        }
+    }
+
     pub fn path(&self) -> &Path {
-        match self {
-            LocalCopy::InPlace(p) => p,
-            LocalCopy::Temporary(t) => t.path(),
+        &self.path
+    }
+}
+
+impl Drop for LocalCopy {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -126,29 +148,6 @@ pub fn open_lake(url: &str) -> Result<Box<dyn Lake>> {
         Err(PipelineError::Config(format!(
             "lake URL {url:?} must start with file:// (local folder) or gs:// (GCS)"
         )))
-    }
-}
-
-/// A small owned temporary file path, removed on drop.
-pub mod tempfile_path {
-    use std::path::{Path, PathBuf};
-
-    #[derive(Debug)]
-    pub struct TempFile(PathBuf);
-
-    impl TempFile {
-        pub fn new(path: PathBuf) -> Self {
-            TempFile(path)
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
     }
 }
 
