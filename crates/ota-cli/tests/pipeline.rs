@@ -835,3 +835,28 @@ fn falls_back_to_insert_when_the_server_refuses_local_infile() {
     );
     assert_mysql_matches_model(&env);
 }
+
+#[test]
+fn a_file_replaced_after_staging_is_not_loaded_half_known() {
+    let env = Env::new();
+    env.generate("2024-01-01", 1, 200);
+    let w = ["--start-date", "2024-01-01", "--end-date", "2024-01-01"];
+    env.run("stage-files", &w).ok();
+    redeliver(&env, "2024-01-01", |bs| {
+        bs.into_iter()
+            .map(|b| set_text(&b, "hotel_name", 0, "re-delivered"))
+            .collect()
+    });
+    let r = env.run("load-raw", &w);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changed since stage-files"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("20240101_OTA.parquet"), "{}", r.stderr);
+    // Staged again, the new version loads.
+    let s = env.pipeline(&w, &[]);
+    assert_eq!(s[1]["files_loaded"].as_array().map(Vec::len), Some(1));
+    assert_mysql_matches_model(&env);
+}

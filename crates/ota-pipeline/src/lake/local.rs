@@ -4,11 +4,11 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use chrono::NaiveDate;
 
-use super::{Lake, LakeFile, LocalCopy, PutOutcome, daily_file_name, day_of_name_prefix};
+use super::{Lake, LakeFile, LocalCopy, ObjectVersion, PutOutcome, daily_file_name};
 use crate::error::{PipelineError, Result};
 use crate::window::DateWindow;
 
@@ -45,23 +45,33 @@ impl LocalLake {
     }
 
     fn fingerprint(&self, path: &Path, day: NaiveDate) -> Result<Option<LakeFile>> {
-        let meta = match fs::metadata(path) {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(PipelineError::io(path, e)),
+        let Some((size, since)) = metadata_of(path)? else {
+            return Ok(None);
         };
-        let mtime = meta.modified().map_err(|e| PipelineError::io(path, e))?;
-        let since = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
         Ok(Some(LakeFile {
             uri: format!("file://{}", path.display()),
             day,
-            size: meta.len(),
+            size,
             generation: since.as_nanos().to_string(),
             checksum: crc32c_of_file(path)?,
             ingested_at: since.as_micros() as i64,
         }))
     }
+}
+
+/// Size and modification time of a regular file, or None if there is none.
+fn metadata_of(path: &Path) -> Result<Option<(u64, Duration)>> {
+    let meta = match fs::metadata(path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(PipelineError::io(path, e)),
+    };
+    let mtime = meta.modified().map_err(|e| PipelineError::io(path, e))?;
+    Ok(Some((
+        meta.len(),
+        mtime.duration_since(UNIX_EPOCH).unwrap_or_default(),
+    )))
 }
 
 /// crc32c of a file's content, as 8 hex digits; reads in 1 MiB chunks.
@@ -96,16 +106,12 @@ impl Lake for LocalLake {
         Ok(files)
     }
 
-    fn stat(&self, uri: &str) -> Result<Option<LakeFile>> {
+    fn version_of(&self, uri: &str) -> Result<Option<ObjectVersion>> {
         let path = self.path_of_uri(uri)?;
-        let day = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(day_of_name_prefix)
-            .ok_or_else(|| {
-                PipelineError::Config(format!("{uri} is not a daily file (YYYYMMDD_...)"))
-            })?;
-        self.fingerprint(&path, day)
+        Ok(metadata_of(&path)?.map(|(size, since)| ObjectVersion {
+            size,
+            generation: since.as_nanos().to_string(),
+        }))
     }
 
     fn local_copy(&self, file: &LakeFile) -> Result<LocalCopy> {

@@ -26,6 +26,13 @@ pub struct LakeFile {
     pub ingested_at: i64,
 }
 
+/// Size and generation of an object: enough to tell that it was replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub size: u64,
+    pub generation: String,
+}
+
 /// What `put_file` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,8 +88,8 @@ pub trait Lake: Send + Sync {
     /// The daily files `YYYYMMDD_<suffix>.parquet` that exist for the window's days.
     fn list_daily_files(&self, window: &DateWindow, suffix: &str) -> Result<Vec<LakeFile>>;
 
-    /// The current fingerprint of one file, or None if it is gone.
-    fn stat(&self, uri: &str) -> Result<Option<LakeFile>>;
+    /// The current size and generation of one object, without reading it (None: gone).
+    fn version_of(&self, uri: &str) -> Result<Option<ObjectVersion>>;
 
     /// A local, readable copy of the file (the file itself where the lake is local).
     fn local_copy(&self, file: &LakeFile) -> Result<LocalCopy>;

@@ -54,8 +54,8 @@ impl RawSource for ParquetRawSource<'_> {
             reason,
         };
         // The file must still be the version stage-files recorded.
-        match self.lake.stat(&file.uri)? {
-            Some(now) if now.size == file.size && now.checksum == file.checksum => {}
+        match self.lake.version_of(&file.uri)? {
+            Some(now) if now.size == file.size && now.generation == file.generation => {}
             Some(_) => {
                 return Err(bad(
                     "it changed since stage-files ran; run stage-files again".into(),
