@@ -66,7 +66,11 @@ Moves the daily OTA clickstream files through the warehouse into MySQL:
 * none — a manual run covers the 3 days ending today; a scheduled or backfill run the
   3 days ending on the last day of its data interval;
 * only `start_date` — from it to that reference day; only `end_date` — the 3 days
-  ending on it; both — exactly that window (export then also re-syncs those event dates).
+  ending on it; both — exactly that window.
+
+With dates given, export_mysql also re-syncs the window's event dates exactly (a
+backfill: rows missing in, or changed by hand in, MySQL are repaired); without, it
+applies the warehouse's change feed, which carries late events, corrections and removals.
 
 The window stage-files resolves is passed to every later task, so one run works on one
 window. A window without files ends green: `has_data` skips the later tasks.
@@ -115,6 +119,14 @@ def window_bound(ti, bound: str) -> str:
     return step_summary(ti)["window"][bound]
 
 
+def backfill_bound(ti, params, bound: str) -> str:
+    """For export-mysql: the resolved window's bound when the user named dates (a
+    backfill: re-sync those event dates exactly), else empty (apply the change feed)."""
+    if params.get("start_date") or params.get("end_date"):
+        return window_bound(ti, bound)
+    return ""
+
+
 def has_data(ti) -> bool:
     """False when stage-files found no file in the window: the later tasks are skipped."""
     return step_summary(ti).get("status") != "no_data"
@@ -123,6 +135,7 @@ def has_data(ti) -> bool:
 MACROS = {
     "ota_reference_date": reference_date,
     "ota_window": window_bound,
+    "ota_backfill_bound": backfill_bound,
 }
 
 # Jinja templates of the step arguments. They contain no single quote, so the local
@@ -141,11 +154,18 @@ RESOLVED_WINDOW = [
     "--end-date",
     '{{ ota_window(ti, "end") }}',
 ]
+# export-mysql applies the change feed; with dates from the user it also re-syncs them.
+EXPORT_WINDOW = [
+    "--start-date",
+    '{{ ota_backfill_bound(ti, params, "start") }}',
+    "--end-date",
+    '{{ ota_backfill_bound(ti, params, "end") }}',
+]
 
 
 def step_command(step: str, extra: list[str] | None = None) -> list[str]:
     """The command line of a step, the same for both runners."""
-    window = FIRST_STEP_WINDOW if step == "stage_files" else RESOLVED_WINDOW
+    window = {"stage_files": FIRST_STEP_WINDOW, "export_mysql": EXPORT_WINDOW}.get(step, RESOLVED_WINDOW)
     return [BINARIES[step], *window, *(extra or [])]
 
 
