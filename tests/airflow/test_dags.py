@@ -82,12 +82,35 @@ def test_docker_tasks_mount_keys_read_only_and_hide_secrets():
     assert task.xcom_all is False
 
 
-def test_reference_date_follows_the_run_type():
+def dag_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ota_dag", DAG_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_export_gets_the_window_only_when_dates_were_named():
+    module = dag_module()
+
+    class TI:
+        def __init__(self, status):
+            self.status = status
+
+        def xcom_pull(self, task_ids):
+            assert task_ids == "stage_files"
+            return json.dumps({"status": self.status, "window": {"start": "2024-01-01", "end": "2024-01-03"}})
+
+    ti = TI("ok")
+    assert module.backfill_bound(ti, {"start_date": None, "end_date": None}, "start") == ""
+    assert module.backfill_bound(ti, {"start_date": "2024-01-01", "end_date": None}, "end") == "2024-01-03"
+    assert module.window_bound(ti, "start") == "2024-01-01"
+    assert module.has_data(ti) and not module.has_data(TI("no_data"))
+
+
+def test_reference_date_follows_the_run_type():
+    module = dag_module()
 
     class Run:
         def __init__(self, run_type, run_after):
