@@ -27,6 +27,7 @@ pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     if no_files && outcome.rebuilt_dates.is_empty() {
         summary.status = Status::NoData;
     }
+    summary.counts.files = staged.as_ref().map_or(0, |s| s.files.len() as u64);
     summary.counts.rows_read = outcome.rows_read;
     summary.counts.duplicates_removed = outcome.duplicates_removed;
     summary.counts.rows_written = outcome.rows_changed;
