@@ -248,6 +248,23 @@ fn three_days_end_to_end_then_a_rerun_changes_nothing() {
     assert_eq!(ts[0].len(), 26, "{}", ts[0]);
     let reconcile = env.run("export-mysql", &["--reconcile"]).ok();
     assert_eq!(reconcile.summary()["status"], "ok");
+    assert!(
+        reconcile.summary()["window"].is_null(),
+        "all dates were compared, not a window"
+    );
+    let windowed = env
+        .run(
+            "export-mysql",
+            &[
+                "--reconcile",
+                "--start-date",
+                "2024-01-02",
+                "--end-date",
+                "2024-01-02",
+            ],
+        )
+        .ok();
+    assert_eq!(windowed.summary()["dates"], 1, "{}", windowed.stdout);
 
     // Acceptance 2: the same window again loads, rebuilds and exports nothing.
     let again = env.pipeline(&W3, &[]);

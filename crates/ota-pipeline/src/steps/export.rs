@@ -150,8 +150,12 @@ async fn reconcile(
         .into_iter()
         .collect();
     let table = drift(&dates, &wh, &my);
+    if !config.window.is_explicit() {
+        // Every event date was compared, not a window.
+        summary.window = None;
+    }
     println!(
-        "{:<12} {:>12} {:>12} {:>22} {:>22}  status",
+        "{:<12} {:>12} {:>12} {:>26} {:>26}  status",
         "event_date", "wh_rows", "mysql_rows", "wh_checksum", "mysql_checksum"
     );
     let mut drifting = Vec::new();
