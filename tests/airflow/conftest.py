@@ -101,7 +101,6 @@ class Pipeline:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def drop(self) -> None:
-        self.bin("export-mysql", "--reconcile", check=False)
         subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-e", f"DROP DATABASE IF EXISTS `{self.db}`"], check=False)
 
 

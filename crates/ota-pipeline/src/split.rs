@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatchReader, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -18,7 +17,7 @@ use serde::Serialize;
 
 use crate::error::{PipelineError, Result};
 use crate::lake::{Lake, PutOutcome, daily_file_name};
-use crate::typed_batch::{column_text, event_micros};
+use crate::typed_batch::event_micros;
 use crate::typing::date_of_epoch_day;
 use crate::typing::epoch_day_of_micros;
 
@@ -88,7 +87,7 @@ pub fn split_into_lake(from: &Path, lake: &dyn Lake, suffix: &str) -> Result<Spl
         let batch = batch.map_err(|e| bad(format!("corrupt data after row {rows}: {e}")))?;
         rows += batch.num_rows() as u64;
         let ts = batch.column(ts_index);
-        let micros = event_micros(ts, &column_text("timestamp", ts)?);
+        let micros = event_micros(ts)?;
         let mut by_day: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
         for i in 0..batch.num_rows() {
             let day = if micros.is_valid(i) {
@@ -181,7 +180,6 @@ pub fn split_into_lake(from: &Path, lake: &dyn Lake, suffix: &str) -> Result<Spl
             });
         }
     }
-    let _ = Arc::clone(&schema);
     Ok(SplitOutcome {
         source: uri,
         rows,

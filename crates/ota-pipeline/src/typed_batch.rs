@@ -299,10 +299,6 @@ fn as_text(name: &str, source: &ArrayRef) -> Result<StringArray> {
     Ok(utf8.as_string::<i32>().clone())
 }
 
-fn is_integer_type(t: &DataType) -> bool {
-    t.is_integer()
-}
-
 /// Reads an integer-typed Arrow array as Option<i64> values.
 fn integers_of(source: &ArrayRef) -> Option<Vec<Option<i64>>> {
     macro_rules! prim {
@@ -426,7 +422,7 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
                 }
                 _ => as_text(name, source)?,
             };
-            let micros = event_micros(source, &raw);
+            let micros = event_micros(source)?;
             TypedValues::Timestamp { micros, raw }
         }
     })
@@ -434,7 +430,7 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
 
 /// Event timestamps as UTC microseconds: int64 nanoseconds, Parquet TIMESTAMP of any
 /// unit (with or without zone) or ISO-8601 text; NULL where unusable.
-pub fn event_micros(source: &ArrayRef, text: &StringArray) -> TimestampMicrosecondArray {
+pub fn event_micros(source: &ArrayRef) -> Result<TimestampMicrosecondArray> {
     let n = source.len();
     let micros: Vec<Option<i64>> = match source.data_type() {
         DataType::Timestamp(unit, _) => {
@@ -477,28 +473,23 @@ pub fn event_micros(source: &ArrayRef, text: &StringArray) -> TimestampMicroseco
                 .map(|v| v.and_then(|x| x.div_euclid(div).checked_mul(mul)))
                 .collect()
         }
-        t if is_integer_type(t) => integers_of(source)
+        t if t.is_integer() => integers_of(source)
             .unwrap_or_default()
             .into_iter()
             .map(|v| v.map(|ns| ns.div_euclid(1_000)))
             .collect(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => as_text("timestamp", source)?
             .iter()
             .map(|v| v.and_then(typing::parse_timestamp_text))
             .collect(),
         _ => vec![None; n],
     };
-    TimestampMicrosecondArray::from(
+    Ok(TimestampMicrosecondArray::from(
         micros
             .into_iter()
             .map(|v| v.filter(|m| typing::usable_timestamp(*m)))
             .collect::<Vec<_>>(),
-    )
-}
-
-/// Reads a column as text (public for the splitter).
-pub fn column_text(name: &str, source: &ArrayRef) -> Result<StringArray> {
-    as_text(name, source)
+    ))
 }
 
 #[cfg(test)]
@@ -636,6 +627,21 @@ mod tests {
         assert_ne!(hashes.value(0), hashes.value(1), "content differs");
         assert_eq!(hashes.value(2), hashes.value(3));
         assert_eq!(keys.value(0).len(), 16);
+    }
+
+    #[test]
+    fn event_micros_reads_zoned_timestamps_without_a_tz_database() {
+        // The splitter calls this directly on the source column.
+        let zoned: ArrayRef = Arc::new(
+            arrow::array::TimestampNanosecondArray::from(vec![
+                Some(1_704_067_200_000_001_000),
+                None,
+            ])
+            .with_timezone("Europe/Berlin"),
+        );
+        let micros = event_micros(&zoned).unwrap();
+        assert_eq!(micros.value(0), 1_704_067_200_000_001);
+        assert!(micros.is_null(1));
     }
 
     #[test]

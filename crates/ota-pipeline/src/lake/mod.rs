@@ -42,41 +42,21 @@ pub enum PutOutcome {
     Written,
 }
 
-/// A readable local copy of a lake file: the file itself where the lake is local, a
-/// downloaded temporary file (removed on drop) where it is remote.
+/// A readable local copy of a lake file (the file itself where the lake is local; a
+/// remote lake adds a downloaded temporary copy).
 #[derive(Debug)]
 pub struct LocalCopy {
     path: PathBuf,
-    temporary: bool,
 }
 
 impl LocalCopy {
     /// The lake's own file, read in place.
     pub fn in_place(path: PathBuf) -> Self {
-        LocalCopy {
-            path,
-            temporary: false,
-        }
-    }
-
-    /// A downloaded copy that is deleted when dropped.
-    pub fn temporary(path: PathBuf) -> Self {
-        LocalCopy {
-            path,
-            temporary: true,
-        }
+        LocalCopy { path }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-impl Drop for LocalCopy {
-    fn drop(&mut self) {
-        if self.temporary {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 
