@@ -163,10 +163,15 @@ EXPORT_WINDOW = [
 ]
 
 
+# BigQuery job ids derive from the run id and the step: a retried task re-attaches to
+# the jobs its first try started instead of running them twice.
+RUN_ID = ["--run-id", "{{ run_id }}"]
+
+
 def step_command(step: str, extra: list[str] | None = None) -> list[str]:
     """The command line of a step, the same for both runners."""
     window = {"stage_files": FIRST_STEP_WINDOW, "export_mysql": EXPORT_WINDOW}.get(step, RESOLVED_WINDOW)
-    return [BINARIES[step], *window, *(extra or [])]
+    return [BINARIES[step], *window, *RUN_ID, *(extra or [])]
 
 
 def shell_line(command: list[str]) -> str:

@@ -68,6 +68,25 @@ pub struct WarehouseArgs {
     /// bigquery://project/dataset?location=US.
     #[arg(long, env = "OTA_WAREHOUSE_URL", value_name = "URL")]
     pub warehouse_url: String,
+    /// BigQuery: print each statement with BigQuery's estimate of the bytes it would
+    /// process, and run nothing (reads of the small bookkeeping tables still run).
+    #[arg(long, env = "OTA_DRY_RUN")]
+    pub dry_run: bool,
+    /// Identifies this run (Airflow passes its run id and task): BigQuery job ids derive
+    /// from it, so a retried task re-attaches to the jobs its first try started.
+    #[arg(long, env = "OTA_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+}
+
+impl WarehouseArgs {
+    /// Only a URL: no dry run, no run id.
+    pub fn url(url: impl Into<String>) -> Self {
+        WarehouseArgs {
+            warehouse_url: url.into(),
+            dry_run: false,
+            run_id: None,
+        }
+    }
 }
 
 /// Sets up logging to stderr (`RUST_LOG`, default info).

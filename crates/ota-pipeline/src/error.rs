@@ -49,6 +49,13 @@ pub enum PipelineError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    #[error("lake error while {context}: {source}")]
+    Lake {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("MySQL error while {context}: {source}")]
     Mysql {
         context: String,
@@ -97,6 +104,16 @@ impl PipelineError {
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         PipelineError::Warehouse {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn lake(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        PipelineError::Lake {
             context: context.into(),
             source: Box::new(source),
         }

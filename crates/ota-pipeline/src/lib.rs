@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod contract;
 pub mod error;
+pub mod gcp;
 pub mod generate;
 pub mod hex;
 pub mod lake;

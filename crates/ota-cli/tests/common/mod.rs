@@ -81,6 +81,16 @@ pub struct Env {
     pub mysql_url: String,
     server_url: String,
     pub rt: tokio::runtime::Runtime,
+    lake_url: String,
+    warehouse_url: String,
+}
+
+/// The URL of database `db` on the server at `server` (which may carry `?socket=...`).
+pub fn database_url(server: &str, db: &str) -> String {
+    match server.split_once('?') {
+        Some((base, query)) => format!("{}/{db}?{query}", base.trim_end_matches('/')),
+        None => format!("{}/{db}", server.trim_end_matches('/')),
+    }
 }
 
 pub fn server_url() -> String {
@@ -103,12 +113,14 @@ impl Env {
                 .unwrap_or(0)
         );
         let server_url = server_url();
-        let mysql_url = format!("{server_url}/{db}");
+        let mysql_url = database_url(&server_url, &db);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         Env {
+            lake_url: format!("file://{}", lake.display()),
+            warehouse_url: format!("duckdb://{}", warehouse.display()),
             dir,
             lake,
             warehouse,
@@ -119,11 +131,19 @@ impl Env {
         }
     }
 
+    /// The same, with another lake and warehouse (the cloud backends on emulators).
+    pub fn with_backends(lake_url: String, warehouse_url: String) -> Self {
+        let mut env = Env::new();
+        env.lake_url = lake_url;
+        env.warehouse_url = warehouse_url;
+        env
+    }
+
     pub fn lake_url(&self) -> String {
-        format!("file://{}", self.lake.display())
+        self.lake_url.clone()
     }
     pub fn warehouse_url(&self) -> String {
-        format!("duckdb://{}", self.warehouse.display())
+        self.warehouse_url.clone()
     }
 
     /// Runs a step binary with this environment's settings.

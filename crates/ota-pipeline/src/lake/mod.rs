@@ -1,5 +1,6 @@
 //! The lake: where daily Parquet files land. A small trait with one module per backend.
 
+pub mod gcs;
 pub mod local;
 
 use std::path::{Path, PathBuf};
@@ -43,20 +44,40 @@ pub enum PutOutcome {
 }
 
 /// A readable local copy of a lake file (the file itself where the lake is local; a
-/// remote lake adds a downloaded temporary copy).
+/// remote lake downloads a temporary copy, removed when this is dropped).
 #[derive(Debug)]
 pub struct LocalCopy {
     path: PathBuf,
+    temporary: bool,
 }
 
 impl LocalCopy {
     /// The lake's own file, read in place.
     pub fn in_place(path: PathBuf) -> Self {
-        LocalCopy { path }
+        LocalCopy {
+            path,
+            temporary: false,
+        }
+    }
+
+    /// A downloaded copy at `path`, deleted on drop (also when the download fails).
+    pub fn temporary(path: PathBuf) -> Self {
+        LocalCopy {
+            path,
+            temporary: true,
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for LocalCopy {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -128,9 +149,7 @@ pub fn open_lake(url: &str) -> Result<Box<dyn Lake>> {
     if let Some(rest) = url.strip_prefix("file://") {
         Ok(Box::new(local::LocalLake::open(rest)?))
     } else if url.starts_with("gs://") {
-        Err(PipelineError::Config(
-            "the GCS lake (gs://) is not available in this build yet; use file:///abs/dir".into(),
-        ))
+        Ok(Box::new(gcs::GcsLake::open(url)?))
     } else {
         Err(PipelineError::Config(format!(
             "lake URL {url:?} must start with file:// (local folder) or gs:// (GCS)"

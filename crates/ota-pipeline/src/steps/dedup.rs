@@ -1,6 +1,6 @@
 //! dedup: rebuild only the event dates whose raw rows changed.
 
-use crate::cli::WindowArgs;
+use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::Result;
 use crate::summary::{Status, StepSummary};
 use crate::warehouse::{Access, open_warehouse};
@@ -8,12 +8,12 @@ use crate::warehouse::{Access, open_warehouse};
 #[derive(Debug, Clone)]
 pub struct DedupConfig {
     pub window: WindowArgs,
-    pub warehouse_url: String,
+    pub warehouse: WarehouseArgs,
 }
 
 pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     let window = config.window.resolve()?;
-    let mut warehouse = open_warehouse(&config.warehouse_url, Access::ReadWrite)?;
+    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadWrite, "dedup")?;
     let staged = warehouse.staged_files()?;
     let outcome = warehouse.dedup(chrono::Utc::now().timestamp_micros())?;
     tracing::info!(

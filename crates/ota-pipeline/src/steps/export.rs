@@ -8,7 +8,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use crate::cli::WindowArgs;
+use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::{PipelineError, Result};
 use crate::mysql::{MysqlConfig, MysqlTarget};
 use crate::summary::{Status, StepSummary};
@@ -19,7 +19,7 @@ use crate::warehouse::{
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
     pub window: WindowArgs,
-    pub warehouse_url: String,
+    pub warehouse: WarehouseArgs,
     pub mysql: MysqlConfig,
     pub batch_rows: usize,
     /// Re-sync every event date, not just the window's.
@@ -48,7 +48,7 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         ));
     }
     let window = config.window.resolve()?;
-    let warehouse = open_warehouse(&config.warehouse_url, Access::ReadOnly)?;
+    let warehouse = open_warehouse(&config.warehouse, Access::ReadOnly, "export-mysql")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -7,7 +7,7 @@ use std::fs::File;
 use arrow::array::RecordBatchReader;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::cli::WindowArgs;
+use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::{PipelineError, Result};
 use crate::lake::{Lake, LakeFile, open_lake};
 use crate::summary::{Status, StepSummary};
@@ -21,7 +21,7 @@ pub const READ_BATCH_ROWS: usize = 65_536;
 pub struct LoadConfig {
     pub window: WindowArgs,
     pub lake_url: String,
-    pub warehouse_url: String,
+    pub warehouse: WarehouseArgs,
 }
 
 /// Reads daily Parquet files from the lake and types their rows.
@@ -107,7 +107,7 @@ impl RawSource for ParquetRawSource<'_> {
 
 pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let lake = open_lake(&config.lake_url)?;
-    let mut warehouse = open_warehouse(&config.warehouse_url, Access::ReadWrite)?;
+    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadWrite, "load-raw")?;
     let staged = warehouse.staged_files()?.ok_or_else(|| {
         PipelineError::Config("nothing is staged in the warehouse: run stage-files first".into())
     })?;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::WindowArgs;
+use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::Result;
 use crate::lake::{open_lake, validate_suffix};
 use crate::split::split_into_lake;
@@ -15,7 +15,7 @@ use crate::window::DateWindow;
 pub struct StageConfig {
     pub window: WindowArgs,
     pub lake_url: String,
-    pub warehouse_url: String,
+    pub warehouse: WarehouseArgs,
     pub suffix: String,
     /// One large Parquet file to split into daily files first.
     pub from: Option<PathBuf>,
@@ -25,7 +25,7 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     validate_suffix(&config.suffix)?;
     let mut window = config.window.resolve()?;
     let lake = open_lake(&config.lake_url)?;
-    let mut warehouse = open_warehouse(&config.warehouse_url, Access::ReadWrite)?;
+    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadWrite, "stage-files")?;
     let mut summary = StepSummary::new("stage-files", None);
 
     if let Some(from) = &config.from {

@@ -1,6 +1,7 @@
 //! The warehouse: file ledger, raw table, dedup table and its change feed.
 //! A small trait with one module per backend (embedded DuckDB now; BigQuery next).
 
+pub mod bigquery;
 pub mod duckdb;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use serde::Serialize;
 
+use crate::cli::WarehouseArgs;
 use crate::error::{PipelineError, Result};
 use crate::lake::LakeFile;
 use crate::typed_batch::TypedBatch;
@@ -172,17 +174,34 @@ pub enum Access {
     ReadOnly,
 }
 
-/// Opens the warehouse a URL names.
-pub fn open_warehouse(url: &str, access: Access) -> Result<Box<dyn Warehouse>> {
+/// Opens the warehouse `args` names, for the step `step`.
+pub fn open_warehouse(
+    args: &WarehouseArgs,
+    access: Access,
+    step: &str,
+) -> Result<Box<dyn Warehouse>> {
+    let url = args.warehouse_url.as_str();
     if let Some(path) = url.strip_prefix("duckdb://") {
+        if args.dry_run {
+            return Err(PipelineError::Config(
+                "--dry-run prints BigQuery statements and estimates; the embedded warehouse has none".into(),
+            ));
+        }
         Ok(Box::new(duckdb::DuckDbWarehouse::open(
             path,
             access == Access::ReadOnly,
         )?))
     } else if url.starts_with("bigquery://") {
-        Err(PipelineError::Config(
-            "the BigQuery warehouse (bigquery://) is not available in this build yet; use duckdb:///abs/path/warehouse.duckdb".into(),
-        ))
+        let options = bigquery::RunOptions {
+            step: step.to_string(),
+            run_id: args.run_id.clone(),
+            dry_run: args.dry_run,
+        };
+        Ok(Box::new(bigquery::BigQueryWarehouse::open(
+            url,
+            access == Access::ReadOnly,
+            &options,
+        )?))
     } else {
         Err(PipelineError::Config(format!(
             "warehouse URL {url:?} must start with duckdb:// or bigquery://"

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = DedupConfig {
         window: cli.window,
-        warehouse_url: cli.warehouse.warehouse_url,
+        warehouse: cli.warehouse,
     };
     run_step(|| dedup(&config))
 }

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = ExportConfig {
         window: cli.window,
-        warehouse_url: cli.warehouse.warehouse_url,
+        warehouse: cli.warehouse,
         mysql: MysqlConfig {
             url: cli.mysql_url,
             table: cli.mysql_table,

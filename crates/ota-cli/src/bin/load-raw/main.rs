@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let config = LoadConfig {
         window: cli.window,
         lake_url: cli.lake.lake_url,
-        warehouse_url: cli.warehouse.warehouse_url,
+        warehouse: cli.warehouse,
     };
     run_step(|| load_raw(&config))
 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let config = StageConfig {
         window: cli.window,
         lake_url: cli.lake.lake_url,
-        warehouse_url: cli.warehouse.warehouse_url,
+        warehouse: cli.warehouse,
         suffix: cli.lake.suffix,
         from: cli.from,
     };
