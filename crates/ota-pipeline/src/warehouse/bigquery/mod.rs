@@ -9,139 +9,39 @@
 //! `OTA_BQ_MAX_BYTES` caps every job's billed bytes.
 
 pub mod client;
+pub mod config;
+pub mod feed;
 pub mod sql;
+mod staging;
 pub mod storage_read;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use arrow::array::{
-    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
-    Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use base64::Engine;
+use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use md5::{Digest, Md5};
-use parquet::arrow::ArrowWriter;
 use serde_json::Value;
 
 use super::{
     ChangeSelection, DateChecksum, DedupOutcome, LedgerEntry, RawLoadOutcome, RawSource,
     StagedFiles, Warehouse,
 };
-use crate::contract::{PRICE_PRECISION, PRICE_SCALE, TYPED_COLUMNS, TYPED_SCHEMA, TypedKind};
 use crate::error::{PipelineError, Result};
 use crate::gcp::Credentials;
 use crate::lake::gcs::GcsLake;
 use crate::lake::{Lake, LakeFile};
-use crate::typing::epoch_day_of_date;
-use crate::window::{DateWindow, parse_date};
+use crate::window::DateWindow;
 use client::{Attach, JobSettings, Jobs, Param, QueryResult};
+pub use config::{BigQueryConfig, RunOptions};
+use feed::{cell_date, cell_i64, cell_str, change_batch, check_order, stream_batches};
+use staging::{StagingFile, files_batch, rejects_batch, with_utc_timestamps};
 
 pub const KEY_FILE_VAR: &str = "OTA_BQ_KEY_FILE";
 pub const ENDPOINT_VAR: &str = "OTA_BQ_ENDPOINT";
 pub const MAX_BYTES_VAR: &str = "OTA_BQ_MAX_BYTES";
 /// Staged-file parameters per INSERT job.
 const STAGED_FILES_PER_JOB: usize = 500;
-
-/// What a `bigquery://` URL says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BigQueryConfig {
-    pub project: String,
-    pub dataset: String,
-    pub location: String,
-    /// Where load-raw writes typed Parquet for load jobs (`gs://bucket/prefix`).
-    pub staging: Option<String>,
-    /// Whether stage-files (re)creates the external table over the staged URIs.
-    pub external_table: bool,
-}
-
-fn valid_project(p: &str) -> bool {
-    (6..=30).contains(&p.len())
-        && p.as_bytes()[0].is_ascii_lowercase()
-        && p.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !p.ends_with('-')
-}
-
-fn valid_dataset(d: &str) -> bool {
-    (1..=1024).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-impl BigQueryConfig {
-    pub fn parse(url: &str) -> Result<Self> {
-        let bad = |why: &str| PipelineError::Config(format!("warehouse URL {url:?}: {why}"));
-        let rest = url
-            .strip_prefix("bigquery://")
-            .ok_or_else(|| bad("must start with bigquery://"))?;
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (project, dataset) = path
-            .split_once('/')
-            .ok_or_else(|| bad("must be bigquery://project/dataset"))?;
-        if !valid_project(project) {
-            return Err(bad(
-                "the project id must be 6-30 lowercase letters, digits or '-'",
-            ));
-        }
-        if !valid_dataset(dataset) {
-            return Err(bad("the dataset must be letters, digits or '_'"));
-        }
-        let mut config = BigQueryConfig {
-            project: project.to_string(),
-            dataset: dataset.to_string(),
-            location: "US".to_string(),
-            staging: None,
-            external_table: true,
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "location" => {
-                    if value.is_empty()
-                        || !value
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    {
-                        return Err(bad(
-                            "location must be a BigQuery location such as US or europe-west1",
-                        ));
-                    }
-                    config.location = value.to_string();
-                }
-                "staging" => {
-                    crate::lake::gcs::GcsLocation::parse(value)?;
-                    config.staging = Some(value.to_string());
-                }
-                "external_table" => {
-                    config.external_table = match value {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(bad("external_table must be true or false")),
-                    }
-                }
-                other => return Err(bad(&format!("unknown setting {other:?}"))),
-            }
-        }
-        Ok(config)
-    }
-
-    /// A table of the dataset as SQL names it.
-    pub fn table(&self, name: &str) -> String {
-        format!("`{}.{}.{name}`", self.project, self.dataset)
-    }
-}
-
-/// How the step that opens the warehouse runs its jobs.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub step: String,
-    pub run_id: Option<String>,
-    pub dry_run: bool,
-}
 
 pub struct BigQueryWarehouse {
     config: BigQueryConfig,
@@ -311,424 +211,6 @@ impl BigQueryWarehouse {
     }
 }
 
-fn cell_str(row: &[Value], i: usize) -> Option<&str> {
-    row.get(i).and_then(Value::as_str)
-}
-
-fn cell_i64(row: &[Value], i: usize) -> Result<i64> {
-    cell_str(row, i)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| PipelineError::Warehouse {
-            context: "reading a BigQuery result".into(),
-            source: format!("column {i} is not an integer: {:?}", row.get(i)).into(),
-        })
-}
-
-fn cell_date(row: &[Value], i: usize) -> Result<NaiveDate> {
-    parse_date("BigQuery date", cell_str(row, i).unwrap_or_default())
-}
-
-/// `12.5`, `-0.000001`, `3` -> millionths.
-pub fn parse_decimal_micros(text: &str) -> Option<i128> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int_part, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int_part.is_empty() && frac.is_empty() {
-        return None;
-    }
-    let int: i128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().ok()?
-    };
-    let mut frac_micros: i128 = 0;
-    for (i, b) in frac.bytes().enumerate() {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        if i < 6 {
-            frac_micros += i128::from(b - b'0') * 10i128.pow(5 - i as u32);
-        } else if b != b'0' {
-            return None; // more precision than DECIMAL(18,6) holds
-        }
-    }
-    let value = int.checked_mul(1_000_000)?.checked_add(frac_micros)?;
-    Some(if negative { -value } else { value })
-}
-
-/// The schema of change batches: `op`, `changed_at`, then the typed columns.
-pub static CHANGE_SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
-    let mut fields = vec![
-        Field::new("op", DataType::Utf8, false),
-        Field::new(
-            "changed_at",
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-            false,
-        ),
-    ];
-    for f in TYPED_SCHEMA.fields() {
-        let keyed = matches!(f.name().as_str(), "event_key" | "event_date");
-        fields.push(Field::new(f.name(), f.data_type().clone(), !keyed));
-    }
-    Arc::new(Schema::new(fields))
-});
-
-/// Hands a Storage Read stream to `sink` in batches of at most `batch_rows`; for the
-/// change feed, checks that rows arrive in `(changed_at, event_key)` order (offsets are
-/// committed per batch, so the order is what makes a resumed export exact).
-fn stream_batches(
-    mut reader: storage_read::ArrowTableReader<'_>,
-    feed_order: bool,
-    batch_rows: usize,
-    sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
-) -> Result<()> {
-    let mut last = None;
-    while let Some(batch) = reader.next_batch()? {
-        let batch = to_change_schema(&batch)?;
-        if feed_order {
-            check_order(&batch, &mut last)?;
-        }
-        let mut start = 0;
-        while start < batch.num_rows() {
-            let len = batch_rows.min(batch.num_rows() - start);
-            if !sink(batch.slice(start, len))? {
-                return Ok(());
-            }
-            start += len;
-        }
-    }
-    Ok(())
-}
-
-/// Fails when a row sorts before the one read before it (by changed_at, then event_key).
-fn check_order(batch: &RecordBatch, last: &mut Option<(i64, Vec<u8>)>) -> Result<()> {
-    use arrow::array::AsArray;
-    let at = batch
-        .column(1)
-        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-    let keys = batch.column(2);
-    for i in 0..batch.num_rows() {
-        let key = super::binary_at(keys.as_ref(), i).unwrap_or_default();
-        if let Some((last_at, last_key)) = last.as_ref()
-            && (at.value(i), key) < (*last_at, last_key.as_slice())
-        {
-            return Err(PipelineError::Warehouse {
-                context: "reading the change feed".into(),
-                source: "BigQuery returned the result out of order; nothing after the last committed batch was applied".into(),
-            });
-        }
-        *last = Some((at.value(i), key.to_vec()));
-    }
-    Ok(())
-}
-
-/// A batch of the change query's result in the change schema: BigQuery's Arrow types
-/// (NUMERIC as Decimal128(38, 9), timestamps selected as INT64 microseconds) cast to the
-/// contract's.
-pub fn to_change_schema(batch: &RecordBatch) -> Result<RecordBatch> {
-    let mut columns = Vec::with_capacity(CHANGE_SCHEMA.fields().len());
-    for field in CHANGE_SCHEMA.fields() {
-        let column =
-            batch
-                .column_by_name(field.name())
-                .ok_or_else(|| PipelineError::Warehouse {
-                    context: "reading the change feed".into(),
-                    source: format!("the result has no column {}", field.name()).into(),
-                })?;
-        let cast = arrow::compute::cast(column, field.data_type())
-            .map_err(|e| PipelineError::arrow(format!("converting column {}", field.name()), e))?;
-        columns.push(cast);
-    }
-    RecordBatch::try_new(CHANGE_SCHEMA.clone(), columns)
-        .map_err(|e| PipelineError::arrow("assembling a change batch", e))
-}
-
-/// Builds an Arrow batch of the change schema from BigQuery's JSON rows.
-pub fn change_batch(rows: &[Vec<Value>]) -> Result<RecordBatch> {
-    let bad = |col: &str, v: &Value| PipelineError::Warehouse {
-        context: "reading the change feed".into(),
-        source: format!("column {col}: unexpected value {v}").into(),
-    };
-    let n = rows.len();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(2 + TYPED_COLUMNS.len());
-    let mut op = StringBuilder::with_capacity(n, n);
-    let mut at = TimestampMicrosecondBuilder::with_capacity(n);
-    for row in rows {
-        op.append_option(cell_str(row, 0));
-        at.append_value(cell_i64(row, 1)?);
-    }
-    columns.push(Arc::new(op.finish()));
-    columns.push(Arc::new(at.finish()));
-    for (offset, col) in TYPED_COLUMNS.iter().enumerate() {
-        let i = offset + 2;
-        let texts = rows.iter().map(|r| r.get(i).unwrap_or(&Value::Null));
-        let array: ArrayRef = match col.kind {
-            TypedKind::Key => {
-                let mut b = BinaryBuilder::new();
-                for v in texts {
-                    match v {
-                        Value::Null => b.append_null(),
-                        Value::String(s) => b.append_value(
-                            base64::engine::general_purpose::STANDARD
-                                .decode(s)
-                                .map_err(|_| bad(col.name, v))?,
-                        ),
-                        _ => return Err(bad(col.name, v)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            TypedKind::Date => {
-                let mut b = Date32Builder::with_capacity(n);
-                for v in texts {
-                    match v.as_str() {
-                        None => b.append_null(),
-                        Some(s) => b.append_value(epoch_day_of_date(
-                            NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                                .map_err(|_| bad(col.name, v))?,
-                        )),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            TypedKind::Text => {
-                let mut b = StringBuilder::new();
-                for v in texts {
-                    b.append_option(v.as_str());
-                }
-                Arc::new(b.finish())
-            }
-            TypedKind::Integer | TypedKind::Timestamp => {
-                let mut b = Int64Builder::with_capacity(n);
-                for v in texts {
-                    match v.as_str() {
-                        None => b.append_null(),
-                        Some(s) => b.append_value(s.parse().map_err(|_| bad(col.name, v))?),
-                    }
-                }
-                let ints = b.finish();
-                if col.kind == TypedKind::Timestamp {
-                    Arc::new(TimestampMicrosecondArray::new(
-                        ints.values().clone(),
-                        ints.nulls().cloned(),
-                    ))
-                } else {
-                    Arc::new(ints)
-                }
-            }
-            TypedKind::Float => {
-                let mut b = Float64Builder::with_capacity(n);
-                for v in texts {
-                    match v.as_str() {
-                        None => b.append_null(),
-                        Some(s) => b.append_value(s.parse().map_err(|_| bad(col.name, v))?),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            TypedKind::Boolean => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                for v in texts {
-                    match v.as_str() {
-                        None => b.append_null(),
-                        Some("true") => b.append_value(true),
-                        Some("false") => b.append_value(false),
-                        Some(_) => return Err(bad(col.name, v)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            TypedKind::Decimal => {
-                let mut b = Decimal128Builder::with_capacity(n)
-                    .with_precision_and_scale(PRICE_PRECISION, PRICE_SCALE)
-                    .map_err(|e| PipelineError::arrow("building prices", e))?;
-                for v in texts {
-                    match v.as_str() {
-                        None => b.append_null(),
-                        Some(s) => {
-                            b.append_value(parse_decimal_micros(s).ok_or_else(|| bad(col.name, v))?)
-                        }
-                    }
-                }
-                Arc::new(b.finish())
-            }
-        };
-        columns.push(array);
-    }
-    RecordBatch::try_new(CHANGE_SCHEMA.clone(), columns)
-        .map_err(|e| PipelineError::arrow("assembling a change batch", e))
-}
-
-/// Timestamps as UTC instants, so BigQuery loads them as TIMESTAMP (not DATETIME).
-fn with_utc_timestamps(batch: &RecordBatch) -> Result<RecordBatch> {
-    let mut fields = Vec::with_capacity(batch.num_columns());
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if let Some(ts) = column.as_any().downcast_ref::<TimestampMicrosecondArray>() {
-            let utc = ts.clone().with_timezone("UTC");
-            fields.push(Field::new(
-                field.name(),
-                utc.data_type().clone(),
-                field.is_nullable(),
-            ));
-            columns.push(Arc::new(utc) as ArrayRef);
-        } else {
-            fields.push(field.as_ref().clone());
-            columns.push(column.clone());
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| PipelineError::arrow("preparing rows for BigQuery", e))
-}
-
-/// A local Parquet file being written, then landed in the staging area.
-struct StagingFile {
-    path: PathBuf,
-    writer: Option<ArrowWriter<File>>,
-}
-
-impl StagingFile {
-    fn create(dir: &Path, name: &str) -> Result<Self> {
-        let path = dir.join(name);
-        Ok(StagingFile { path, writer: None })
-    }
-
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if self.writer.is_none() {
-            let file = File::create(&self.path).map_err(|e| PipelineError::io(&self.path, e))?;
-            // Snappy, 128k-row groups: the writer's buffer stays small.
-            let properties = crate::split::daily_writer_properties();
-            let writer =
-                ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(|e| {
-                    PipelineError::Parquet {
-                        uri: self.path.display().to_string(),
-                        source: e,
-                    }
-                })?;
-            self.writer = Some(writer);
-        }
-        if let Some(w) = self.writer.as_mut() {
-            w.write(batch).map_err(|e| PipelineError::Parquet {
-                uri: self.path.display().to_string(),
-                source: e,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Closes the file; false when nothing was written.
-    fn finish(&mut self) -> Result<bool> {
-        match self.writer.take() {
-            Some(w) => {
-                w.close().map_err(|e| PipelineError::Parquet {
-                    uri: self.path.display().to_string(),
-                    source: e,
-                })?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-}
-
-impl Drop for StagingFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn rejects_batch(
-    file: &LakeFile,
-    rejects: &[crate::typed_batch::RejectedRow],
-    loaded_at: i64,
-) -> Result<RecordBatch> {
-    let n = rejects.len();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("source_file", DataType::Utf8, false),
-        Field::new("source_day", DataType::Date32, true),
-        Field::new("source_row", DataType::Int64, true),
-        Field::new("reason", DataType::Utf8, true),
-        Field::new("request_id", DataType::Utf8, true),
-        Field::new("raw_timestamp", DataType::Utf8, true),
-        Field::new(
-            "loaded_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        ),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![file.uri.as_str(); n])),
-        Arc::new(arrow::array::Date32Array::from(vec![
-            epoch_day_of_date(
-                file.day
-            );
-            n
-        ])),
-        Arc::new(Int64Array::from_iter_values(
-            rejects.iter().map(|r| r.source_row),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rejects.iter().map(|r| r.reason),
-        )),
-        Arc::new(StringArray::from_iter(
-            rejects.iter().map(|r| r.request_id.as_deref()),
-        )),
-        Arc::new(StringArray::from_iter(
-            rejects.iter().map(|r| r.raw_timestamp.as_deref()),
-        )),
-        Arc::new(TimestampMicrosecondArray::from(vec![loaded_at; n]).with_timezone("UTC")),
-    ];
-    RecordBatch::try_new(schema, columns).map_err(|e| PipelineError::arrow("writing rejects", e))
-}
-
-fn files_batch(entries: &[(LakeFile, u64, u64)], loaded_at: i64) -> Result<RecordBatch> {
-    let n = entries.len();
-    let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("uri", DataType::Utf8, false),
-        Field::new("source_day", DataType::Date32, true),
-        Field::new("size", DataType::Int64, true),
-        Field::new("generation", DataType::Utf8, true),
-        Field::new("checksum", DataType::Utf8, true),
-        Field::new("ingested_at", utc(), true),
-        Field::new("loaded_at", utc(), true),
-        Field::new("rows_loaded", DataType::Int64, true),
-        Field::new("rows_rejected", DataType::Int64, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            entries.iter().map(|e| e.0.uri.as_str()),
-        )),
-        Arc::new(arrow::array::Date32Array::from_iter_values(
-            entries.iter().map(|e| epoch_day_of_date(e.0.day)),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            entries.iter().map(|e| e.0.size as i64),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            entries.iter().map(|e| e.0.generation.as_str()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            entries.iter().map(|e| e.0.checksum.as_str()),
-        )),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(entries.iter().map(|e| e.0.ingested_at))
-                .with_timezone("UTC"),
-        ),
-        Arc::new(TimestampMicrosecondArray::from(vec![loaded_at; n]).with_timezone("UTC")),
-        Arc::new(Int64Array::from_iter_values(
-            entries.iter().map(|e| e.1 as i64),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            entries.iter().map(|e| e.2 as i64),
-        )),
-    ];
-    RecordBatch::try_new(schema, columns)
-        .map_err(|e| PipelineError::arrow("writing the ledger rows", e))
-}
-
 impl Warehouse for BigQueryWarehouse {
     fn url(&self) -> &str {
         &self.url
@@ -850,8 +332,12 @@ impl Warehouse for BigQueryWarehouse {
         loaded_at: i64,
         source: &mut dyn RawSource,
     ) -> Result<RawLoadOutcome> {
-        let tag = self.work_tag(files);
         let mut outcome = RawLoadOutcome::default();
+        if files.is_empty() {
+            // Nothing changed: no job at all.
+            return Ok(outcome);
+        }
+        let tag = self.work_tag(files);
         let uris: Vec<String> = files.iter().map(|f| f.uri.clone()).collect();
         let old = self.read(
             "read_old_file_dates",
@@ -1132,45 +618,5 @@ impl Warehouse for BigQueryWarehouse {
             );
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_parse_and_reject_bad_identifiers() {
-        let c = BigQueryConfig::parse(
-            "bigquery://my-project/ota_events?location=EU&staging=gs://bkt/stage&external_table=false",
-        )
-        .unwrap();
-        assert_eq!(c.project, "my-project");
-        assert_eq!(c.dataset, "ota_events");
-        assert_eq!(c.location, "EU");
-        assert_eq!(c.staging.as_deref(), Some("gs://bkt/stage"));
-        assert!(!c.external_table);
-        assert_eq!(c.table("raw_events"), "`my-project.ota_events.raw_events`");
-        for bad in [
-            "bigquery://my-project",
-            "bigquery://My-Project/ds",
-            "bigquery://my-project/ds`x",
-            "bigquery://my-project/ds;drop",
-            "bigquery://my-project/ds?location=U S",
-            "bigquery://my-project/ds?colour=red",
-            "bigquery://my-project/ds?staging=s3://x",
-        ] {
-            assert!(BigQueryConfig::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn decimals_parse_to_millionths() {
-        assert_eq!(parse_decimal_micros("12.5"), Some(12_500_000));
-        assert_eq!(parse_decimal_micros("-0.000001"), Some(-1));
-        assert_eq!(parse_decimal_micros("3"), Some(3_000_000));
-        assert_eq!(parse_decimal_micros("1.2340000"), Some(1_234_000));
-        assert_eq!(parse_decimal_micros("1.0000001"), None);
-        assert_eq!(parse_decimal_micros("x"), None);
     }
 }
