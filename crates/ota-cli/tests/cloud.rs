@@ -135,6 +135,17 @@ fn the_pipeline_runs_unchanged_on_gcs_and_bigquery() {
     assert_eq!(window[3], "2024-03-03");
     let load = env.run("load-raw", &window).ok().summary();
     assert!(loaded(&load) >= 3, "{load}");
+    // The summary says what ran in BigQuery: the jobs and their ids.
+    let jobs = &load["warehouse_jobs"];
+    assert!(jobs["jobs"].as_u64() >= Some(5), "{load}");
+    assert!(
+        jobs["job_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|id| id
+                .as_str()
+                .is_some_and(|i| i.starts_with("ota_load-raw_load_replace_rows_")))),
+        "{load}"
+    );
     let dedup = env.run("dedup", &window).ok().summary();
     let export = env.run("export-mysql", &[]).ok().summary();
     let rows = env.count();

@@ -38,5 +38,8 @@ pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
         "changed_at",
         outcome.changed_at.map(crate::mysql::encode::datetime_text),
     );
+    if let Some(jobs) = warehouse.job_log() {
+        summary.detail("warehouse_jobs", jobs);
+    }
     Ok(summary)
 }

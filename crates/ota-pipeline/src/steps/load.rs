@@ -162,5 +162,8 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     summary.detail("rows_replaced", outcome.rows_replaced);
     summary.detail("affected_dates", &outcome.affected_dates);
     summary.detail("unknown_columns", &source.unknown_columns);
+    if let Some(jobs) = warehouse.job_log() {
+        summary.detail("warehouse_jobs", jobs);
+    }
     Ok(summary)
 }

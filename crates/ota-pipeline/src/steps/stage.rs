@@ -68,5 +68,8 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     );
     summary.detail("missing_days", missing);
     summary.detail("lake", lake.url());
+    if let Some(jobs) = warehouse.job_log() {
+        summary.detail("warehouse_jobs", jobs);
+    }
     Ok(summary)
 }

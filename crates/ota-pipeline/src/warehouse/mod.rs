@@ -159,6 +159,12 @@ pub trait Warehouse: Send {
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()>;
 
+    /// What the warehouse ran for this step, for the summary (BigQuery: its jobs, bytes
+    /// processed and re-attachments). None for the embedded warehouse.
+    fn job_log(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Per event date: row count and checksum of the dedup table (all dates when None).
     fn date_checksums(
         &mut self,

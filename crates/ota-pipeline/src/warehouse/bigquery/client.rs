@@ -352,15 +352,7 @@ impl Jobs {
             return Ok(None);
         }
         let job_id = self.job_id(name, sql, &fingerprint);
-        let (job_id, job) = self.run_job(name, job_id, configuration)?;
-        let bytes = job
-            .statistics
-            .as_ref()
-            .and_then(|s| s.total_bytes_processed.as_deref())
-            .and_then(|b| b.parse().ok());
-        if let Some(last) = self.records.last_mut() {
-            last.bytes = bytes;
-        }
+        let (job_id, _) = self.run_job(name, job_id, configuration)?;
         let (rows, page_token) = self.page(&job_id, None, 10_000)?;
         Ok(Some(QueryResult {
             job_id,
@@ -521,6 +513,13 @@ impl Jobs {
                         context: format!("running {name} (job {id})"),
                         source: message.into(),
                     });
+                }
+                if let Some(record) = self.records.last_mut() {
+                    record.bytes = job
+                        .statistics
+                        .as_ref()
+                        .and_then(|s| s.total_bytes_processed.as_deref())
+                        .and_then(|b| b.parse().ok());
                 }
                 return Ok((id, job));
             }

@@ -216,6 +216,16 @@ impl Warehouse for BigQueryWarehouse {
         &self.url
     }
 
+    fn job_log(&self) -> Option<Value> {
+        let records = &self.jobs.records;
+        Some(serde_json::json!({
+            "jobs": records.len(),
+            "bytes_processed": records.iter().filter_map(|r| r.bytes).sum::<i64>(),
+            "reattached": records.iter().filter(|r| r.reattached).count(),
+            "job_ids": records.iter().map(|r| r.job_id.as_str()).filter(|id| !id.is_empty()).collect::<Vec<_>>(),
+        }))
+    }
+
     fn stage_files(&mut self, staged: &StagedFiles) -> Result<()> {
         let staged_at = chrono::Utc::now().timestamp_micros();
         for (chunk_no, chunk) in staged.files.chunks(STAGED_FILES_PER_JOB).enumerate() {
