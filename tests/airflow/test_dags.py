@@ -66,6 +66,10 @@ def test_docker_tasks_mount_keys_read_only_and_hide_secrets():
     assert task.image == "ota-pipeline:test"
     assert task.command[0] == "export-mysql"
     assert "--start-date" in task.command and "--end-date" in task.command
+    # BigQuery job ids derive from the run id: a retried task re-attaches to its jobs.
+    for step in ("stage_files", "load_raw", "dedup", "export_mysql"):
+        command = dag.get_task(step).command
+        assert command[command.index("--run-id") + 1] == "{{ run_id }}", step
     # Kept out of the templated, UI-visible fields.
     assert task._private_environment == {"OTA_MYSQL_URL": "mysql://ota:s3cret@mysql:3306/ota"}
     assert "OTA_MYSQL_URL" not in task.environment

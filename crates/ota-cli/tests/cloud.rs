@@ -151,6 +151,10 @@ fn the_pipeline_runs_unchanged_on_gcs_and_bigquery() {
     let rows = env.count();
     assert!(rows > 1000, "{rows} rows in MySQL; {dedup} {export}");
     let first = env.table_checksum();
+    // Reconcile compares every event date's rows and checksum in BigQuery and MySQL.
+    let reconciled = env.run("export-mysql", &["--reconcile"]).ok().summary();
+    assert_eq!(reconciled["status"], "ok", "{reconciled}");
+    assert!(reconciled["dates"].as_u64() >= Some(3), "{reconciled}");
 
     // The same as a DuckDB run over the same files: identical keys and hashes.
     let local = Env::new();
