@@ -155,6 +155,30 @@ fn the_pipeline_runs_unchanged_on_gcs_and_bigquery() {
     let reconciled = env.run("export-mysql", &["--reconcile"]).ok().summary();
     assert_eq!(reconciled["status"], "ok", "{reconciled}");
     assert!(reconciled["dates"].as_u64() >= Some(3), "{reconciled}");
+    // A dry-run backfill prints what it would read and leaves MySQL alone.
+    let dry = env
+        .run(
+            "export-mysql",
+            &[
+                "--start-date",
+                "2024-03-02",
+                "--end-date",
+                "2024-03-02",
+                "--dry-run",
+            ],
+        )
+        .ok();
+    assert!(
+        dry.stdout.contains("estimated bytes processed"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(env.table_checksum(), first);
+    let refused = env.run(
+        "stage-files",
+        &["--from", "/nonexistent.parquet", "--dry-run"],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
 
     // The same as a DuckDB run over the same files: identical keys and hashes.
     let local = Env::new();

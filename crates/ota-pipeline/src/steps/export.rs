@@ -48,7 +48,10 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         ));
     }
     let window = config.window.resolve()?;
-    let warehouse = open_warehouse(&config.warehouse, Access::ReadOnly, "export-mysql")?;
+    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadOnly, "export-mysql")?;
+    if config.warehouse.dry_run {
+        return dry_run(config, window, warehouse.as_mut());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -67,6 +70,35 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         let closed = target.close().await;
         result.and(closed)
     })?;
+    Ok(summary)
+}
+
+/// `--dry-run`: print the warehouse statements the export would run (the change feed
+/// from its start; a named window's rows) with their estimates. MySQL is not touched:
+/// a re-sync deletes before it inserts, which a dry run must never do.
+fn dry_run(
+    config: &ExportConfig,
+    window: crate::window::DateWindow,
+    warehouse: &mut dyn Warehouse,
+) -> Result<StepSummary> {
+    let mut summary = StepSummary::new("export-mysql", Some(window));
+    warehouse.stream_changes(
+        &ChangeSelection::After(None),
+        config.batch_rows,
+        &mut |_| Ok(false),
+    )?;
+    if config.window.is_explicit() {
+        let days: Vec<NaiveDate> = window.days().collect();
+        warehouse.stream_changes(
+            &ChangeSelection::Dates(days),
+            config.batch_rows,
+            &mut |_| Ok(false),
+        )?;
+    }
+    summary.detail("mode", "dry-run");
+    if let Some(jobs) = warehouse.job_log() {
+        summary.detail("warehouse_jobs", jobs);
+    }
     Ok(summary)
 }
 

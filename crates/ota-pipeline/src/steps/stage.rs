@@ -23,6 +23,12 @@ pub struct StageConfig {
 
 pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     validate_suffix(&config.suffix)?;
+    if config.warehouse.dry_run && config.from.is_some() {
+        return Err(crate::error::PipelineError::Config(
+            "--dry-run cannot be combined with --from: splitting writes daily files to the lake"
+                .into(),
+        ));
+    }
     let mut window = config.window.resolve()?;
     let lake = open_lake(&config.lake_url)?;
     let mut warehouse = open_warehouse(&config.warehouse, Access::ReadWrite, "stage-files")?;
