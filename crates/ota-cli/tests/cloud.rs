@@ -25,8 +25,40 @@ fn live() -> bool {
     std::env::var("OTA_IT_GCP").is_ok_and(|v| v == "1")
 }
 
+/// A test's environment on the cloud backends; live, its dataset is deleted at the end.
+struct CloudEnv {
+    env: Env,
+    live_dataset: Option<(String, String)>,
+}
+
+impl std::ops::Deref for CloudEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl Drop for CloudEnv {
+    fn drop(&mut self) {
+        if let Some((project, dataset)) = self.live_dataset.take() {
+            let key = env("OTA_BQ_KEY_FILE");
+            let _ = self.env.rt.block_on(async move {
+                let client = gcp_bigquery_client::Client::from_service_account_key_file(&key)
+                    .await
+                    .ok()?;
+                Some(
+                    client
+                        .dataset()
+                        .delete_if_exists(&project, &dataset, true)
+                        .await,
+                )
+            });
+        }
+    }
+}
+
 /// A bucket (or, live, a prefix of the test bucket) and a dataset of their own.
-fn cloud_env(name: &str) -> Env {
+fn cloud_env(name: &str) -> CloudEnv {
     let id = format!(
         "{name}_{}_{}",
         std::process::id(),
@@ -87,10 +119,14 @@ fn cloud_env(name: &str) -> Env {
     };
     // The emulator cannot create external tables over GCS URIs; a real project can.
     let external = if live() { "true" } else { "false" };
-    Env::with_backends(
+    let env = Env::with_backends(
         format!("{lake}/daily"),
         format!("bigquery://{project}/{dataset}?staging={lake}/staging&external_table={external}"),
-    )
+    );
+    CloudEnv {
+        env,
+        live_dataset: live().then(|| (project.clone(), dataset.clone())),
+    }
 }
 
 /// Generates one case-data file of `days` days and stages it with `--from`; returns the
