@@ -381,8 +381,21 @@ impl GcsClient {
             match sent {
                 Ok(r) if r.status().is_success() => return Ok(r.json().await?),
                 Ok(r) if r.status().as_u16() == 308 => {
-                    offset = persisted_end(&r).unwrap_or(0);
-                    failures = 0;
+                    let persisted = persisted_end(&r).unwrap_or(0);
+                    if persisted > offset {
+                        failures = 0;
+                    } else {
+                        // The chunk was not taken: retry it, but not forever.
+                        failures += 1;
+                        if failures >= TRIES {
+                            return Err(HttpError {
+                                status: 308,
+                                body: format!("the upload session keeps no bytes past {persisted}"),
+                            }
+                            .into());
+                        }
+                    }
+                    offset = persisted;
                 }
                 Ok(r) => {
                     let error = HttpError::from_response(r).await;
