@@ -177,6 +177,28 @@ pub fn typed_column_names() -> Vec<&'static str> {
     TYPED_COLUMNS.iter().map(|c| c.name).collect()
 }
 
+/// Whether a typed column is NOT NULL in every warehouse table that holds it.
+pub fn typed_column_required(name: &str) -> bool {
+    matches!(name, "event_key" | "event_date" | "row_hash")
+}
+
+/// The typed columns as a table definition, in one SQL dialect: `quote` wraps each name,
+/// `sql_type` names each kind (`"event_key" BLOB NOT NULL, ...`).
+pub fn typed_column_ddl(quote: &str, sql_type: fn(TypedKind) -> &'static str) -> String {
+    TYPED_COLUMNS
+        .iter()
+        .map(|c| {
+            let not_null = if typed_column_required(c.name) {
+                " NOT NULL"
+            } else {
+                ""
+            };
+            format!("{quote}{}{quote} {}{not_null}", c.name, sql_type(c.kind))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Arrow type of a typed column.
 pub fn arrow_type(kind: TypedKind) -> DataType {
     match kind {

@@ -32,21 +32,8 @@ pub const LINEAGE_COLUMNS: [&str; 5] = [
 ];
 
 /// `event_key BYTES NOT NULL, ...`
-pub static TYPED_COLUMN_DDL: LazyLock<String> = LazyLock::new(|| {
-    TYPED_COLUMNS
-        .iter()
-        .map(|c| {
-            let not_null = matches!(c.name, "event_key" | "event_date" | "row_hash");
-            format!(
-                "{} {}{}",
-                c.name,
-                bigquery_type(c.kind),
-                if not_null { " NOT NULL" } else { "" }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-});
+pub static TYPED_COLUMN_DDL: LazyLock<String> =
+    LazyLock::new(|| crate::contract::typed_column_ddl("", bigquery_type));
 
 /// `event_key, event_date, ...`
 pub static TYPED_COLUMN_LIST: LazyLock<String> = LazyLock::new(|| {

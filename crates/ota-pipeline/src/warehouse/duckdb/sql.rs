@@ -20,19 +20,7 @@ fn duckdb_type(kind: TypedKind) -> &'static str {
 
 /// `"event_key" BLOB NOT NULL, ...` for the typed columns.
 fn typed_column_ddl() -> String {
-    TYPED_COLUMNS
-        .iter()
-        .map(|c| {
-            let not_null = matches!(c.name, "event_key" | "event_date" | "row_hash");
-            format!(
-                "\"{}\" {}{}",
-                c.name,
-                duckdb_type(c.kind),
-                if not_null { " NOT NULL" } else { "" }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::contract::typed_column_ddl("\"", duckdb_type)
 }
 
 /// `"event_key", "event_date", ...`
