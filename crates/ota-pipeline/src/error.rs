@@ -63,6 +63,11 @@ pub enum PipelineError {
         source: mysql_async::Error,
     },
 
+    /// MySQL took a load but warned about its values (LOCAL loads turn conversion errors
+    /// into warnings): the batch is rolled back rather than stored altered.
+    #[error("MySQL warned while {context}, so nothing of it was kept: {warnings}")]
+    MysqlWarnings { context: String, warnings: String },
+
     /// Another run holds the per-table lock.
     #[error("{0}")]
     Locked(String),

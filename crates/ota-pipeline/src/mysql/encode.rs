@@ -1,22 +1,166 @@
 //! Encodes Arrow change batches for MySQL: the `LOAD DATA` text stream (tab-separated,
-//! backslash-escaped, `\N` for NULL, binary as hex) and bound values for the INSERT
-//! fallback. No per-field String is allocated.
+//! backslash-escaped, `\N` for NULL, binary as raw escaped bytes, read by the server with
+//! `CHARACTER SET binary`, so nothing is converted) and bound values for the INSERT path.
+//!
+//! Columns are downcast once per batch ([`RowEncoder::new`]); a row is then written with
+//! no allocation: integers by `itoa`, floats by `ryu`, dates and datetimes by hand.
 
-use std::io::Write;
-
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float64Type, Int64Type, TimeUnit,
-    TimestampMicrosecondType,
+use arrow::array::{
+    Array, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, GenericStringArray,
+    Int64Array, RecordBatch, StringViewArray, TimestampMicrosecondArray,
 };
+use arrow::datatypes::{DataType, TimeUnit};
 use mysql_async::Value;
 
 use crate::error::{PipelineError, Result};
-use crate::typing::date_of_epoch_day;
 use crate::warehouse::binary_at;
 
-fn unsupported(dt: &DataType) -> PipelineError {
-    PipelineError::Config(format!("column type {dt} cannot be exported to MySQL"))
+fn unsupported(name: &str, dt: &DataType) -> PipelineError {
+    PipelineError::Config(format!(
+        "column {name} of type {dt} cannot be exported to MySQL"
+    ))
+}
+
+/// One column of a batch, downcast to its concrete array.
+enum Field<'a> {
+    Utf8(&'a GenericStringArray<i32>),
+    LargeUtf8(&'a GenericStringArray<i64>),
+    Utf8View(&'a StringViewArray),
+    Binary(&'a dyn Array),
+    Int64(&'a Int64Array),
+    Float64(&'a Float64Array),
+    Boolean(&'a BooleanArray),
+    Date32(&'a Date32Array),
+    Decimal(&'a Decimal128Array, u32),
+    Timestamp(&'a TimestampMicrosecondArray),
+}
+
+impl<'a> Field<'a> {
+    fn of(name: &str, array: &'a dyn Array) -> Result<Self> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => Field::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => Field::LargeUtf8(array.as_string::<i64>()),
+            DataType::Utf8View => Field::Utf8View(array.as_string_view()),
+            DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_) => Field::Binary(array),
+            DataType::Int64 => Field::Int64(array.as_primitive()),
+            DataType::Float64 => Field::Float64(array.as_primitive()),
+            DataType::Boolean => Field::Boolean(array.as_boolean()),
+            DataType::Date32 => Field::Date32(array.as_primitive()),
+            DataType::Decimal128(_, scale) => {
+                Field::Decimal(array.as_primitive(), (*scale).max(0) as u32)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => Field::Timestamp(array.as_primitive()),
+            other => return Err(unsupported(name, other)),
+        })
+    }
+
+    fn array(&self) -> &dyn Array {
+        match self {
+            Field::Utf8(a) => *a,
+            Field::LargeUtf8(a) => *a,
+            Field::Utf8View(a) => *a,
+            Field::Binary(a) => *a,
+            Field::Int64(a) => *a,
+            Field::Float64(a) => *a,
+            Field::Boolean(a) => *a,
+            Field::Date32(a) => *a,
+            Field::Decimal(a, _) => *a,
+            Field::Timestamp(a) => *a,
+        }
+    }
+
+    /// Writes a non-null value as LOAD DATA text.
+    fn write_text(&self, row: usize, out: &mut Vec<u8>) {
+        match self {
+            Field::Utf8(a) => escape_into(out, a.value(row).as_bytes()),
+            Field::LargeUtf8(a) => escape_into(out, a.value(row).as_bytes()),
+            Field::Utf8View(a) => escape_into(out, a.value(row).as_bytes()),
+            Field::Binary(a) => escape_into(out, binary_at(*a, row).unwrap_or_default()),
+            Field::Int64(a) => {
+                out.extend_from_slice(itoa::Buffer::new().format(a.value(row)).as_bytes())
+            }
+            Field::Float64(a) => write_float(out, a.value(row)),
+            Field::Boolean(a) => out.push(if a.value(row) { b'1' } else { b'0' }),
+            Field::Date32(a) => write_date(out, i64::from(a.value(row))),
+            Field::Decimal(a, scale) => write_decimal(out, a.value(row), *scale),
+            Field::Timestamp(a) => write_datetime(out, a.value(row)),
+        }
+    }
+
+    /// The value as a bound parameter.
+    fn value(&self, row: usize) -> Value {
+        match self {
+            Field::Utf8(a) => Value::Bytes(a.value(row).as_bytes().to_vec()),
+            Field::LargeUtf8(a) => Value::Bytes(a.value(row).as_bytes().to_vec()),
+            Field::Utf8View(a) => Value::Bytes(a.value(row).as_bytes().to_vec()),
+            Field::Binary(a) => Value::Bytes(binary_at(*a, row).unwrap_or_default().to_vec()),
+            Field::Int64(a) => Value::Int(a.value(row)),
+            Field::Float64(a) => Some(a.value(row))
+                .filter(|v| v.is_finite())
+                .map_or(Value::NULL, Value::Double),
+            Field::Boolean(a) => Value::Int(i64::from(a.value(row))),
+            other => {
+                let mut text = Vec::with_capacity(26);
+                other.write_text(row, &mut text);
+                Value::Bytes(text)
+            }
+        }
+    }
+}
+
+/// Writes the chosen columns of a batch's rows, in the given order.
+pub struct RowEncoder<'a> {
+    fields: Vec<Field<'a>>,
+}
+
+impl<'a> RowEncoder<'a> {
+    /// `columns`: indices into the batch, in the order the statement names them.
+    pub fn new(batch: &'a RecordBatch, columns: &[usize]) -> Result<Self> {
+        let schema = batch.schema_ref();
+        let fields = columns
+            .iter()
+            .map(|&i| {
+                let column = batch.columns().get(i).ok_or_else(|| {
+                    PipelineError::Config(format!("a change batch has no column {i}"))
+                })?;
+                Field::of(schema.field(i).name(), column.as_ref())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RowEncoder { fields })
+    }
+
+    /// Appends one row as a LOAD DATA line.
+    pub fn write_line(&self, row: usize, out: &mut Vec<u8>) {
+        for (i, field) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            if field.array().is_null(row) {
+                out.extend_from_slice(b"\\N");
+            } else {
+                field.write_text(row, out);
+            }
+        }
+        out.push(b'\n');
+    }
+
+    /// Appends one row's values as bound parameters.
+    pub fn push_values(&self, row: usize, out: &mut Vec<Value>) {
+        for field in &self.fields {
+            out.push(if field.array().is_null(row) {
+                Value::NULL
+            } else {
+                field.value(row)
+            });
+        }
+    }
+
+    pub fn columns(&self) -> usize {
+        self.fields.len()
+    }
 }
 
 /// Writes a text field with LOAD DATA escapes.
@@ -38,168 +182,97 @@ fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize]);
-        out.push(DIGITS[(b & 15) as usize]);
+fn write_float(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        // MySQL has no infinities or NaN: such a value is not a number it can hold.
+        out.extend_from_slice(b"\\N");
     }
+}
+
+fn push_digits(out: &mut Vec<u8>, value: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    let mut v = value;
+    for slot in digits[..width].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// (year, month, day) of days since 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn write_date(out: &mut Vec<u8>, days: i64) {
+    let (year, month, day) = civil_from_days(days);
+    if (0..=9999).contains(&year) {
+        push_digits(out, year as u32, 4);
+    } else {
+        // Outside what MySQL's DATE holds: written as is, so the server rejects it.
+        out.extend_from_slice(itoa::Buffer::new().format(year).as_bytes());
+    }
+    out.push(b'-');
+    push_digits(out, month, 2);
+    out.push(b'-');
+    push_digits(out, day, 2);
+}
+
+fn write_datetime(out: &mut Vec<u8>, micros: i64) {
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+    write_date(out, micros.div_euclid(MICROS_PER_DAY));
+    let in_day = micros.rem_euclid(MICROS_PER_DAY);
+    let secs = (in_day / 1_000_000) as u32;
+    out.push(b' ');
+    push_digits(out, secs / 3600, 2);
+    out.push(b':');
+    push_digits(out, secs / 60 % 60, 2);
+    out.push(b':');
+    push_digits(out, secs % 60, 2);
+    out.push(b'.');
+    push_digits(out, (in_day % 1_000_000) as u32, 6);
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` of UTC microseconds.
 pub fn datetime_text(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
-        .unwrap_or_default()
+    let mut out = Vec::with_capacity(26);
+    write_datetime(&mut out, micros);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write_datetime(out: &mut Vec<u8>, micros: i64) {
-    if let Some(t) = chrono::DateTime::from_timestamp_micros(micros) {
-        let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f"));
-    }
-}
-
-fn write_decimal(out: &mut Vec<u8>, value: i128, scale: i8) {
-    let scale = scale.max(0) as u32;
-    let div = 10i128.pow(scale);
-    let sign = if value < 0 { "-" } else { "" };
+fn write_decimal(out: &mut Vec<u8>, value: i128, scale: u32) {
     let abs = value.unsigned_abs();
-    let _ = write!(out, "{sign}{}", abs / div as u128);
+    if value < 0 {
+        out.push(b'-');
+    }
+    let div = 10u128.pow(scale.min(38));
+    out.extend_from_slice(itoa::Buffer::new().format(abs / div).as_bytes());
     if scale > 0 {
-        let _ = write!(
-            out,
-            ".{:0width$}",
-            abs % div as u128,
-            width = scale as usize
-        );
+        out.push(b'.');
+        let frac = itoa::Buffer::new().format(abs % div).as_bytes().to_vec();
+        out.extend(std::iter::repeat_n(b'0', scale as usize - frac.len()));
+        out.extend_from_slice(&frac);
     }
-}
-
-/// Appends the rows of a batch to a LOAD DATA stream.
-pub fn encode_tsv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
-    for col in batch.columns() {
-        check_supported(col.data_type())?;
-    }
-    for row in 0..batch.num_rows() {
-        for (i, col) in batch.columns().iter().enumerate() {
-            if i > 0 {
-                out.push(b'\t');
-            }
-            if col.is_null(row) {
-                out.extend_from_slice(b"\\N");
-                continue;
-            }
-            match col.data_type() {
-                DataType::Utf8 => escape_into(out, col.as_string::<i32>().value(row).as_bytes()),
-                DataType::LargeUtf8 => {
-                    escape_into(out, col.as_string::<i64>().value(row).as_bytes())
-                }
-                DataType::Utf8View => escape_into(out, col.as_string_view().value(row).as_bytes()),
-                DataType::Binary
-                | DataType::LargeBinary
-                | DataType::BinaryView
-                | DataType::FixedSizeBinary(_) => {
-                    hex_into(out, binary_at(col.as_ref(), row).unwrap_or_default())
-                }
-                DataType::Int64 => {
-                    let _ = write!(out, "{}", col.as_primitive::<Int64Type>().value(row));
-                }
-                DataType::Float64 => {
-                    let _ = write!(out, "{}", col.as_primitive::<Float64Type>().value(row));
-                }
-                DataType::Boolean => out.push(if col.as_boolean().value(row) {
-                    b'1'
-                } else {
-                    b'0'
-                }),
-                DataType::Date32 => {
-                    let d = date_of_epoch_day(col.as_primitive::<Date32Type>().value(row));
-                    let _ = write!(out, "{}", d.format("%Y-%m-%d"));
-                }
-                DataType::Decimal128(_, scale) => {
-                    write_decimal(out, col.as_primitive::<Decimal128Type>().value(row), *scale)
-                }
-                DataType::Timestamp(TimeUnit::Microsecond, _) => write_datetime(
-                    out,
-                    col.as_primitive::<TimestampMicrosecondType>().value(row),
-                ),
-                other => return Err(unsupported(other)),
-            }
-        }
-        out.push(b'\n');
-    }
-    Ok(())
-}
-
-fn check_supported(dt: &DataType) -> Result<()> {
-    match dt {
-        DataType::Utf8
-        | DataType::LargeUtf8
-        | DataType::Utf8View
-        | DataType::Binary
-        | DataType::LargeBinary
-        | DataType::BinaryView
-        | DataType::FixedSizeBinary(_)
-        | DataType::Int64
-        | DataType::Float64
-        | DataType::Boolean
-        | DataType::Date32
-        | DataType::Decimal128(_, _)
-        | DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(()),
-        other => Err(unsupported(other)),
-    }
-}
-
-/// The values of one row, for the multi-row INSERT fallback.
-pub fn row_values(batch: &RecordBatch, row: usize, out: &mut Vec<Value>) -> Result<()> {
-    for col in batch.columns() {
-        if col.is_null(row) {
-            out.push(Value::NULL);
-            continue;
-        }
-        let v = match col.data_type() {
-            DataType::Utf8 => Value::Bytes(col.as_string::<i32>().value(row).as_bytes().to_vec()),
-            DataType::LargeUtf8 => {
-                Value::Bytes(col.as_string::<i64>().value(row).as_bytes().to_vec())
-            }
-            DataType::Utf8View => Value::Bytes(col.as_string_view().value(row).as_bytes().to_vec()),
-            DataType::Binary
-            | DataType::LargeBinary
-            | DataType::BinaryView
-            | DataType::FixedSizeBinary(_) => {
-                Value::Bytes(binary_at(col.as_ref(), row).unwrap_or_default().to_vec())
-            }
-            DataType::Int64 => Value::Int(col.as_primitive::<Int64Type>().value(row)),
-            DataType::Float64 => Value::Double(col.as_primitive::<Float64Type>().value(row)),
-            DataType::Boolean => Value::Int(i64::from(col.as_boolean().value(row))),
-            DataType::Date32 => Value::Bytes(
-                date_of_epoch_day(col.as_primitive::<Date32Type>().value(row))
-                    .format("%Y-%m-%d")
-                    .to_string()
-                    .into_bytes(),
-            ),
-            DataType::Decimal128(_, scale) => {
-                let mut b = Vec::new();
-                write_decimal(
-                    &mut b,
-                    col.as_primitive::<Decimal128Type>().value(row),
-                    *scale,
-                );
-                Value::Bytes(b)
-            }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => Value::Bytes(
-                datetime_text(col.as_primitive::<TimestampMicrosecondType>().value(row))
-                    .into_bytes(),
-            ),
-            other => return Err(unsupported(other)),
-        };
-        out.push(v);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, BinaryArray, StringArray};
+    use arrow::datatypes::{Field as ArrowField, Schema};
+
     use super::*;
 
     #[test]
@@ -215,10 +288,61 @@ mod tests {
         write_decimal(&mut out, -1_234_560_000, 6);
         out.push(b' ');
         write_decimal(&mut out, 5, 6);
-        assert_eq!(String::from_utf8(out).unwrap(), "-1234.560000 0.000005");
+        out.push(b' ');
+        write_decimal(&mut out, 42, 0);
+        assert_eq!(String::from_utf8(out).unwrap(), "-1234.560000 0.000005 42");
         assert_eq!(
             datetime_text(1_704_067_200_000_001),
             "2024-01-01 00:00:00.000001"
         );
+    }
+
+    #[test]
+    fn datetimes_match_chrono_across_eras() {
+        // Every 7919 minutes from 1000-01-01 to 9999-12-31, plus edges and negatives.
+        let first = -30_610_224_000_000_000i64;
+        let last = 253_402_300_799_999_999i64;
+        let step = 7_919 * 60_000_000 + 123_457;
+        let mut at = first;
+        while at <= last {
+            let want = chrono::DateTime::from_timestamp_micros(at)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S%.6f")
+                .to_string();
+            assert_eq!(datetime_text(at), want, "at {at}");
+            at += step;
+        }
+        assert_eq!(datetime_text(last), "9999-12-31 23:59:59.999999");
+        assert_eq!(datetime_text(-1), "1969-12-31 23:59:59.999999");
+    }
+
+    #[test]
+    fn lines_follow_the_chosen_columns_and_escape_binary() {
+        let schema = Arc::new(Schema::new(vec![
+            ArrowField::new("k", DataType::Binary, false),
+            ArrowField::new("t", DataType::Utf8, true),
+            ArrowField::new("f", DataType::Float64, true),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(BinaryArray::from(vec![&[0u8, 9, 10, 92, 255][..], b"ab"])),
+            Arc::new(StringArray::from(vec![Some("x\ty"), None])),
+            Arc::new(Float64Array::from(vec![Some(1.5), Some(f64::NAN)])),
+        ];
+        let batch = RecordBatch::try_new(schema, columns).unwrap();
+        let encoder = RowEncoder::new(&batch, &[2, 0, 1]).unwrap();
+        let mut out = Vec::new();
+        encoder.write_line(0, &mut out);
+        encoder.write_line(1, &mut out);
+        assert_eq!(
+            out,
+            b"1.5\t\\0\\t\\n\\\\\xff\tx\\ty\n\\N\tab\t\\N\n".to_vec()
+        );
+        let mut values = Vec::new();
+        encoder.push_values(1, &mut values);
+        assert_eq!(
+            values,
+            vec![Value::NULL, Value::Bytes(b"ab".to_vec()), Value::NULL]
+        );
+        assert!(RowEncoder::new(&batch, &[3]).is_err());
     }
 }

@@ -6,7 +6,7 @@ pub mod sql;
 
 use std::collections::BTreeMap;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use bytes::Bytes;
 use chrono::NaiveDate;
 use futures_util::{StreamExt, stream};
@@ -16,10 +16,16 @@ use serde::Serialize;
 
 use crate::contract::validate_identifier;
 use crate::error::{PipelineError, Result};
+use crate::mysql::encode::RowEncoder;
+use crate::mysql::sql::OnDuplicate;
 use crate::warehouse::{DateChecksum, FeedOffset};
 
 /// Size of the pieces a LOAD DATA stream is sent in (well under any max_allowed_packet).
 const INFILE_CHUNK_BYTES: usize = 1 << 20;
+/// Placeholders one prepared statement may hold (the protocol counts them in 16 bits).
+const MAX_PLACEHOLDERS: usize = 65_535;
+/// Tombstone keys per DELETE statement.
+const DELETE_KEYS_PER_STATEMENT: usize = 10_000;
 
 /// How batches reach the staging table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -215,104 +221,170 @@ impl MysqlTarget {
         }))
     }
 
-    /// Loads one batch into the (emptied) staging table.
+    /// Loads one whole batch into the (emptied) staging table.
     async fn stage(&mut self, batch: &RecordBatch) -> Result<()> {
         self.conn
             .query_drop(sql::truncate_stage())
             .await
             .map_err(my_err("emptying the staging table"))?;
+        let columns: Vec<usize> = (0..batch.num_columns()).collect();
+        let rows: Vec<usize> = (0..batch.num_rows()).collect();
+        let load = RowsToLoad {
+            table: sql::STAGE_TABLE,
+            names: &sql::stage_columns(),
+            batch,
+            columns: &columns,
+            rows: &rows,
+            on_duplicate: OnDuplicate::Fail,
+        };
+        self.load_rows(load, "staging a batch").await
+    }
+
+    /// Writes rows of a batch into a table: one `LOAD DATA LOCAL INFILE` stream, encoded
+    /// lazily in 1 MiB pieces while the server reads, or multi-row statements of bound
+    /// values where the server refuses local infile. Any warning fails the load.
+    async fn load_rows(&mut self, load: RowsToLoad<'_>, context: &str) -> Result<()> {
+        if load.rows.is_empty() {
+            return Ok(());
+        }
+        // Unsupported column types fail here, before anything is sent.
+        let encoder = RowEncoder::new(load.batch, load.columns)?;
         if self.method != LoadMethod::Insert {
-            let mut buf = Vec::with_capacity(batch.get_array_memory_size());
-            encode::encode_tsv(batch, &mut buf)?;
-            // Sent in pieces: one packet may not exceed the server's max_allowed_packet.
-            let data = Bytes::from(buf);
-            let chunks: Vec<std::io::Result<Bytes>> = (0..data.len())
-                .step_by(INFILE_CHUNK_BYTES)
-                .map(|at| Ok(data.slice(at..(at + INFILE_CHUNK_BYTES).min(data.len()))))
-                .collect();
+            let chunks = LineChunks {
+                batch: load.batch.clone(),
+                columns: load.columns.to_vec(),
+                rows: load.rows.to_vec(),
+                next: 0,
+            };
             self.conn
                 .set_infile_handler(async move { Ok(stream::iter(chunks).boxed()) });
-            match self.conn.query_drop(sql::load_stage()).await {
-                Ok(()) => return Ok(()),
+            let statement = sql::load_data(load.table, load.names, load.on_duplicate);
+            match self.conn.query_drop(statement).await {
+                Ok(()) => return self.fail_on_warnings(context).await,
                 Err(e) if self.method == LoadMethod::Auto && refuses_local_infile(&e) => {
                     tracing::warn!(error = %e, "the server refuses LOAD DATA LOCAL INFILE; falling back to multi-row INSERT");
                     self.method = LoadMethod::Insert;
-                    self.conn
-                        .query_drop(sql::truncate_stage())
-                        .await
-                        .map_err(my_err("emptying the staging table"))?;
                 }
                 Err(e) => {
                     return Err(PipelineError::mysql(
-                        "loading a batch with LOAD DATA LOCAL INFILE",
+                        format!("{context} with LOAD DATA LOCAL INFILE"),
                         e,
                     ));
                 }
             }
         }
-        self.insert_stage(batch).await
-    }
-
-    async fn insert_stage(&mut self, batch: &RecordBatch) -> Result<()> {
-        let ncols = batch.num_columns().max(1);
-        let per_statement = (60_000 / ncols).max(1);
-        let mut row = 0;
-        while row < batch.num_rows() {
-            let n = per_statement.min(batch.num_rows() - row);
-            let mut values: Vec<Value> = Vec::with_capacity(n * ncols);
-            for r in row..row + n {
-                encode::row_values(batch, r, &mut values)?;
+        let per_statement = (MAX_PLACEHOLDERS / encoder.columns().max(1)).max(1);
+        for rows in load.rows.chunks(per_statement) {
+            let mut values: Vec<Value> = Vec::with_capacity(rows.len() * encoder.columns());
+            for &row in rows {
+                encoder.push_values(row, &mut values);
             }
+            let statement = sql::insert_rows(load.table, load.names, rows.len(), load.on_duplicate);
             self.conn
-                .exec_drop(sql::insert_stage(n), Params::Positional(values))
+                .exec_drop(statement, Params::Positional(values))
                 .await
-                .map_err(my_err("loading a batch with INSERT"))?;
-            row += n;
+                .map_err(my_err(format!("{context} with INSERT")))?;
+            self.fail_on_warnings(context).await?;
         }
         Ok(())
     }
 
+    /// Turns warnings of the last statement into an error naming the first few.
+    async fn fail_on_warnings(&mut self, context: &str) -> Result<()> {
+        if self.conn.get_warnings() == 0 {
+            return Ok(());
+        }
+        let shown: Vec<(String, u32, String)> = self
+            .conn
+            .query(sql::SHOW_WARNINGS)
+            .await
+            .map_err(my_err("reading the warnings of a load"))?;
+        let warnings = shown
+            .iter()
+            .map(|(level, code, message)| format!("{level} {code}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(PipelineError::MysqlWarnings {
+            context: context.to_string(),
+            warnings,
+        })
+    }
+
     /// Applies one batch of the change feed and moves the offset to its last row, in one
-    /// transaction. With `crash_before_commit` the transaction is left open and an error
-    /// returned, as a crash at that point would (tests of crash safety).
+    /// transaction: upserts are loaded straight into the serving table (`REPLACE`), the
+    /// keys of tombstones deleted. With `crash_before_commit` the transaction is left open
+    /// and an error returned, as a crash at that point would (tests of crash safety).
     pub async fn apply_changes(
         &mut self,
         batch: &RecordBatch,
         offset: FeedOffset,
         crash_before_commit: bool,
     ) -> Result<(u64, u64)> {
-        self.stage(batch).await?;
-        let upserts = count_ops(batch, "U");
-        let c = &mut self.conn;
-        c.query_drop("START TRANSACTION")
+        let ChangeRows { upserts, deletes } = split_changes(batch)?;
+        self.conn
+            .query_drop("START TRANSACTION")
             .await
             .map_err(my_err("starting a batch transaction"))?;
-        c.query_drop(sql::upsert_from_stage(&self.table))
+        let deleted = match self.apply_in_transaction(batch, &upserts, &deletes).await {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                // Nothing of the batch stays; the offset has not moved.
+                let _ = self.conn.query_drop("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        self.conn
+            .exec_drop(
+                sql::SAVE_OFFSET,
+                (
+                    &self.table,
+                    encode::datetime_text(offset.changed_at),
+                    &offset.event_key[..],
+                ),
+            )
             .await
-            .map_err(my_err("upserting a batch"))?;
-        c.query_drop(sql::delete_from_stage(&self.table))
-            .await
-            .map_err(my_err("deleting a batch's tombstones"))?;
-        let deleted = c.affected_rows();
-        c.exec_drop(
-            sql::SAVE_OFFSET,
-            (
-                &self.table,
-                encode::datetime_text(offset.changed_at),
-                crate::hex::encode(&offset.event_key),
-            ),
-        )
-        .await
-        .map_err(my_err("saving the offset"))?;
+            .map_err(my_err("saving the offset"))?;
         if crash_before_commit {
             return Err(PipelineError::Injected(
                 "stopped before committing a batch".into(),
             ));
         }
-        c.query_drop("COMMIT")
+        self.conn
+            .query_drop("COMMIT")
             .await
             .map_err(my_err("committing a batch"))?;
-        Ok((upserts, deleted))
+        Ok((upserts.len() as u64, deleted))
+    }
+
+    async fn apply_in_transaction(
+        &mut self,
+        batch: &RecordBatch,
+        upserts: &[usize],
+        deletes: &[Vec<u8>],
+    ) -> Result<u64> {
+        let table = self.table.clone();
+        let load = RowsToLoad {
+            table: &table,
+            names: &sql::target_columns(),
+            batch,
+            columns: &target_projection(batch)?,
+            rows: upserts,
+            on_duplicate: OnDuplicate::Replace,
+        };
+        self.load_rows(load, "upserting a batch").await?;
+        let mut deleted = 0;
+        for keys in deletes.chunks(DELETE_KEYS_PER_STATEMENT) {
+            let params: Vec<Value> = keys.iter().map(|k| Value::Bytes(k.clone())).collect();
+            self.conn
+                .exec_drop(
+                    sql::delete_keys(&table, keys.len()),
+                    Params::Positional(params),
+                )
+                .await
+                .map_err(my_err("deleting a batch's tombstones"))?;
+            deleted += self.conn.affected_rows();
+        }
+        Ok(deleted)
     }
 
     /// Re-sync: upserts the rows of the batch that are missing or differ, and remembers
@@ -400,18 +472,107 @@ fn refuses_local_infile(e: &mysql_async::Error) -> bool {
         || matches!(e, mysql_async::Error::Driver(_))
 }
 
-fn count_ops(batch: &RecordBatch, op: &str) -> u64 {
-    batch
-        .column(0)
-        .as_string_opt::<i32>()
-        .map(|ops| ops.iter().filter(|o| *o == Some(op)).count() as u64)
-        .or_else(|| {
+/// One LOAD DATA / INSERT: which rows and columns of a batch go into which table.
+struct RowsToLoad<'a> {
+    table: &'a str,
+    /// The table's column names, in the order of `columns`.
+    names: &'a [&'a str],
+    batch: &'a RecordBatch,
+    /// Batch column indices.
+    columns: &'a [usize],
+    /// Batch row indices.
+    rows: &'a [usize],
+    on_duplicate: OnDuplicate,
+}
+
+/// The LOAD DATA stream of a batch, encoded one piece at a time as the driver asks.
+struct LineChunks {
+    batch: RecordBatch,
+    columns: Vec<usize>,
+    rows: Vec<usize>,
+    next: usize,
+}
+
+impl Iterator for LineChunks {
+    type Item = std::io::Result<Bytes>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.rows.len() {
+            return None;
+        }
+        let encoder = match RowEncoder::new(&self.batch, &self.columns) {
+            Ok(encoder) => encoder,
+            Err(e) => return Some(Err(std::io::Error::other(e.to_string()))),
+        };
+        let mut piece = Vec::with_capacity(INFILE_CHUNK_BYTES + INFILE_CHUNK_BYTES / 8);
+        while piece.len() < INFILE_CHUNK_BYTES {
+            let Some(&row) = self.rows.get(self.next) else {
+                break;
+            };
+            encoder.write_line(row, &mut piece);
+            self.next += 1;
+        }
+        Some(Ok(Bytes::from(piece)))
+    }
+}
+
+/// A change batch split by operation: rows to upsert, keys to delete.
+struct ChangeRows {
+    upserts: Vec<usize>,
+    deletes: Vec<Vec<u8>>,
+}
+
+fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| PipelineError::Config(format!("a change batch has no {name} column")))
+    };
+    let ops = column("op")?;
+    let keys = column("event_key")?;
+    let op_at = |row: usize| -> Option<&str> {
+        if ops.is_null(row) {
+            None
+        } else if let Some(a) = ops.as_string_opt::<i32>() {
+            Some(a.value(row))
+        } else {
+            ops.as_string_view_opt().map(|a| a.value(row))
+        }
+    };
+    let mut split = ChangeRows {
+        upserts: Vec::with_capacity(batch.num_rows()),
+        deletes: Vec::new(),
+    };
+    for row in 0..batch.num_rows() {
+        match op_at(row) {
+            Some("U") => split.upserts.push(row),
+            Some("D") => {
+                let key = crate::warehouse::binary_at(keys.as_ref(), row).ok_or_else(|| {
+                    PipelineError::Config(format!("tombstone at row {row} has no event_key"))
+                })?;
+                split.deletes.push(key.to_vec());
+            }
+            other => {
+                return Err(PipelineError::Config(format!(
+                    "change row {row} has operation {other:?}, not U or D"
+                )));
+            }
+        }
+    }
+    Ok(split)
+}
+
+/// Batch column indices of the serving table's columns.
+fn target_projection(batch: &RecordBatch) -> Result<Vec<usize>> {
+    sql::target_columns()
+        .iter()
+        .map(|name| {
             batch
-                .column(0)
-                .as_string_view_opt()
-                .map(|ops| ops.iter().filter(|o| *o == Some(op)).count() as u64)
+                .schema_ref()
+                .index_of(name)
+                .map_err(|_| PipelineError::Config(format!("a change batch has no {name} column")))
         })
-        .unwrap_or(0)
+        .collect()
 }
 
 /// The GET_LOCK name of a target table (a digest, since lock names are limited to 64

@@ -18,7 +18,7 @@ FROM ota_pipeline_offsets WHERE target_table = ?";
 
 pub const SAVE_OFFSET: &str =
     "INSERT INTO ota_pipeline_offsets (target_table, changed_at, event_key, updated_at)
-VALUES (?, ?, UNHEX(?), UTC_TIMESTAMP(6))
+VALUES (?, ?, ?, UTC_TIMESTAMP(6))
 ON DUPLICATE KEY UPDATE changed_at = VALUES(changed_at), event_key = VALUES(event_key),
     updated_at = VALUES(updated_at)";
 
@@ -26,6 +26,8 @@ pub const SESSION_SETUP: &str = "SET SESSION time_zone = '+00:00', \
     sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', \
     character_set_client = utf8mb4, character_set_connection = utf8mb4, character_set_results = utf8mb4, \
     collation_connection = utf8mb4_bin";
+
+pub const SHOW_WARNINGS: &str = "SHOW WARNINGS LIMIT 3";
 
 pub const GET_LOCK: &str = "SELECT GET_LOCK(?, ?)";
 pub const RELEASE_LOCK: &str = "SELECT RELEASE_LOCK(?)";
@@ -95,44 +97,63 @@ pub fn stage_columns() -> Vec<&'static str> {
     cols
 }
 
-fn is_binary(name: &str) -> bool {
-    TYPED_COLUMNS
-        .iter()
-        .any(|c| c.name == name && c.kind == TypedKind::Key)
+/// How loaded rows meet rows with the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// A duplicate key is an error (an empty table, the staging table).
+    Fail,
+    /// The loaded row replaces the one held (`REPLACE`: InnoDB updates it in place when
+    /// the primary key is the only unique key, and skips the write when nothing differs).
+    Replace,
 }
 
-/// `LOAD DATA LOCAL INFILE` of one encoded batch into the staging table. Binary columns
-/// travel as hex and are decoded on the server.
-pub fn load_stage() -> String {
-    let mut targets = Vec::new();
-    let mut sets = Vec::new();
-    for c in stage_columns() {
-        if is_binary(c) {
-            targets.push(format!("@{c}"));
-            sets.push(format!("`{c}` = UNHEX(@{c})"));
-        } else {
-            targets.push(format!("`{c}`"));
-        }
-    }
+fn quoted_list(columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `LOAD DATA LOCAL INFILE` of an encoded stream (see `encode`) into a table's columns.
+/// `CHARACTER SET binary`: the bytes go in unconverted (text is UTF-8, keys raw bytes).
+pub fn load_data(table: &str, columns: &[&str], on_duplicate: OnDuplicate) -> String {
+    let replace = match on_duplicate {
+        OnDuplicate::Fail => "",
+        OnDuplicate::Replace => "REPLACE ",
+    };
     format!(
-        "LOAD DATA LOCAL INFILE 'ota-batch.tsv' INTO TABLE `{STAGE_TABLE}` CHARACTER SET utf8mb4 \
-FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({}) SET {}",
-        targets.join(", "),
-        sets.join(", ")
+        "LOAD DATA LOCAL INFILE 'ota-batch.tsv' {replace}INTO TABLE `{table}` CHARACTER SET binary \
+FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        quoted_list(columns)
     )
 }
 
-/// Multi-row INSERT into staging (fallback when the server refuses local infile).
-pub fn insert_stage(rows: usize) -> String {
-    let cols = stage_columns();
-    let one = format!("({})", vec!["?"; cols.len()].join(", "));
+/// Multi-row INSERT (or REPLACE) of `rows` rows of bound values (the path for servers
+/// that refuse local infile).
+pub fn insert_rows(
+    table: &str,
+    columns: &[&str],
+    rows: usize,
+    on_duplicate: OnDuplicate,
+) -> String {
+    let verb = match on_duplicate {
+        OnDuplicate::Fail => "INSERT",
+        OnDuplicate::Replace => "REPLACE",
+    };
+    let one = format!("({})", vec!["?"; columns.len()].join(", "));
     format!(
-        "INSERT INTO `{STAGE_TABLE}` ({}) VALUES {}",
-        cols.iter()
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        "{verb} INTO `{table}` ({}) VALUES {}",
+        quoted_list(columns),
         vec![one; rows].join(", ")
+    )
+}
+
+/// Deletes the rows of `keys` event keys (tombstones), bound as parameters.
+pub fn delete_keys(table: &str, keys: usize) -> String {
+    format!(
+        "DELETE FROM `{table}` WHERE `event_key` IN ({})",
+        vec!["?"; keys].join(", ")
     )
 }
 
@@ -140,7 +161,8 @@ pub fn truncate_stage() -> String {
     format!("TRUNCATE TABLE `{STAGE_TABLE}`")
 }
 
-fn target_columns() -> Vec<&'static str> {
+/// The serving table's columns: the typed columns, then `changed_at`.
+pub fn target_columns() -> Vec<&'static str> {
     let mut cols: Vec<&str> = TYPED_COLUMNS.iter().map(|c| c.name).collect();
     cols.push("changed_at");
     cols
@@ -170,13 +192,6 @@ pub fn upsert_from_stage(table: &str) -> String {
         column_list(""),
         column_list("s."),
         update_list()
-    )
-}
-
-/// Applies the staged deletes (tombstones).
-pub fn delete_from_stage(table: &str) -> String {
-    format!(
-        "DELETE t FROM `{table}` t JOIN `{STAGE_TABLE}` s ON s.`event_key` = t.`event_key` WHERE s.`op` = 'D'"
     )
 }
 

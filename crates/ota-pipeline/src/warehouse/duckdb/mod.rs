@@ -26,6 +26,75 @@ use crate::window::{DateWindow, parse_date};
 /// Before every changed_at: 0001-01-01T00:00:00Z.
 const FEED_START_MICROS: i64 = -62_135_596_800_000_000;
 
+/// DuckDB's memory ceiling unless the URL sets one (`?memory_limit=`): steps stay well
+/// inside a small worker's memory whatever the data size; DuckDB spills what does not fit
+/// to `<database>.tmp` next to the file.
+pub const DEFAULT_MEMORY_LIMIT: &str = "256MB";
+
+/// Settings carried by the URL's query: `duckdb:///path/w.duckdb?memory_limit=1GB&threads=4`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuckDbSettings {
+    pub memory_limit: String,
+    pub threads: Option<u32>,
+}
+
+impl Default for DuckDbSettings {
+    fn default() -> Self {
+        DuckDbSettings {
+            memory_limit: DEFAULT_MEMORY_LIMIT.to_string(),
+            threads: None,
+        }
+    }
+}
+
+/// Splits `/path/w.duckdb?k=v&...` (what follows `duckdb://`) into the path and settings.
+pub fn parse_location(location: &str) -> Result<(String, DuckDbSettings)> {
+    let (path, query) = location.split_once('?').unwrap_or((location, ""));
+    let mut settings = DuckDbSettings::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "memory_limit" => {
+                let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                let unit = &value[digits.len()..];
+                let unit_ok = ["KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"]
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(unit));
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !unit_ok {
+                    return Err(PipelineError::Config(format!(
+                        "warehouse URL: memory_limit={value:?} is not a size like 512MB or 2GB"
+                    )));
+                }
+                settings.memory_limit = value.to_string();
+            }
+            "threads" => {
+                let threads = value.parse::<u32>().ok().filter(|t| *t > 0);
+                settings.threads = Some(threads.ok_or_else(|| {
+                    PipelineError::Config(format!(
+                        "warehouse URL: threads={value:?} is not a positive number"
+                    ))
+                })?);
+            }
+            other => {
+                return Err(PipelineError::Config(format!(
+                    "warehouse URL: unknown setting {other:?} (memory_limit, threads)"
+                )));
+            }
+        }
+    }
+    Ok((path.to_string(), settings))
+}
+
+impl DuckDbSettings {
+    fn config(&self) -> duckdb::Result<duckdb::Config> {
+        let config = duckdb::Config::default().max_memory(&self.memory_limit)?;
+        match self.threads {
+            Some(n) => config.threads(i64::from(n)),
+            None => Ok(config),
+        }
+    }
+}
+
 /// Handle on the embedded warehouse.
 pub struct DuckDbWarehouse {
     conn: Connection,
@@ -39,7 +108,8 @@ fn db_err(context: &str) -> impl FnOnce(duckdb::Error) -> PipelineError + '_ {
 impl DuckDbWarehouse {
     /// Opens (creating if needed) the database file and its tables. With `read_only`,
     /// several processes (concurrent exports, reconcile) may read it at once.
-    pub fn open(path: &str, read_only: bool) -> Result<Self> {
+    pub fn open(location: &str, read_only: bool) -> Result<Self> {
+        let (path, settings) = parse_location(location)?;
         let path = PathBuf::from(path);
         if !path.is_absolute() {
             return Err(PipelineError::Config(format!(
@@ -66,12 +136,14 @@ impl DuckDbWarehouse {
                     path.display()
                 )));
             }
-            let config = duckdb::Config::default()
-                .access_mode(duckdb::AccessMode::ReadOnly)
+            let config = settings
+                .config()
+                .and_then(|c| c.access_mode(duckdb::AccessMode::ReadOnly))
                 .map_err(opening)?;
             Connection::open_with_flags(&path, config).map_err(opening)?
         } else {
-            let conn = Connection::open(&path).map_err(opening)?;
+            let config = settings.config().map_err(opening)?;
+            let conn = Connection::open_with_flags(&path, config).map_err(opening)?;
             conn.execute_batch(&sql::SCHEMA)
                 .map_err(db_err("creating the warehouse tables"))?;
             conn
@@ -302,7 +374,7 @@ impl Warehouse for DuckDbWarehouse {
                 {
                     let mut stmt = conn.prepare(sql::SELECT_FILE_DATES).map_err(e())?;
                     let old = stmt
-                        .query_map(params![file.uri], |r| {
+                        .query_map(params![file.day.to_string(), file.uri], |r| {
                             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
                         })
                         .map_err(e())?;
@@ -313,10 +385,16 @@ impl Warehouse for DuckDbWarehouse {
                         outcome.rows_replaced += n as u64;
                     }
                 }
-                conn.execute(sql::DELETE_FILE_ROWS, params![file.uri])
-                    .map_err(e())?;
-                conn.execute(sql::DELETE_FILE_REJECTS, params![file.uri])
-                    .map_err(e())?;
+                conn.execute(
+                    sql::DELETE_FILE_ROWS,
+                    params![file.day.to_string(), file.uri],
+                )
+                .map_err(e())?;
+                conn.execute(
+                    sql::DELETE_FILE_REJECTS,
+                    params![file.day.to_string(), file.uri],
+                )
+                .map_err(e())?;
                 let mut rows_loaded = 0u64;
                 let mut rejects = Vec::new();
                 {
@@ -489,5 +567,53 @@ impl Warehouse for DuckDbWarehouse {
             .into_iter()
             .map(|(d, s)| (date_of_epoch_day(d), s))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_settings() {
+        let (path, s) = parse_location("/w/x.duckdb").unwrap();
+        assert_eq!(
+            (path.as_str(), s),
+            ("/w/x.duckdb", DuckDbSettings::default())
+        );
+        let (path, s) = parse_location("/w/x.duckdb?memory_limit=2GB&threads=3").unwrap();
+        assert_eq!(path, "/w/x.duckdb");
+        assert_eq!(s.memory_limit, "2GB");
+        assert_eq!(s.threads, Some(3));
+        for bad in [
+            "/x?memory_limit=lots",
+            "/x?memory_limit=5",
+            "/x?memory_limit=1GB;DROP",
+            "/x?threads=0",
+            "/x?colour=blue",
+        ] {
+            let err = parse_location(bad).unwrap_err().to_string();
+            assert!(err.contains("warehouse URL"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_memory_limit_reaches_duckdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = format!(
+            "{}?memory_limit=100MB&threads=1",
+            dir.path().join("w.duckdb").display()
+        );
+        let wh = DuckDbWarehouse::open(&location, false).unwrap();
+        let (limit, threads): (String, i64) = wh
+            .conn
+            .query_row(
+                "SELECT current_setting('memory_limit'), current_setting('threads')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(limit.starts_with("95") || limit.contains("100"), "{limit}");
+        assert_eq!(threads, 1);
     }
 }

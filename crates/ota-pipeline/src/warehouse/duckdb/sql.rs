@@ -69,9 +69,13 @@ pub const SELECT_LEDGER_ENTRY: &str =
 pub const DELETE_LEDGER_ENTRY: &str = "DELETE FROM file_ledger WHERE uri = ?";
 pub const INSERT_LEDGER_ENTRY: &str = "INSERT INTO file_ledger VALUES (?, ?::DATE, ?, ?, ?, make_timestamp(?), make_timestamp(?), ?, ?)";
 
-pub const SELECT_FILE_DATES: &str = "SELECT event_date::VARCHAR, count(*) FROM raw_events WHERE source_file = ? GROUP BY event_date";
-pub const DELETE_FILE_ROWS: &str = "DELETE FROM raw_events WHERE source_file = ?";
-pub const DELETE_FILE_REJECTS: &str = "DELETE FROM raw_rejects WHERE source_file = ?";
+// The rows of one file: `source_day` (the file's day, a zone-map-friendly DATE) first, so
+// a load touches that day's row groups, not the whole history. Parameters: day, uri.
+pub const SELECT_FILE_DATES: &str = "SELECT event_date::VARCHAR, count(*) FROM raw_events WHERE source_day = ?::DATE AND source_file = ? GROUP BY event_date";
+pub const DELETE_FILE_ROWS: &str =
+    "DELETE FROM raw_events WHERE source_day = ?::DATE AND source_file = ?";
+pub const DELETE_FILE_REJECTS: &str =
+    "DELETE FROM raw_rejects WHERE source_day = ?::DATE AND source_file = ?";
 pub const INSERT_PENDING_DATE: &str = "INSERT INTO dedup_pending_dates VALUES (?::DATE)";
 
 /// Dedup, step 1: the dates to rebuild and the winning row per key among their raw rows
@@ -117,7 +121,7 @@ WHERE event_date IN (SELECT event_date FROM dedup_dates)
        OR event_key IN (SELECT event_key FROM dedup_vanished))";
 pub static DEDUP_APPLY_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO dedup_events ({cols}, changed_at) SELECT {cols}, make_timestamp(?) FROM dedup_changed",
+        "INSERT INTO dedup_events ({cols}, changed_at) SELECT {cols}, make_timestamp(?) FROM dedup_changed ORDER BY event_date, event_key",
         cols = *TYPED_COLUMN_LIST
     )
 });
