@@ -1,0 +1,529 @@
+//! `make bench`: how fast the pipeline moves rows into MySQL compared with what the server
+//! itself can take, and what every step costs in time and memory.
+//!
+//! Each repetition, in this order (so that noise spreads over every contender):
+//! 1. the pipeline from scratch (stage-files, load-raw, dedup, export-mysql into an empty
+//!    table) — its export is "ours, empty table";
+//! 2. export-mysql again with its offset reset, into the full table ("ours, re-run":
+//!    every row an update);
+//! 3. the limit: `LOAD DATA LOCAL INFILE` of the same rows from a prepared file into an
+//!    empty copy of the table;
+//! 4. the naive loader into an empty copy, then again into the full copy;
+//! 5. a no-op re-run of the four steps over the same window.
+//!
+//! Then the steady state: a daily run that adds one day to 3, and to 30, days of history.
+
+pub mod child;
+pub mod loaders;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+
+use mysql_async::prelude::Queryable;
+use serde_json::json;
+
+use child::{StepRun, Steps};
+use report::{Line, median, print_table};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{step} failed: {detail}")]
+    Step { step: String, detail: String },
+    #[error("MySQL: {0}")]
+    Mysql(String),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] ota_pipeline::PipelineError),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl BenchError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        BenchError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The release step binaries and ota-gen.
+    pub bin_dir: PathBuf,
+    /// Generated lakes, warehouses, the limit file and the steps' logs.
+    pub work_dir: PathBuf,
+    /// The server to measure; the bench works in its own `database` there.
+    pub mysql_url: String,
+    pub database: String,
+    pub days: u32,
+    pub rows_per_day: u64,
+    pub repeat: usize,
+    /// Rows per day of the steady-state scenario; 0 skips it.
+    pub steady_rows_per_day: u64,
+}
+
+const TABLE: &str = "ota_events";
+const LIMIT_TABLE: &str = "bench_limit";
+const NAIVE_TABLE: &str = "bench_naive";
+const START: &str = "2024-01-01";
+const STEADY_DAYS_AFTER: u32 = 3;
+const STEP_NAMES: [&str; 4] = ["stage-files", "load-raw", "dedup", "export-mysql"];
+
+/// `mysql://u:p@h:3306/db?x` with its database replaced.
+pub fn with_database(url: &str, database: &str) -> Result<String, BenchError> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| BenchError::Config(format!("not a URL: {url}")))?;
+    let (authority_and_path, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let authority = authority_and_path
+        .split_once('/')
+        .map_or(authority_and_path, |(a, _)| a);
+    Ok(match query {
+        Some(q) => format!("{scheme}://{authority}/{database}?{q}"),
+        None => format!("{scheme}://{authority}/{database}"),
+    })
+}
+
+fn day(offset: u32) -> String {
+    let start = parse_start(START);
+    start
+        .checked_add_days(chrono::Days::new(u64::from(offset)))
+        .unwrap_or(start)
+        .to_string()
+}
+
+fn parse_start(s: &str) -> chrono::NaiveDate {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or_default()
+}
+
+fn window_args(first: u32, last: u32) -> Vec<String> {
+    vec![
+        "--start-date".into(),
+        day(first),
+        "--end-date".into(),
+        day(last),
+    ]
+}
+
+/// One lake + warehouse + MySQL database the steps run against.
+struct Scenario {
+    steps: Steps,
+    warehouse_url: String,
+    warehouse_path: PathBuf,
+    mysql_url: String,
+    database: String,
+}
+
+impl Scenario {
+    fn new(config: &BenchConfig, name: &str, lake: &Path) -> Result<Self, BenchError> {
+        let mysql_url = with_database(&config.mysql_url, &config.database)?;
+        let warehouse_path = config.work_dir.join(format!("{name}.duckdb"));
+        let warehouse_url = format!("duckdb://{}", warehouse_path.display());
+        let env = vec![
+            ("OTA_LAKE_URL".into(), format!("file://{}", lake.display())),
+            ("OTA_WAREHOUSE_URL".into(), warehouse_url.clone()),
+            ("OTA_MYSQL_URL".into(), mysql_url.clone()),
+            ("OTA_MYSQL_TABLE".into(), TABLE.into()),
+        ];
+        Ok(Scenario {
+            steps: Steps {
+                bin_dir: config.bin_dir.clone(),
+                env,
+                log_dir: config.work_dir.join("logs"),
+            },
+            warehouse_url,
+            warehouse_path,
+            mysql_url,
+            database: config.database.clone(),
+        })
+    }
+
+    /// An empty warehouse and an empty database.
+    fn reset(&self, runtime: &tokio::runtime::Runtime, server_url: &str) -> Result<(), BenchError> {
+        for suffix in ["", ".wal"] {
+            let path = PathBuf::from(format!("{}{suffix}", self.warehouse_path.display()));
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| BenchError::io(&path, e))?;
+            }
+        }
+        let database = self.database.clone();
+        runtime.block_on(async {
+            let mut conn = loaders::connect(server_url).await?;
+            conn.query_drop(format!("DROP DATABASE IF EXISTS `{database}`"))
+                .await
+                .map_err(|e| BenchError::Mysql(format!("dropping {database}: {e}")))?;
+            conn.disconnect()
+                .await
+                .map_err(|e| BenchError::Mysql(e.to_string()))
+        })
+    }
+
+    /// The four steps over a window (export incremental, as scheduled runs do).
+    fn pipeline(&self, first: u32, last: u32) -> Result<Vec<StepRun>, BenchError> {
+        let window = window_args(first, last);
+        let mut runs = Vec::new();
+        for step in STEP_NAMES {
+            let args = if step == "export-mysql" {
+                Vec::new()
+            } else {
+                window.clone()
+            };
+            runs.push(self.steps.run(step, &args)?);
+        }
+        Ok(runs)
+    }
+}
+
+/// Generates `days` daily files of `rows_per_day` rows once; later runs reuse them.
+fn lake(config: &BenchConfig, days: u32, rows_per_day: u64) -> Result<PathBuf, BenchError> {
+    let dir = config.work_dir.join(format!("lake-{days}x{rows_per_day}"));
+    let done = dir.join(".complete");
+    if done.exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "generating {days} days x {rows_per_day} rows into {}",
+        dir.display()
+    );
+    let steps = Steps {
+        bin_dir: config.bin_dir.clone(),
+        env: Vec::new(),
+        log_dir: config.work_dir.join("logs"),
+    };
+    let args: Vec<String> = [
+        "--seed",
+        "42",
+        "--start",
+        START,
+        "--days",
+        &days.to_string(),
+        "--rows-per-day",
+        &rows_per_day.to_string(),
+        "--out",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    steps.run("ota-gen", &args)?;
+    std::fs::write(&done, b"").map_err(|e| BenchError::io(&done, e))?;
+    Ok(dir)
+}
+
+struct ServerInfo {
+    version: String,
+    buffer_pool_mb: u64,
+    flush_at_commit: String,
+    local_infile: String,
+    log_bin: String,
+}
+
+async fn server_info(url: &str) -> Result<ServerInfo, BenchError> {
+    let mut conn = loaders::connect(url).await?;
+    let row: Option<(String, u64, String, String, String)> = conn
+        .query_first(
+            "SELECT VERSION(), @@innodb_buffer_pool_size, CAST(@@innodb_flush_log_at_trx_commit AS CHAR), \
+             CAST(@@local_infile AS CHAR), CAST(@@log_bin AS CHAR)",
+        )
+        .await
+        .map_err(|e| BenchError::Mysql(format!("reading server settings: {e}")))?;
+    let _ = conn.disconnect().await;
+    let (version, pool, flush, infile, log_bin) =
+        row.ok_or_else(|| BenchError::Mysql("no server settings".into()))?;
+    Ok(ServerInfo {
+        version,
+        buffer_pool_mb: pool / (1 << 20),
+        flush_at_commit: flush,
+        local_infile: infile,
+        log_bin,
+    })
+}
+
+fn push(lines: &mut Vec<Line>, name: &str, rows: u64, seconds: f64, rss: Option<f64>) {
+    match lines.iter_mut().find(|l| l.name == name) {
+        Some(line) => {
+            line.seconds.push(seconds);
+            line.rows = rows;
+            line.peak_rss_mb = match (line.peak_rss_mb, rss) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        None => lines.push(Line {
+            name: name.to_string(),
+            rows,
+            seconds: vec![seconds],
+            peak_rss_mb: rss,
+        }),
+    }
+}
+
+fn seconds_of(lines: &[Line], name: &str) -> f64 {
+    lines
+        .iter()
+        .find(|l| l.name == name)
+        .map_or(f64::NAN, Line::median_seconds)
+}
+
+/// Runs the benchmark, printing its table; returns the JSON object of its last line.
+pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
+    if config.repeat == 0 || config.days == 0 || config.rows_per_day == 0 {
+        return Err(BenchError::Config(
+            "days, rows per day and repeat must be at least 1".into(),
+        ));
+    }
+    ota_pipeline::contract::validate_identifier("bench database", &config.database)?;
+    std::fs::create_dir_all(&config.work_dir).map_err(|e| BenchError::io(&config.work_dir, e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::io(Path::new("tokio runtime"), e))?;
+    // No database: the bench drops and creates its own.
+    let server_url = with_database(&config.mysql_url, "")?;
+    let info = runtime.block_on(server_info(&server_url))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "server: {} | innodb_buffer_pool_size {} MiB | innodb_flush_log_at_trx_commit {} | local_infile {} | log_bin {} | cores {cores}",
+        info.version, info.buffer_pool_mb, info.flush_at_commit, info.local_infile, info.log_bin
+    );
+    println!(
+        "data: {} days x {} rows | {} repetitions | work dir {}",
+        config.days,
+        config.rows_per_day,
+        config.repeat,
+        config.work_dir.display()
+    );
+
+    let main_lake = lake(config, config.days, config.rows_per_day)?;
+    let scenario = Scenario::new(config, "bench", &main_lake)?;
+    let limit_file = config.work_dir.join("limit.tsv");
+    let mut steps: Vec<Line> = Vec::new();
+    let mut exports: Vec<Line> = Vec::new();
+    let mut noop: Vec<f64> = Vec::new();
+    let mut peak_rss: f64 = 0.0;
+    let mut rows = 0u64;
+    let input_rows = u64::from(config.days) * config.rows_per_day;
+
+    for rep in 0..config.repeat {
+        eprintln!("repetition {} of {}", rep + 1, config.repeat);
+        scenario.reset(&runtime, &server_url)?;
+        let runs = scenario.pipeline(0, config.days - 1)?;
+        for run in &runs {
+            peak_rss = peak_rss.max(run.peak_rss_mb);
+            let step_rows = if run.step == "stage-files" {
+                input_rows
+            } else {
+                run.count("rows_read")
+            };
+            push(
+                &mut steps,
+                &run.step,
+                step_rows,
+                run.seconds,
+                Some(run.peak_rss_mb),
+            );
+        }
+        let export = runs
+            .last()
+            .ok_or_else(|| BenchError::Config("no export run".into()))?;
+        rows = export.count("rows_read");
+        if rep == 0 {
+            let written = loaders::write_limit_file(&scenario.warehouse_url, &limit_file)?;
+            if written != rows {
+                return Err(BenchError::Config(format!(
+                    "the limit file holds {written} rows, the export wrote {rows}"
+                )));
+            }
+        }
+        push(
+            &mut exports,
+            "ours: export-mysql, empty table",
+            rows,
+            export.seconds,
+            Some(export.peak_rss_mb),
+        );
+
+        // Ours again into the full table: forget the offset, so every row comes again.
+        runtime.block_on(async {
+            let mut conn = loaders::connect(&scenario.mysql_url).await?;
+            conn.exec_drop(
+                "DELETE FROM ota_pipeline_offsets WHERE target_table = ?",
+                (TABLE,),
+            )
+            .await
+            .map_err(|e| BenchError::Mysql(format!("resetting the offset: {e}")))
+        })?;
+        let again = scenario.steps.run("export-mysql", &[])?;
+        peak_rss = peak_rss.max(again.peak_rss_mb);
+        push(
+            &mut exports,
+            "ours: export-mysql, full table",
+            again.count("rows_read"),
+            again.seconds,
+            Some(again.peak_rss_mb),
+        );
+
+        runtime.block_on(async {
+            let mut conn = loaders::connect(&scenario.mysql_url).await?;
+            loaders::empty_copy(&mut conn, TABLE, LIMIT_TABLE).await?;
+            let seconds = loaders::load_limit(&mut conn, LIMIT_TABLE, &limit_file).await?;
+            push(
+                &mut exports,
+                "limit: LOAD DATA, empty table",
+                rows,
+                seconds,
+                None,
+            );
+            conn.query_drop(format!("DROP TABLE `{LIMIT_TABLE}`"))
+                .await
+                .map_err(|e| BenchError::Mysql(e.to_string()))?;
+            loaders::empty_copy(&mut conn, TABLE, NAIVE_TABLE).await
+        })?;
+        let mut conn = runtime.block_on(loaders::connect(&scenario.mysql_url))?;
+        for name in [
+            "naive: executemany, empty table",
+            "naive: executemany, full table",
+        ] {
+            let (seconds, naive_rows) =
+                loaders::load_naive(&runtime, &mut conn, &scenario.warehouse_url, NAIVE_TABLE)?;
+            push(&mut exports, name, naive_rows, seconds, None);
+        }
+        runtime.block_on(async {
+            conn.query_drop(format!("DROP TABLE `{NAIVE_TABLE}`"))
+                .await
+                .map_err(|e| BenchError::Mysql(e.to_string()))?;
+            conn.disconnect()
+                .await
+                .map_err(|e| BenchError::Mysql(e.to_string()))
+        })?;
+
+        let reruns = scenario.pipeline(0, config.days - 1)?;
+        noop.push(reruns.iter().map(|r| r.seconds).sum());
+    }
+
+    print_table("pipeline, from scratch (median of the repetitions)", &steps);
+    print_table(
+        "export into MySQL, same rows, same table definition",
+        &exports,
+    );
+    let pipeline_seconds: f64 = STEP_NAMES.iter().map(|s| seconds_of(&steps, s)).sum();
+    let limit = seconds_of(&exports, "limit: LOAD DATA, empty table");
+    let ours_empty = seconds_of(&exports, "ours: export-mysql, empty table");
+    let ours_full = seconds_of(&exports, "ours: export-mysql, full table");
+    let naive_empty = seconds_of(&exports, "naive: executemany, empty table");
+    let naive_full = seconds_of(&exports, "naive: executemany, full table");
+    let noop_seconds = median(&noop);
+    println!("\nratios (rate of ours / rate of the other; medians)");
+    println!(
+        "  export, empty table / limit        {:>6.2}   (target >= 0.9)",
+        limit / ours_empty
+    );
+    println!(
+        "  export, full table / limit         {:>6.2}   (target >= 0.8)",
+        limit / ours_full
+    );
+    println!(
+        "  export / naive, empty table        {:>6.2}   (target >= 4)",
+        naive_empty / ours_empty
+    );
+    println!(
+        "  export / naive, full table         {:>6.2}   (target >= 4)",
+        naive_full / ours_full
+    );
+    println!(
+        "  whole pipeline / limit             {:>6.2}   (target >= 0.5; {pipeline_seconds:.2} s for the four steps)",
+        limit / pipeline_seconds
+    );
+    println!("  no-op re-run of the window         {noop_seconds:>6.2} s (target < 2)");
+
+    let steady = if config.steady_rows_per_day > 0 {
+        let (three, thirty, rss) = steady_state(config, &runtime, &server_url)?;
+        peak_rss = peak_rss.max(rss);
+        println!(
+            "  daily run, 30 / 3 days of history  {:>6.2}   (target < 1.3; {thirty:.2} s vs {three:.2} s at {} rows a day)",
+            thirty / three,
+            config.steady_rows_per_day
+        );
+        Some(thirty / three)
+    } else {
+        None
+    };
+    println!(
+        "  peak RSS of any step               {peak_rss:>6.0} MiB (target < 512 at 10 M rows)"
+    );
+
+    Ok(json!({
+        "export_vs_limit": round(limit / ours_empty),
+        "rerun_vs_limit": round(limit / ours_full),
+        "export_vs_naive": round((naive_empty / ours_empty).min(naive_full / ours_full)),
+        "pipeline_vs_limit": round(limit / pipeline_seconds),
+        "steady_30_vs_3": steady.map(round),
+        "noop_seconds": round(noop_seconds),
+        "peak_rss_mb": peak_rss.round(),
+        "rows": rows,
+    }))
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Median seconds of a daily run (four steps, one new day) after 3 and after 30 days of
+/// history, and the peak RSS seen.
+fn steady_state(
+    config: &BenchConfig,
+    runtime: &tokio::runtime::Runtime,
+    server_url: &str,
+) -> Result<(f64, f64, f64), BenchError> {
+    let history = [3u32, 30];
+    let lake_dir = lake(
+        config,
+        history[1] + STEADY_DAYS_AFTER,
+        config.steady_rows_per_day,
+    )?;
+    let mut medians = Vec::new();
+    let mut rss: f64 = 0.0;
+    for days in history {
+        eprintln!("steady state after {days} days of history");
+        let scenario = Scenario::new(config, &format!("steady-{days}"), &lake_dir)?;
+        scenario.reset(runtime, server_url)?;
+        scenario.pipeline(0, days - 1)?;
+        let mut daily = Vec::new();
+        for new_day in days..days + STEADY_DAYS_AFTER {
+            let runs = scenario.pipeline(new_day, new_day)?;
+            rss = runs.iter().map(|r| r.peak_rss_mb).fold(rss, f64::max);
+            daily.push(runs.iter().map(|r| r.seconds).sum::<f64>());
+        }
+        medians.push(median(&daily));
+        let _ = std::fs::remove_file(&scenario.warehouse_path);
+    }
+    Ok((medians[0], medians[1], rss))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            with_database("mysql://root@127.0.0.1:3306/ota", "ota_bench").unwrap(),
+            "mysql://root@127.0.0.1:3306/ota_bench"
+        );
+        assert_eq!(
+            with_database("mysql://u:p@h/db?socket=/run/x.sock", "b").unwrap(),
+            "mysql://u:p@h/b?socket=/run/x.sock"
+        );
+        assert_eq!(with_database("mysql://h", "b").unwrap(), "mysql://h/b");
+        assert!(with_database("nonsense", "b").is_err());
+    }
+}
