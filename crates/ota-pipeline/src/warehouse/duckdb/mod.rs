@@ -15,8 +15,8 @@ use chrono::NaiveDate;
 use duckdb::{Connection, params};
 
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, LedgerEntry, RawLoadOutcome, RawSource,
-    StagedFiles, Warehouse, add_to_checksum, binary_at,
+    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, LedgerEntry, RawLoadOutcome,
+    RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
 };
 use crate::error::{PipelineError, Result};
 use crate::lake::LakeFile;
@@ -191,46 +191,158 @@ impl DuckDbWarehouse {
         Ok(())
     }
 
+    /// Runs a query and adds its rows, in order, to `batches`. Returns false once the
+    /// sink wants no more.
     fn stream_query(
         &self,
         query: &str,
         bind: &[&dyn duckdb::ToSql],
-        batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
-    ) -> Result<()> {
+        batches: &mut BatchAssembler<'_>,
+    ) -> Result<bool> {
         let mut stmt = self
             .conn
             .prepare(query)
             .map_err(db_err("preparing the change query"))?;
         let stream = stmt.stream_arrow(bind).map_err(db_err("reading changes"))?;
-        let schema = stream.get_schema();
-        let mut pending: Vec<RecordBatch> = Vec::new();
-        let mut pending_rows = 0usize;
         for chunk in stream {
             let chunk = chunk.map_err(db_err("reading changes"))?;
-            let mut chunk = chunk;
-            while chunk.num_rows() > 0 {
-                let take = (batch_rows - pending_rows).min(chunk.num_rows());
-                pending.push(chunk.slice(0, take));
-                pending_rows += take;
-                chunk = chunk.slice(take, chunk.num_rows() - take);
-                if pending_rows == batch_rows {
-                    let batch = concat_batches(&schema, &pending)
-                        .map_err(|e| PipelineError::arrow("assembling a change batch", e))?;
-                    pending.clear();
-                    pending_rows = 0;
-                    if !sink(batch)? {
-                        return Ok(());
-                    }
+            if !batches.push(chunk)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn count(&self, query: &str, bind: &[&dyn duckdb::ToSql]) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row(query, bind, |r| r.get(0))
+            .map_err(db_err("counting changes"))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The change feed after an offset, run by run, large runs slice by slice.
+    fn stream_feed(
+        &self,
+        offset: Option<FeedOffset>,
+        batches: &mut BatchAssembler<'_>,
+    ) -> Result<()> {
+        let (at, key) = match offset {
+            Some(o) => (o.changed_at, o.event_key.to_vec()),
+            None => (FEED_START_MICROS, Vec::new()),
+        };
+        let runs: Vec<(i64, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare(sql::FEED_RUNS)
+                .map_err(db_err("listing the change feed's runs"))?;
+            stmt.query_map(params![at], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err("listing the change feed's runs"))?
+                .collect::<duckdb::Result<_>>()
+                .map_err(db_err("listing the change feed's runs"))?
+        };
+        for (run_at, rows) in runs {
+            let after: &[u8] = if run_at == at { &key } else { &[] };
+            for (first, end) in key_slices(rows.max(0) as u64) {
+                if !self.stream_query(
+                    &sql::CHANGES_OF_RUN,
+                    &[&run_at, &after, &first, &end],
+                    batches,
+                )? {
+                    return Ok(());
                 }
             }
         }
-        if pending_rows > 0 {
-            let batch = concat_batches(&schema, &pending)
-                .map_err(|e| PipelineError::arrow("assembling a change batch", e))?;
-            sink(batch)?;
+        batches.finish()
+    }
+
+    /// Every current row of some event dates, in key order, slice by slice.
+    fn stream_dates(&self, dates: &[NaiveDate], batches: &mut BatchAssembler<'_>) -> Result<()> {
+        self.select_dates(dates)?;
+        let rows = self.count(sql::COUNT_ROWS_OF_DATES, &[])?;
+        for (first, end) in key_slices(rows) {
+            if !self.stream_query(&sql::ROWS_OF_DATES, &[&first, &end], batches)? {
+                return Ok(());
+            }
         }
-        Ok(())
+        batches.finish()
+    }
+}
+
+/// Rows DuckDB sorts at once when reading the feed.
+const ROWS_PER_SORT: u64 = 100_000;
+
+/// Splits the key space into contiguous `[first, end)` slices by the keys' leading byte
+/// (event keys are MD5 digests, so evenly spread): enough that each holds about
+/// `ROWS_PER_SORT` of `rows` rows, at most 256. The last end sorts after every 16-byte key.
+fn key_slices(rows: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let slices = rows
+        .div_ceil(ROWS_PER_SORT)
+        .clamp(1, 256)
+        .next_power_of_two() as usize;
+    let width = 256 / slices.min(256);
+    (0..slices)
+        .map(|i| {
+            let first = if i == 0 {
+                Vec::new()
+            } else {
+                vec![(i * width) as u8]
+            };
+            let end = if i + 1 == slices {
+                vec![0xFF; 17]
+            } else {
+                vec![((i + 1) * width) as u8]
+            };
+            (first, end)
+        })
+        .collect()
+}
+
+/// Cuts query results into batches of exactly `batch_rows` rows (the last may be
+/// shorter), across the queries that make up one selection.
+struct BatchAssembler<'a> {
+    batch_rows: usize,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    sink: &'a mut dyn FnMut(RecordBatch) -> Result<bool>,
+}
+
+impl<'a> BatchAssembler<'a> {
+    fn new(batch_rows: usize, sink: &'a mut dyn FnMut(RecordBatch) -> Result<bool>) -> Self {
+        BatchAssembler {
+            batch_rows: batch_rows.max(1),
+            pending: Vec::new(),
+            pending_rows: 0,
+            sink,
+        }
+    }
+
+    fn flush(&mut self) -> Result<bool> {
+        let Some(first) = self.pending.first() else {
+            return Ok(true);
+        };
+        let batch = concat_batches(&first.schema(), &self.pending)
+            .map_err(|e| PipelineError::arrow("assembling a change batch", e))?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        (self.sink)(batch)
+    }
+
+    fn push(&mut self, mut chunk: RecordBatch) -> Result<bool> {
+        while chunk.num_rows() > 0 {
+            let take = (self.batch_rows - self.pending_rows).min(chunk.num_rows());
+            self.pending.push(chunk.slice(0, take));
+            self.pending_rows += take;
+            chunk = chunk.slice(take, chunk.num_rows() - take);
+            if self.pending_rows == self.batch_rows && !self.flush()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.flush().map(|_| ())
     }
 }
 
@@ -518,19 +630,10 @@ impl Warehouse for DuckDbWarehouse {
         batch_rows: usize,
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        let batch_rows = batch_rows.max(1);
+        let mut batches = BatchAssembler::new(batch_rows, sink);
         match selection {
-            ChangeSelection::After(offset) => {
-                let (at, key) = match offset {
-                    Some(o) => (o.changed_at, o.event_key.to_vec()),
-                    None => (FEED_START_MICROS, Vec::new()),
-                };
-                self.stream_query(&sql::CHANGES_AFTER, &[&at, &key], batch_rows, sink)
-            }
-            ChangeSelection::Dates(dates) => {
-                self.select_dates(dates)?;
-                self.stream_query(&sql::ROWS_OF_DATES, &[], batch_rows, sink)
-            }
+            ChangeSelection::After(offset) => self.stream_feed(*offset, &mut batches),
+            ChangeSelection::Dates(dates) => self.stream_dates(dates, &mut batches),
         }
     }
 
@@ -573,6 +676,35 @@ impl Warehouse for DuckDbWarehouse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_slices_cover_the_key_space_in_order() {
+        assert_eq!(key_slices(0), vec![(vec![], vec![0xFF; 17])]);
+        assert_eq!(key_slices(ROWS_PER_SORT).len(), 1);
+        for rows in [ROWS_PER_SORT + 1, 3_000_000, 10_000_000, 1 << 40] {
+            let slices = key_slices(rows);
+            assert!(
+                slices.len().is_power_of_two() && slices.len() <= 256,
+                "{rows}"
+            );
+            assert!(slices.len() as u64 * ROWS_PER_SORT >= rows.min(256 * ROWS_PER_SORT));
+            assert_eq!(slices[0].0, Vec::<u8>::new());
+            assert_eq!(slices.last().unwrap().1, vec![0xFF; 17]);
+            for pair in slices.windows(2) {
+                assert_eq!(pair[0].1, pair[1].0, "slices are contiguous");
+                assert!(pair[0].0 < pair[1].0);
+            }
+        }
+        // Every key, including the extremes, falls in exactly one slice.
+        let slices = key_slices(3_000_000);
+        for key in [[0u8; 16], [0x7F; 16], [0x80; 16], [0xFF; 16]] {
+            let holding = slices
+                .iter()
+                .filter(|(first, end)| first.as_slice() <= &key[..] && &key[..] < end.as_slice())
+                .count();
+            assert_eq!(holding, 1, "{key:?}");
+        }
+    }
 
     #[test]
     fn url_settings() {

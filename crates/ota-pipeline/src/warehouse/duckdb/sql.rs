@@ -148,10 +148,22 @@ pub const DEDUP_RECORD_RUN: &str = "INSERT INTO dedup_runs VALUES (make_timestam
     (SELECT count(*) FROM dedup_dates), (SELECT count(*) FROM dedup_changed),
     (SELECT count(*) FROM dedup_vanished), now()::TIMESTAMP)";
 
-/// The change feed after `(changed_at, event_key)`: current rows as upserts and
-/// tombstones as deletes, in offset order. Parameters: changed_at µs, changed_at µs,
-/// event_key, then the same three again for the tombstones.
-pub static CHANGES_AFTER: LazyLock<String> = LazyLock::new(|| {
+/// The change feed is read one `changed_at` value (one dedup run) at a time, and a large
+/// run in slices of the key space, each sorted on its own: DuckDB never sorts the whole
+/// feed at once (bounded memory; the first batch reaches MySQL while the rest is read).
+///
+/// The runs at or after the offset's changed_at and their row counts. Parameter:
+/// changed_at µs.
+pub const FEED_RUNS: &str = "SELECT changed_at_us, count(*)::BIGINT FROM (
+    SELECT epoch_us(changed_at) AS changed_at_us FROM dedup_events WHERE changed_at >= make_timestamp($1)
+    UNION ALL
+    SELECT epoch_us(changed_at) FROM dedup_tombstones WHERE changed_at >= make_timestamp($1)
+) GROUP BY 1 ORDER BY 1";
+
+/// One run's slice of the feed, in key order: current rows as upserts, tombstones as
+/// deletes. Parameters: changed_at µs, the offset key (exclusive; empty for none), the
+/// slice's first key (inclusive) and its end (exclusive).
+pub static CHANGES_OF_RUN: LazyLock<String> = LazyLock::new(|| {
     let nulls: Vec<String> = TYPED_COLUMNS
         .iter()
         .map(|c| match c.name {
@@ -159,14 +171,14 @@ pub static CHANGES_AFTER: LazyLock<String> = LazyLock::new(|| {
             _ => format!("NULL::{} AS \"{}\"", duckdb_type(c.kind), c.name),
         })
         .collect();
+    let slice =
+        "changed_at = make_timestamp($1) AND event_key > $2 AND event_key >= $3 AND event_key < $4";
     format!(
         "SELECT * FROM (
-    SELECT 'U' AS op, changed_at, {cols} FROM dedup_events
-    WHERE changed_at > make_timestamp($1) OR (changed_at = make_timestamp($1) AND event_key > $2)
+    SELECT 'U' AS op, changed_at, {cols} FROM dedup_events WHERE {slice}
     UNION ALL
-    SELECT 'D' AS op, changed_at, {nulls} FROM dedup_tombstones
-    WHERE changed_at > make_timestamp($1) OR (changed_at = make_timestamp($1) AND event_key > $2)
-) ORDER BY changed_at, event_key",
+    SELECT 'D' AS op, changed_at, {nulls} FROM dedup_tombstones WHERE {slice}
+) ORDER BY event_key",
         cols = *TYPED_COLUMN_LIST,
         nulls = nulls.join(", ")
     )
@@ -176,11 +188,16 @@ pub const CREATE_SELECTED_DATES: &str =
     "CREATE OR REPLACE TEMP TABLE selected_dates (event_date DATE NOT NULL)";
 pub const INSERT_SELECTED_DATE: &str = "INSERT INTO selected_dates VALUES (?::DATE)";
 
-/// Every current row of the selected dates, in key order (re-sync).
+pub const COUNT_ROWS_OF_DATES: &str = "SELECT count(*)::BIGINT FROM dedup_events
+WHERE event_date IN (SELECT event_date FROM selected_dates)";
+
+/// A slice of the current rows of the selected dates, in key order (re-sync).
+/// Parameters: the slice's first key (inclusive) and its end (exclusive).
 pub static ROWS_OF_DATES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT 'U' AS op, changed_at, {cols} FROM dedup_events
-WHERE event_date IN (SELECT event_date FROM selected_dates) ORDER BY event_key",
+WHERE event_date IN (SELECT event_date FROM selected_dates) AND event_key >= $1 AND event_key < $2
+ORDER BY event_key",
         cols = *TYPED_COLUMN_LIST
     )
 });
