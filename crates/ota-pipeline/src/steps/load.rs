@@ -93,14 +93,39 @@ impl RawSource for ParquetRawSource<'_> {
             ingested_at: file.ingested_at,
             loaded_at: self.loaded_at,
         };
-        let mut row = 0i64;
-        for batch in reader {
-            let batch = batch.map_err(|e| bad(format!("corrupt data after row {row}: {e}")))?;
-            let n = batch.num_rows() as i64;
-            sink(type_batch(&batch, &mapping, &lineage, row)?)?;
-            row += n;
-        }
-        self.rows_read += row as u64;
+        // Decoding and typing run on their own thread, a couple of batches ahead of the
+        // warehouse appends on this one: the two are the step's main costs.
+        let (mapping, lineage, bad) = (&mapping, &lineage, &bad);
+        let rows = std::thread::scope(|scope| -> Result<i64> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(TypedBatch, i64)>>(2);
+            scope.spawn(move || {
+                let mut row = 0i64;
+                for batch in reader {
+                    let typed = batch
+                        .map_err(|e| bad(format!("corrupt data after row {row}: {e}")))
+                        .and_then(|b| {
+                            let n = b.num_rows() as i64;
+                            Ok((type_batch(&b, mapping, lineage, row)?, n))
+                        });
+                    let stop = typed.is_err();
+                    if let Ok((_, n)) = &typed {
+                        row += n;
+                    }
+                    // A closed channel: the appending side failed and stopped listening.
+                    if tx.send(typed).is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            let mut rows = 0i64;
+            for typed in rx {
+                let (typed, n) = typed?;
+                sink(typed)?;
+                rows += n;
+            }
+            Ok(rows)
+        })?;
+        self.rows_read += rows as u64;
         Ok(())
     }
 }

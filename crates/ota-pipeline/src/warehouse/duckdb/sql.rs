@@ -79,20 +79,27 @@ pub const DELETE_FILE_REJECTS: &str =
 pub const INSERT_PENDING_DATE: &str = "INSERT INTO dedup_pending_dates VALUES (?::DATE)";
 
 /// Dedup, step 1: the dates to rebuild and the winning row per key among their raw rows
-/// (latest ingested_at, then latest source_file, then highest source_row).
+/// (latest ingested_at, then latest source_file, then highest source_row). The ranking
+/// carries only the key, the raw row's `rowid`, its hash and lineage — not the 30-odd
+/// content columns — so it stays small enough to sort in memory; the full rows of the
+/// changed winners are fetched by rowid when they are inserted (the whole dedup is one
+/// transaction, and nothing else writes raw_events meanwhile).
 pub const DEDUP_PREPARE: &str = "
 CREATE OR REPLACE TEMP TABLE dedup_dates AS SELECT DISTINCT event_date FROM dedup_pending_dates;
 CREATE OR REPLACE TEMP TABLE dedup_winners AS
 SELECT * EXCLUDE (rn) FROM (
-    SELECT r.*, row_number() OVER (
-        PARTITION BY r.event_key
-        ORDER BY r.ingested_at DESC, r.source_file DESC, r.source_row DESC) AS rn
+    SELECT r.rowid AS raw_rowid, r.event_key, r.event_date, r.row_hash, r.source_day,
+        r.source_file, r.source_row, r.ingested_at, r.loaded_at,
+        row_number() OVER (
+            PARTITION BY r.event_key
+            ORDER BY r.ingested_at DESC, r.source_file DESC, r.source_row DESC) AS rn
     FROM raw_events r
     WHERE r.event_date IN (SELECT event_date FROM dedup_dates)
 ) WHERE rn = 1;
 CREATE OR REPLACE TEMP TABLE dedup_changed AS
-SELECT w.* FROM dedup_winners w
-LEFT JOIN (SELECT * FROM dedup_events WHERE event_date IN (SELECT event_date FROM dedup_dates)) d
+SELECT w.raw_rowid, w.event_key FROM dedup_winners w
+LEFT JOIN (SELECT event_key, row_hash FROM dedup_events
+           WHERE event_date IN (SELECT event_date FROM dedup_dates)) d
     ON d.event_key = w.event_key
 WHERE d.event_key IS NULL OR d.row_hash <> w.row_hash;
 CREATE OR REPLACE TEMP TABLE dedup_vanished AS
@@ -121,7 +128,9 @@ WHERE event_date IN (SELECT event_date FROM dedup_dates)
        OR event_key IN (SELECT event_key FROM dedup_vanished))";
 pub static DEDUP_APPLY_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO dedup_events ({cols}, changed_at) SELECT {cols}, make_timestamp(?) FROM dedup_changed ORDER BY event_date, event_key",
+        "INSERT INTO dedup_events ({cols}, changed_at) SELECT {cols}, make_timestamp(?) FROM raw_events
+WHERE event_date IN (SELECT event_date FROM dedup_dates)
+  AND rowid IN (SELECT raw_rowid FROM dedup_changed)",
         cols = *TYPED_COLUMN_LIST
     )
 });
