@@ -1,11 +1,14 @@
 //! Runs one step binary as a child process and measures it: wall seconds, and peak RSS
-//! from the kernel's own accounting of that child (`wait4(2)`), not from sampling.
+//! as the kernel's high-water mark of the child's own address space (`VmHWM` in
+//! `/proc/<pid>/status`, read every 10 ms until it exits). Not `wait4`'s `ru_maxrss`:
+//! that also counts the address space the child was spawned from, i.e. this process.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::BenchError;
 
@@ -53,12 +56,32 @@ impl Steps {
             .stderr(log)
             .spawn()
             .map_err(|e| BenchError::io(&program, e))?;
-        let mut stdout = String::new();
-        if let Some(mut out) = child.stdout.take() {
-            out.read_to_string(&mut stdout)
-                .map_err(|e| BenchError::io(&program, e))?;
-        }
-        let (status, peak_rss_kb) = wait_with_rusage(child.id())?;
+        let pid = child.id();
+        let done = AtomicBool::new(false);
+        let (stdout, peak_rss_kb, status) = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut peak = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    peak = peak.max(high_water_kb(pid).unwrap_or(0));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak
+            });
+            let mut stdout = String::new();
+            let read = match child.stdout.take() {
+                Some(mut out) => out.read_to_string(&mut stdout).map(|_| ()),
+                None => Ok(()),
+            };
+            // The child has closed its stdout: it is exiting. Read the mark once more
+            // while it is still a zombie-to-be, then reap it.
+            let last = high_water_kb(pid).unwrap_or(0);
+            let status = wait_for(pid);
+            done.store(true, Ordering::Relaxed);
+            let peak = watcher.join().unwrap_or(0).max(last);
+            (read.map(|_| stdout), peak, status)
+        });
+        let stdout = stdout.map_err(|e| BenchError::io(&program, e))?;
+        let status = status?;
         let seconds = started.elapsed().as_secs_f64();
         if status != 0 {
             return Err(BenchError::Step {
@@ -84,29 +107,32 @@ impl Steps {
     }
 }
 
-/// Waits for the child and returns (exit code, or 128 + signal; peak RSS in KiB).
-fn wait_with_rusage(pid: u32) -> Result<(i32, i64), BenchError> {
+/// The child's peak resident set in KiB, while it runs.
+fn high_water_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits for the child; returns its exit code, or 128 + the signal that ended it.
+fn wait_for(pid: u32) -> Result<i32, BenchError> {
     let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: pid is our own child, not yet reaped; both pointers are to live locals.
-        let got = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        // SAFETY: pid is our own child, not yet reaped; status is a live local.
+        let got = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
         if got == pid as libc::pid_t {
             break;
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(BenchError::io(Path::new("wait4"), err));
+            return Err(BenchError::io(Path::new("waitpid"), err));
         }
     }
-    let code = if libc::WIFEXITED(status) {
+    Ok(if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {
         128 + libc::WTERMSIG(status)
-    };
-    // Linux reports ru_maxrss in KiB.
-    Ok((code, usage.ru_maxrss))
+    })
 }
 
 fn tail(path: &Path) -> String {

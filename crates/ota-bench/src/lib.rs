@@ -498,11 +498,28 @@ fn steady_state(
         scenario.reset(runtime, server_url)?;
         scenario.pipeline(0, days - 1)?;
         let mut daily = Vec::new();
+        let mut lines: Vec<Line> = Vec::new();
         for new_day in days..days + STEADY_DAYS_AFTER {
             let runs = scenario.pipeline(new_day, new_day)?;
             rss = runs.iter().map(|r| r.peak_rss_mb).fold(rss, f64::max);
             daily.push(runs.iter().map(|r| r.seconds).sum::<f64>());
+            for run in &runs {
+                push(
+                    &mut lines,
+                    &run.step,
+                    run.count("rows_read"),
+                    run.seconds,
+                    Some(run.peak_rss_mb),
+                );
+            }
         }
+        print_table(
+            &format!(
+                "daily run after {days} days of history ({} rows a day)",
+                config.steady_rows_per_day
+            ),
+            &lines,
+        );
         medians.push(median(&daily));
         let _ = std::fs::remove_file(&scenario.warehouse_path);
     }
