@@ -18,6 +18,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
 use ota_pipeline::cli::WarehouseArgs;
 use ota_pipeline::mysql::encode::RowEncoder;
 use ota_pipeline::mysql::sql;
+use ota_pipeline::mysql::target_projection;
 use ota_pipeline::warehouse::{Access, ChangeSelection, open_warehouse};
 
 use crate::BenchError;
@@ -43,19 +44,6 @@ pub async fn connect(url: &str) -> Result<Conn, BenchError> {
         .await
         .map_err(my("session setup"))?;
     Ok(conn)
-}
-
-/// Batch column indices of the serving table's columns.
-fn projection(batch: &RecordBatch) -> Result<Vec<usize>, BenchError> {
-    sql::target_columns()
-        .iter()
-        .map(|name| {
-            batch
-                .schema_ref()
-                .index_of(name)
-                .map_err(|e| BenchError::Mysql(format!("change batch: {e}")))
-        })
-        .collect()
 }
 
 fn upsert_rows(batch: &RecordBatch) -> Vec<usize> {
@@ -92,7 +80,9 @@ pub fn read_feed(
     )?;
     let mut failed = None;
     warehouse.stream_changes(&ChangeSelection::After(None), batch_rows, &mut |batch| {
-        let result = projection(&batch).and_then(|cols| each(&batch, &cols, &upsert_rows(&batch)));
+        let result = target_projection(&batch)
+            .map_err(BenchError::from)
+            .and_then(|cols| each(&batch, &cols, &upsert_rows(&batch)));
         match result {
             Ok(()) => Ok(true),
             Err(e) => {

@@ -563,7 +563,7 @@ fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
 }
 
 /// Batch column indices of the serving table's columns.
-fn target_projection(batch: &RecordBatch) -> Result<Vec<usize>> {
+pub fn target_projection(batch: &RecordBatch) -> Result<Vec<usize>> {
     sql::target_columns()
         .iter()
         .map(|name| {
