@@ -10,7 +10,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use mysql_async::prelude::Queryable;
@@ -18,7 +18,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
 use ota_pipeline::cli::WarehouseArgs;
 use ota_pipeline::mysql::encode::RowEncoder;
 use ota_pipeline::mysql::sql;
-use ota_pipeline::mysql::target_projection;
+use ota_pipeline::mysql::{split_changes, target_projection};
 use ota_pipeline::warehouse::{Access, ChangeSelection, open_warehouse};
 
 use crate::BenchError;
@@ -46,21 +46,6 @@ pub async fn connect(url: &str) -> Result<Conn, BenchError> {
     Ok(conn)
 }
 
-fn upsert_rows(batch: &RecordBatch) -> Vec<usize> {
-    let ops = batch.column(0);
-    (0..batch.num_rows())
-        .filter(|&r| {
-            ops.as_string_opt::<i32>()
-                .map(|a| a.is_valid(r) && a.value(r) == "U")
-                .or_else(|| {
-                    ops.as_string_view_opt()
-                        .map(|a| a.is_valid(r) && a.value(r) == "U")
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 /// Receives a change batch, the batch indices of the serving table's columns and the
 /// rows to upsert.
 pub type FeedVisitor<'a> =
@@ -82,7 +67,8 @@ pub fn read_feed(
     warehouse.stream_changes(&ChangeSelection::After(None), batch_rows, &mut |batch| {
         let result = target_projection(&batch)
             .map_err(BenchError::from)
-            .and_then(|cols| each(&batch, &cols, &upsert_rows(&batch)));
+            .and_then(|cols| Ok((cols, split_changes(&batch)?)))
+            .and_then(|(cols, changes)| each(&batch, &cols, &changes.upserts));
         match result {
             Ok(()) => Ok(true),
             Err(e) => {

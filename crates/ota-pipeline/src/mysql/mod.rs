@@ -517,12 +517,13 @@ impl Iterator for LineChunks {
 }
 
 /// A change batch split by operation: rows to upsert, keys to delete.
-struct ChangeRows {
-    upserts: Vec<usize>,
-    deletes: Vec<Vec<u8>>,
+pub struct ChangeRows {
+    pub upserts: Vec<usize>,
+    pub deletes: Vec<Vec<u8>>,
 }
 
-fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
+/// Splits a change batch by its `op` column; any operation but U or D is an error.
+pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
     let column = |name: &str| {
         batch
             .column_by_name(name)
