@@ -28,6 +28,17 @@ fn database_url(db: &str) -> String {
 
 /// A change row in the feed's JSON form: the named columns set, the others NULL.
 fn change(op: &str, changed_at: i64, key: &[u8], cells: &[(&str, Value)]) -> Vec<Value> {
+    change_on("2024-01-02", op, changed_at, key, cells)
+}
+
+/// A change row of an event date.
+fn change_on(
+    date: &str,
+    op: &str,
+    changed_at: i64,
+    key: &[u8],
+    cells: &[(&str, Value)],
+) -> Vec<Value> {
     CHANGE_SCHEMA
         .fields()
         .iter()
@@ -35,7 +46,7 @@ fn change(op: &str, changed_at: i64, key: &[u8], cells: &[(&str, Value)]) -> Vec
             "op" => json!(op),
             "changed_at" => json!(changed_at.to_string()),
             "event_key" => json!(base64::engine::general_purpose::STANDARD.encode(key)),
-            "event_date" => json!("2024-01-02"),
+            "event_date" => json!(date),
             "row_hash" => json!(base64::engine::general_purpose::STANDARD.encode([7u8; 16])),
             name => cells
                 .iter()
@@ -108,6 +119,63 @@ impl Sink {
                 .expect("select");
             let _ = c.disconnect().await;
             rows
+        })
+    }
+
+    /// Connects once, which creates the serving table.
+    fn create_table(&self) {
+        self.rt
+            .block_on(async { MysqlTarget::connect(&self.config).await?.close().await })
+            .expect("creating the table");
+    }
+
+    /// Runs statements on the test's database.
+    fn run(&self, statements: &[&str]) {
+        self.rt.block_on(async {
+            let mut c =
+                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.config.url).expect("url"))
+                    .await
+                    .expect("connect");
+            for statement in statements {
+                c.query_drop(*statement).await.expect(statement);
+            }
+            let _ = c.disconnect().await;
+        })
+    }
+
+    /// (event_date, HEX(event_key)) of every row, in that order.
+    fn dated_keys(&self) -> Vec<(String, String)> {
+        self.rt.block_on(async {
+            let mut c =
+                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.config.url).expect("url"))
+                    .await
+                    .expect("connect");
+            let rows = c
+                .query(
+                    "SELECT CAST(event_date AS CHAR), HEX(event_key) FROM ota_events ORDER BY 1, 2",
+                )
+                .await
+                .expect("select");
+            let _ = c.disconnect().await;
+            rows
+        })
+    }
+
+    fn primary_key(&self) -> Vec<String> {
+        self.rt.block_on(async {
+            let mut c =
+                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.config.url).expect("url"))
+                    .await
+                    .expect("connect");
+            let cols = c
+                .query(
+                    "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+                     AND TABLE_NAME = 'ota_events' AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
+                )
+                .await
+                .expect("primary key");
+            let _ = c.disconnect().await;
+            cols
         })
     }
 
@@ -242,4 +310,96 @@ fn load_data_upserts_deletes_and_rejects_whole_batches() {
 #[test]
 fn insert_path_upserts_deletes_and_rejects_whole_batches() {
     upserts_replace_rows_deletes_remove_them_and_rejected_batches_leave_nothing(LoadMethod::Insert);
+}
+
+/// Upserts of three dates in one batch, then tombstones of two of them: each delete
+/// removes its own date's row, whether the table has the current layout or the
+/// `(event_key)` primary key of tables created by earlier versions.
+fn tombstones_delete_their_rows(legacy_layout: bool) {
+    let sink = Sink::new(LoadMethod::LoadData);
+    let (k1, k2, k3) = ([0x31u8; 16], [0x32u8; 16], [0x33u8; 16]);
+    let first = [
+        change_on("2024-01-03", "U", AT_1, &k3, &[]),
+        change_on("2024-01-01", "U", AT_1, &k1, &[]),
+        change_on("2024-01-02", "U", AT_1, &k2, &[]),
+    ];
+    if legacy_layout {
+        sink.create_table();
+        sink.run(&[
+            "ALTER TABLE ota_events DROP PRIMARY KEY, ADD PRIMARY KEY (event_key), ADD KEY ota_events_event_date (event_date)",
+        ]);
+        assert_eq!(sink.primary_key(), ["event_key"]);
+    }
+    assert_eq!(sink.apply(&first, AT_1).expect("upserts"), (3, 0));
+    if !legacy_layout {
+        assert_eq!(sink.primary_key(), ["event_date", "event_key"]);
+    }
+    let all = vec![
+        ("2024-01-01".to_string(), hex(&k1)),
+        ("2024-01-02".to_string(), hex(&k2)),
+        ("2024-01-03".to_string(), hex(&k3)),
+    ];
+    assert_eq!(sink.dated_keys(), all);
+    let deletes = [
+        change_on("2024-01-03", "D", AT_2, &k3, &[]),
+        change_on("2024-01-01", "D", AT_2, &k1, &[]),
+    ];
+    assert_eq!(sink.apply(&deletes, AT_2).expect("deletes"), (0, 2));
+    assert_eq!(sink.dated_keys(), vec![all[1].clone()]);
+}
+
+#[test]
+fn tombstones_delete_their_rows_in_the_date_clustered_table() {
+    tombstones_delete_their_rows(false);
+}
+
+#[test]
+fn tombstones_delete_their_rows_in_a_table_keyed_by_event_key_alone() {
+    tombstones_delete_their_rows(true);
+}
+
+#[test]
+fn a_table_not_unique_on_the_event_key_is_refused_before_anything_is_written() {
+    let sink = Sink::new(LoadMethod::LoadData);
+    sink.create_table();
+    sink.run(&["ALTER TABLE ota_events DROP PRIMARY KEY, ADD PRIMARY KEY (row_hash)"]);
+    let err = sink
+        .apply(&[change("U", AT_1, &KEY_B, &[])], AT_1)
+        .expect_err("a primary key that is not the event key");
+    let message = err.to_string();
+    assert!(message.contains("primary key (row_hash)"), "{message}");
+    assert!(message.contains("(event_date, event_key)"), "{message}");
+    assert!(sink.rows().is_empty());
+    assert_eq!(sink.offset(), None);
+}
+
+#[test]
+fn change_batches_are_split_into_upserts_in_primary_key_order_and_tombstones_by_date() {
+    let rows = [
+        change_on("2024-01-02", "U", AT_1, &[0x10; 16], &[]),
+        change_on("2024-01-01", "U", AT_1, &[0x20; 16], &[]),
+        change_on("2024-01-02", "D", AT_1, &[0x30; 16], &[]),
+        change_on("2024-01-01", "U", AT_1, &[0x05; 16], &[]),
+        change_on("2024-01-02", "D", AT_1, &[0x40; 16], &[]),
+    ];
+    let batch = change_batch(&rows).expect("change batch");
+    let split = ota_pipeline::mysql::split_changes(&batch).expect("split");
+    assert_eq!(split.upserts, [3, 1, 0]);
+    let tombstones: Vec<(String, Vec<Vec<u8>>)> = split
+        .tombstones
+        .into_iter()
+        .map(|(d, keys)| (d.to_string(), keys))
+        .collect();
+    assert_eq!(
+        tombstones,
+        [(
+            "2024-01-02".to_string(),
+            vec![vec![0x30u8; 16], vec![0x40u8; 16]]
+        )]
+    );
+    let bad = change_batch(&[change_on("2024-01-02", "X", AT_1, &[1; 16], &[])]).expect("batch");
+    let err = ota_pipeline::mysql::split_changes(&bad)
+        .err()
+        .expect("an unknown operation");
+    assert!(err.to_string().contains("\"X\""), "{err}");
 }

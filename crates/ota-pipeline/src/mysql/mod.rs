@@ -1,5 +1,6 @@
 //! The MySQL sink (MySQL 8, MariaDB 10.6+): the serving table, the forward offset and
-//! the batch loader (`LOAD DATA LOCAL INFILE` into a staging table, then one upsert).
+//! the batch loader (`LOAD DATA LOCAL INFILE ... REPLACE` straight into the serving table,
+//! tombstones deleted by key; re-syncs compare through a staging table first).
 
 pub mod encode;
 pub mod sql;
@@ -7,6 +8,7 @@ pub mod sql;
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Date32Type;
 use bytes::Bytes;
 use chrono::NaiveDate;
 use futures_util::{StreamExt, stream};
@@ -146,6 +148,11 @@ impl MysqlTarget {
         c.query_drop(sql::create_target(&self.table))
             .await
             .map_err(my_err(format!("creating table {}", self.table)))?;
+        let primary_key: Vec<String> = c
+            .exec(sql::PRIMARY_KEY_COLUMNS, (&self.table,))
+            .await
+            .map_err(my_err(format!("reading the primary key of {}", self.table)))?;
+        check_primary_key(&self.table, &primary_key)?;
         c.query_drop(sql::CREATE_OFFSETS)
             .await
             .map_err(my_err("creating the offsets table"))?;
@@ -320,12 +327,18 @@ impl MysqlTarget {
         offset: FeedOffset,
         crash_before_commit: bool,
     ) -> Result<(u64, u64)> {
-        let ChangeRows { upserts, deletes } = split_changes(batch)?;
+        let ChangeRows {
+            upserts,
+            tombstones,
+        } = split_changes(batch)?;
         self.conn
             .query_drop("START TRANSACTION")
             .await
             .map_err(my_err("starting a batch transaction"))?;
-        let deleted = match self.apply_in_transaction(batch, &upserts, &deletes).await {
+        let deleted = match self
+            .apply_in_transaction(batch, &upserts, &tombstones)
+            .await
+        {
             Ok(deleted) => deleted,
             Err(e) => {
                 // Nothing of the batch stays; the offset has not moved.
@@ -360,7 +373,7 @@ impl MysqlTarget {
         &mut self,
         batch: &RecordBatch,
         upserts: &[usize],
-        deletes: &[Vec<u8>],
+        tombstones: &BTreeMap<NaiveDate, Vec<Vec<u8>>>,
     ) -> Result<u64> {
         let table = self.table.clone();
         let load = RowsToLoad {
@@ -373,16 +386,20 @@ impl MysqlTarget {
         };
         self.load_rows(load, "upserting a batch").await?;
         let mut deleted = 0;
-        for keys in deletes.chunks(DELETE_KEYS_PER_STATEMENT) {
-            let params: Vec<Value> = keys.iter().map(|k| Value::Bytes(k.clone())).collect();
-            self.conn
-                .exec_drop(
-                    sql::delete_keys(&table, keys.len()),
-                    Params::Positional(params),
-                )
-                .await
-                .map_err(my_err("deleting a batch's tombstones"))?;
-            deleted += self.conn.affected_rows();
+        for (date, keys) in tombstones {
+            for keys in keys.chunks(DELETE_KEYS_PER_STATEMENT) {
+                let mut params: Vec<Value> = Vec::with_capacity(keys.len() + 1);
+                params.push(Value::from(date.to_string()));
+                params.extend(keys.iter().map(|k| Value::Bytes(k.clone())));
+                self.conn
+                    .exec_drop(
+                        sql::delete_keys(&table, keys.len()),
+                        Params::Positional(params),
+                    )
+                    .await
+                    .map_err(my_err("deleting a batch's tombstones"))?;
+                deleted += self.conn.affected_rows();
+            }
         }
         Ok(deleted)
     }
@@ -465,6 +482,31 @@ impl MysqlTarget {
     }
 }
 
+/// Upserts and deletes are only exact when the serving table is unique on the event key:
+/// the current layout `(event_date, event_key)`, or `(event_key)` of tables created by
+/// earlier versions (still correct; slower once the table outgrows the buffer pool).
+fn check_primary_key(table: &str, columns: &[String]) -> Result<()> {
+    match columns {
+        [date, key] if date == "event_date" && key == "event_key" => Ok(()),
+        [key] if key == "event_key" => {
+            tracing::warn!(
+                table,
+                "the table's primary key is (event_key), the layout of earlier versions: \
+                 daily runs write random pages once it outgrows the buffer pool; \
+                 `ALTER TABLE {table} DROP PRIMARY KEY, ADD PRIMARY KEY (event_date, event_key), \
+                 DROP INDEX {table}_event_date` moves it to the current layout"
+            );
+            Ok(())
+        }
+        other => Err(PipelineError::Config(format!(
+            "MySQL table {table} has primary key ({}), not (event_date, event_key): \
+             upserts could not replace rows by their event key; \
+             export into a new table or give it that primary key",
+            other.join(", ")
+        ))),
+    }
+}
+
 fn refuses_local_infile(e: &mysql_async::Error) -> bool {
     // 1148: not allowed with this server; 3948/3950: local data disabled (MySQL 8);
     // 4166: MariaDB's equivalent; a driver error: the client could not send it.
@@ -516,13 +558,17 @@ impl Iterator for LineChunks {
     }
 }
 
-/// A change batch split by operation: rows to upsert, keys to delete.
+/// A change batch split by operation.
 pub struct ChangeRows {
+    /// Rows to upsert, in the serving table's primary-key order `(event_date,
+    /// event_key)`, so each batch is written as ascending runs of the B-tree.
     pub upserts: Vec<usize>,
-    pub deletes: Vec<Vec<u8>>,
+    /// Keys to delete, by event date.
+    pub tombstones: BTreeMap<NaiveDate, Vec<Vec<u8>>>,
 }
 
-/// Splits a change batch by its `op` column; any operation but U or D is an error.
+/// Splits a change batch by its `op` column; any operation but U or D, or a row without
+/// its event key or date, is an error.
 pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
     let column = |name: &str| {
         batch
@@ -531,6 +577,10 @@ pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
     };
     let ops = column("op")?;
     let keys = column("event_key")?;
+    let dates = column("event_date")?;
+    let dates = dates
+        .as_primitive_opt::<Date32Type>()
+        .ok_or_else(|| PipelineError::Config("a change batch's event_date is not a DATE".into()))?;
     let op_at = |row: usize| -> Option<&str> {
         if ops.is_null(row) {
             None
@@ -540,18 +590,31 @@ pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
             ops.as_string_view_opt().map(|a| a.value(row))
         }
     };
-    let mut split = ChangeRows {
-        upserts: Vec::with_capacity(batch.num_rows()),
-        deletes: Vec::new(),
+    let key_at = |row: usize| {
+        crate::warehouse::binary_at(keys.as_ref(), row)
+            .ok_or_else(|| PipelineError::Config(format!("change row {row} has no event_key")))
     };
+    let day_at = |row: usize| {
+        if dates.is_null(row) {
+            Err(PipelineError::Config(format!(
+                "change row {row} has no event_date"
+            )))
+        } else {
+            Ok(dates.value(row))
+        }
+    };
+    let mut upserts: Vec<(i32, &[u8], usize)> = Vec::with_capacity(batch.num_rows());
+    let mut tombstones: BTreeMap<NaiveDate, Vec<Vec<u8>>> = BTreeMap::new();
     for row in 0..batch.num_rows() {
         match op_at(row) {
-            Some("U") => split.upserts.push(row),
+            Some("U") => upserts.push((day_at(row)?, key_at(row)?, row)),
             Some("D") => {
-                let key = crate::warehouse::binary_at(keys.as_ref(), row).ok_or_else(|| {
-                    PipelineError::Config(format!("tombstone at row {row} has no event_key"))
-                })?;
-                split.deletes.push(key.to_vec());
+                let day = day_at(row)?;
+                let date = crate::typing::date_of_epoch_day(day);
+                tombstones
+                    .entry(date)
+                    .or_default()
+                    .push(key_at(row)?.to_vec());
             }
             other => {
                 return Err(PipelineError::Config(format!(
@@ -560,7 +623,11 @@ pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
             }
         }
     }
-    Ok(split)
+    upserts.sort_unstable();
+    Ok(ChangeRows {
+        upserts: upserts.into_iter().map(|(_, _, row)| row).collect(),
+        tombstones,
+    })
 }
 
 /// Batch column indices of the serving table's columns.
