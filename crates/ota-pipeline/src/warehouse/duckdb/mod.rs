@@ -510,14 +510,22 @@ impl Warehouse for DuckDbWarehouse {
                 let mut rows_loaded = 0u64;
                 let mut rejects = Vec::new();
                 {
+                    // Flushed after every batch: DuckDB's appender otherwise collects
+                    // ~200k rows (about 100 MB here) in memory outside its memory_limit.
                     let mut appender = conn.appender("raw_events").map_err(e())?;
                     source.read(file, &mut |typed| {
                         rows_loaded += typed.rows.num_rows() as u64;
                         collect_dates(&mut dates, &typed.rows);
                         rejects.extend(typed.rejected);
-                        appender.append_record_batch(typed.rows).map_err(|err| {
-                            PipelineError::warehouse(format!("appending rows of {}", file.uri), err)
-                        })
+                        appender
+                            .append_record_batch(typed.rows)
+                            .and_then(|()| appender.flush())
+                            .map_err(|err| {
+                                PipelineError::warehouse(
+                                    format!("appending rows of {}", file.uri),
+                                    err,
+                                )
+                            })
                     })?;
                     appender.flush().map_err(e())?;
                 }
