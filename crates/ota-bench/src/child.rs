@@ -2,6 +2,9 @@
 //! as the kernel's high-water mark of the child's own address space (`VmHWM` in
 //! `/proc/<pid>/status`, read every 10 ms until it exits). Not `wait4`'s `ru_maxrss`:
 //! that also counts the address space the child was spawned from, i.e. this process.
+//! CPU seconds do come from `wait4` (user + system time of the child alone), and the
+//! database server's CPU seconds over the same span from its `/proc/<pid>/stat`, when the
+//! server runs on this machine: where the time goes when client and server share cores.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,6 +21,10 @@ pub struct StepRun {
     pub step: String,
     pub seconds: f64,
     pub peak_rss_mb: f64,
+    /// User + system CPU seconds of the step.
+    pub cpu_seconds: f64,
+    /// CPU seconds the local database server spent meanwhile (None: not local).
+    pub server_cpu_seconds: Option<f64>,
     /// The JSON summary the step printed last.
     pub summary: serde_json::Value,
 }
@@ -47,6 +54,7 @@ impl Steps {
         let log_path = self.log_dir.join(format!("{n:04}-{step}.log"));
         let log = File::create(&log_path).map_err(|e| BenchError::io(&log_path, e))?;
         let program = self.bin_dir.join(step);
+        let server_before = server_cpu_seconds();
         let started = Instant::now();
         let mut child = Command::new(&program)
             .args(args)
@@ -81,8 +89,11 @@ impl Steps {
             (read.map(|_| stdout), peak, status)
         });
         let stdout = stdout.map_err(|e| BenchError::io(&program, e))?;
-        let status = status?;
+        let (status, cpu_seconds) = status?;
         let seconds = started.elapsed().as_secs_f64();
+        let server_cpu_seconds = server_before
+            .zip(server_cpu_seconds())
+            .map(|(before, after)| after - before);
         if status != 0 {
             return Err(BenchError::Step {
                 step: step.to_string(),
@@ -102,6 +113,8 @@ impl Steps {
             step: step.to_string(),
             seconds,
             peak_rss_mb: peak_rss_kb as f64 / 1024.0,
+            cpu_seconds,
+            server_cpu_seconds,
             summary,
         })
     }
@@ -114,12 +127,15 @@ fn high_water_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Waits for the child; returns its exit code, or 128 + the signal that ended it.
-fn wait_for(pid: u32) -> Result<i32, BenchError> {
+/// Waits for the child; returns its exit code (or 128 + the signal that ended it) and
+/// its CPU seconds.
+fn wait_for(pid: u32) -> Result<(i32, f64), BenchError> {
     let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: pid is our own child, not yet reaped; status is a live local.
-        let got = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        // SAFETY: pid is our own child, not yet reaped; status and usage are live locals.
+        let got = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
         if got == pid as libc::pid_t {
             break;
         }
@@ -128,11 +144,58 @@ fn wait_for(pid: u32) -> Result<i32, BenchError> {
             return Err(BenchError::io(Path::new("waitpid"), err));
         }
     }
-    Ok(if libc::WIFEXITED(status) {
+    let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {
         128 + libc::WTERMSIG(status)
-    })
+    };
+    Ok((code, cpu_of(&usage)))
+}
+
+fn cpu_of(usage: &libc::rusage) -> f64 {
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// User + system CPU seconds of this process so far (for loaders run in-process).
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a live local; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    cpu_of(&usage)
+}
+
+/// CPU seconds used so far by a MariaDB/MySQL server running on this machine (the first
+/// `mariadbd` or `mysqld` process found), or None.
+pub fn server_cpu_seconds() -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !matches!(comm.trim(), "mariadbd" | "mysqld") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and
+        // 15th fields of the line, i.e. the 12th and 13th after it.
+        let rest = stat.rsplit_once(')')?.1;
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: f64 = fields.next()?.parse().ok()?;
+        let stime: f64 = fields.next()?.parse().ok()?;
+        return Some((utime + stime) / ticks as f64);
+    }
+    None
 }
 
 fn tail(path: &Path) -> String {

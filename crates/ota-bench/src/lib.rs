@@ -23,7 +23,7 @@ use mysql_async::prelude::Queryable;
 use serde_json::json;
 
 use child::{StepRun, Steps};
-use report::{Line, median, print_table};
+use report::{Line, Sample, median, print_table, push};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -248,22 +248,31 @@ async fn server_info(url: &str) -> Result<ServerInfo, BenchError> {
     })
 }
 
-fn push(lines: &mut Vec<Line>, name: &str, rows: u64, seconds: f64, rss: Option<f64>) {
-    match lines.iter_mut().find(|l| l.name == name) {
-        Some(line) => {
-            line.seconds.push(seconds);
-            line.rows = rows;
-            line.peak_rss_mb = match (line.peak_rss_mb, rss) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+/// CPU counters at the start of an in-process measurement.
+struct CpuMark {
+    own: f64,
+    server: Option<f64>,
+}
+
+impl CpuMark {
+    fn now() -> Self {
+        CpuMark {
+            own: child::own_cpu_seconds(),
+            server: child::server_cpu_seconds(),
         }
-        None => lines.push(Line {
-            name: name.to_string(),
+    }
+
+    fn sample(&self, rows: u64, seconds: f64) -> Sample {
+        Sample {
             rows,
-            seconds: vec![seconds],
-            peak_rss_mb: rss,
-        }),
+            seconds,
+            peak_rss_mb: None,
+            cpu_seconds: child::own_cpu_seconds() - self.own,
+            server_cpu_seconds: self
+                .server
+                .zip(child::server_cpu_seconds())
+                .map(|(before, after)| after - before),
+        }
     }
 }
 
@@ -324,13 +333,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
             } else {
                 run.count("rows_read")
             };
-            push(
-                &mut steps,
-                &run.step,
-                step_rows,
-                run.seconds,
-                Some(run.peak_rss_mb),
-            );
+            push(&mut steps, &run.step, Sample::of_step(run, step_rows));
         }
         let export = runs
             .last()
@@ -347,9 +350,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
         push(
             &mut exports,
             "ours: export-mysql, empty table",
-            rows,
-            export.seconds,
-            Some(export.peak_rss_mb),
+            Sample::of_step(export, rows),
         );
 
         // Ours again into the full table: forget the offset, so every row comes again.
@@ -367,21 +368,18 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
         push(
             &mut exports,
             "ours: export-mysql, full table",
-            again.count("rows_read"),
-            again.seconds,
-            Some(again.peak_rss_mb),
+            Sample::of_step(&again, again.count("rows_read")),
         );
 
         runtime.block_on(async {
             let mut conn = loaders::connect(&scenario.mysql_url).await?;
             loaders::empty_copy(&mut conn, TABLE, LIMIT_TABLE).await?;
+            let mark = CpuMark::now();
             let seconds = loaders::load_limit(&mut conn, LIMIT_TABLE, &limit_file).await?;
             push(
                 &mut exports,
                 "limit: LOAD DATA, empty table",
-                rows,
-                seconds,
-                None,
+                mark.sample(rows, seconds),
             );
             conn.query_drop(format!("DROP TABLE `{LIMIT_TABLE}`"))
                 .await
@@ -393,9 +391,10 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
             "naive: executemany, empty table",
             "naive: executemany, full table",
         ] {
+            let mark = CpuMark::now();
             let (seconds, naive_rows) =
                 loaders::load_naive(&runtime, &mut conn, &scenario.warehouse_url, NAIVE_TABLE)?;
-            push(&mut exports, name, naive_rows, seconds, None);
+            push(&mut exports, name, mark.sample(naive_rows, seconds));
         }
         runtime.block_on(async {
             conn.query_drop(format!("DROP TABLE `{NAIVE_TABLE}`"))
@@ -507,9 +506,7 @@ fn steady_state(
                 push(
                     &mut lines,
                     &run.step,
-                    run.count("rows_read"),
-                    run.seconds,
-                    Some(run.peak_rss_mb),
+                    Sample::of_step(run, run.count("rows_read")),
                 );
             }
         }
