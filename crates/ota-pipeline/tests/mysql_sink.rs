@@ -103,23 +103,24 @@ impl Sink {
         })
     }
 
-    /// (HEX(event_key), search_query, hotel_price) of every row, in key order.
-    fn rows(&self) -> Vec<(String, Option<String>, Option<String>)> {
+    /// The rows of a query on the test's database.
+    fn query<T: mysql_async::prelude::FromRow + Send + 'static>(&self, statement: &str) -> Vec<T> {
         self.rt.block_on(async {
-            let mut c = mysql_async::Conn::new(
-                mysql_async::Opts::from_url(&self.config.url).expect("url"),
-            )
-            .await
-            .expect("connect");
-            let rows = c
-                .query(
-                    "SELECT HEX(event_key), search_query, CAST(hotel_price AS CHAR) FROM ota_events ORDER BY event_key",
-                )
-                .await
-                .expect("select");
+            let mut c =
+                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.config.url).expect("url"))
+                    .await
+                    .expect("connect");
+            let rows = c.query(statement).await.expect(statement);
             let _ = c.disconnect().await;
             rows
         })
+    }
+
+    /// (HEX(event_key), search_query, hotel_price) of every row, in key order.
+    fn rows(&self) -> Vec<(String, Option<String>, Option<String>)> {
+        self.query(
+            "SELECT HEX(event_key), search_query, CAST(hotel_price AS CHAR) FROM ota_events ORDER BY event_key",
+        )
     }
 
     /// Connects once, which creates the serving table.
@@ -145,53 +146,20 @@ impl Sink {
 
     /// (event_date, HEX(event_key)) of every row, in that order.
     fn dated_keys(&self) -> Vec<(String, String)> {
-        self.rt.block_on(async {
-            let mut c =
-                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.config.url).expect("url"))
-                    .await
-                    .expect("connect");
-            let rows = c
-                .query(
-                    "SELECT CAST(event_date AS CHAR), HEX(event_key) FROM ota_events ORDER BY 1, 2",
-                )
-                .await
-                .expect("select");
-            let _ = c.disconnect().await;
-            rows
-        })
+        self.query("SELECT CAST(event_date AS CHAR), HEX(event_key) FROM ota_events ORDER BY 1, 2")
     }
 
     fn primary_key(&self) -> Vec<String> {
-        self.rt.block_on(async {
-            let mut c =
-                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.config.url).expect("url"))
-                    .await
-                    .expect("connect");
-            let cols = c
-                .query(
-                    "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
-                     AND TABLE_NAME = 'ota_events' AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
-                )
-                .await
-                .expect("primary key");
-            let _ = c.disconnect().await;
-            cols
-        })
+        self.query(
+            "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = 'ota_events' AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
+        )
     }
 
     fn offset(&self) -> Option<String> {
-        self.rt.block_on(async {
-            let mut c =
-                mysql_async::Conn::new(mysql_async::Opts::from_url(&self.config.url).expect("url"))
-                    .await
-                    .expect("connect");
-            let at: Option<String> = c
-                .query_first("SELECT CAST(changed_at AS CHAR) FROM ota_pipeline_offsets")
-                .await
-                .expect("offset");
-            let _ = c.disconnect().await;
-            at
-        })
+        self.query("SELECT CAST(changed_at AS CHAR) FROM ota_pipeline_offsets")
+            .into_iter()
+            .next()
     }
 }
 
