@@ -91,9 +91,7 @@ impl Steps {
         let stdout = stdout.map_err(|e| BenchError::io(&program, e))?;
         let (status, cpu_seconds) = status?;
         let seconds = started.elapsed().as_secs_f64();
-        let server_cpu_seconds = server_before
-            .zip(server_cpu_seconds())
-            .map(|(before, after)| after - before);
+        let server_cpu_seconds = server_cpu_since(server_before);
         if status != 0 {
             return Err(BenchError::Step {
                 step: step.to_string(),
@@ -164,6 +162,13 @@ pub fn own_cpu_seconds() -> f64 {
     // SAFETY: a live local; RUSAGE_SELF is always valid.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     cpu_of(&usage)
+}
+
+/// The server's CPU seconds since an earlier [`server_cpu_seconds`] reading.
+pub fn server_cpu_since(before: Option<f64>) -> Option<f64> {
+    before
+        .zip(server_cpu_seconds())
+        .map(|(before, after)| after - before)
 }
 
 /// CPU seconds used so far by a MariaDB/MySQL server running on this machine (the first

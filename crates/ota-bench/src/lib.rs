@@ -268,10 +268,7 @@ impl CpuMark {
             seconds,
             peak_rss_mb: None,
             cpu_seconds: child::own_cpu_seconds() - self.own,
-            server_cpu_seconds: self
-                .server
-                .zip(child::server_cpu_seconds())
-                .map(|(before, after)| after - before),
+            server_cpu_seconds: child::server_cpu_since(self.server),
         }
     }
 }
