@@ -3,6 +3,7 @@
 
 pub mod bigquery;
 pub mod duckdb;
+pub mod key_order;
 
 use std::collections::BTreeMap;
 

@@ -14,6 +14,7 @@ use arrow::datatypes::Date32Type;
 use chrono::NaiveDate;
 use duckdb::{Connection, params};
 
+use super::key_order::KeyBuckets;
 use super::{
     ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, LedgerEntry, RawLoadOutcome,
     RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
@@ -99,6 +100,8 @@ impl DuckDbSettings {
 pub struct DuckDbWarehouse {
     conn: Connection,
     url: String,
+    /// Rows DuckDB sorts at once when reading changes ([`ROWS_PER_SORT`]).
+    rows_per_sort: u64,
 }
 
 fn db_err(context: &str) -> impl FnOnce(duckdb::Error) -> PipelineError + '_ {
@@ -151,6 +154,7 @@ impl DuckDbWarehouse {
         Ok(DuckDbWarehouse {
             conn,
             url: format!("duckdb://{}", path.display()),
+            rows_per_sort: ROWS_PER_SORT,
         })
     }
 
@@ -191,13 +195,13 @@ impl DuckDbWarehouse {
         Ok(())
     }
 
-    /// Runs a query and adds its rows, in order, to `batches`. Returns false once the
-    /// sink wants no more.
+    /// Runs a query and hands its result chunks, in order, to `each`. Returns false once
+    /// `each` wants no more.
     fn stream_query(
         &self,
         query: &str,
         bind: &[&dyn duckdb::ToSql],
-        batches: &mut BatchAssembler<'_>,
+        each: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<bool> {
         let mut stmt = self
             .conn
@@ -206,7 +210,7 @@ impl DuckDbWarehouse {
         let stream = stmt.stream_arrow(bind).map_err(db_err("reading changes"))?;
         for chunk in stream {
             let chunk = chunk.map_err(db_err("reading changes"))?;
-            if !batches.push(chunk)? {
+            if !each(chunk)? {
                 return Ok(false);
             }
         }
@@ -221,7 +225,33 @@ impl DuckDbWarehouse {
         Ok(n.max(0) as u64)
     }
 
-    /// The change feed after an offset, run by run, large runs slice by slice.
+    /// Runs a query whose rows come in any order and adds them to `batches` in key
+    /// order: DuckDB sorts up to `rows_per_sort` rows itself (`sorted`); more go through
+    /// [`KeyBuckets`]. `rows` is the expected row count. Returns false once the sink
+    /// wants no more.
+    fn stream_in_key_order(
+        &self,
+        (sorted, unordered): (&str, &str),
+        bind: &[&dyn duckdb::ToSql],
+        rows: u64,
+        batches: &mut BatchAssembler<'_>,
+    ) -> Result<bool> {
+        if rows <= self.rows_per_sort {
+            return self.stream_query(sorted, bind, &mut |chunk| batches.push(chunk));
+        }
+        let mut buckets = KeyBuckets::new("event_key", rows, self.rows_per_sort);
+        tracing::debug!(
+            rows,
+            buckets = buckets.buckets(),
+            "ordering changes by key through buckets"
+        );
+        self.stream_query(unordered, bind, &mut |chunk| {
+            buckets.push(chunk).map(|()| true)
+        })?;
+        buckets.drain(&mut |sorted| batches.push(sorted))
+    }
+
+    /// The change feed after an offset, run by run.
     fn stream_feed(
         &self,
         offset: Option<FeedOffset>,
@@ -243,60 +273,37 @@ impl DuckDbWarehouse {
         };
         for (run_at, rows) in runs {
             let after: &[u8] = if run_at == at { &key } else { &[] };
-            for (first, end) in key_slices(rows.max(0) as u64) {
-                if !self.stream_query(
-                    &sql::CHANGES_OF_RUN,
-                    &[&run_at, &after, &first, &end],
-                    batches,
-                )? {
-                    return Ok(());
-                }
-            }
-        }
-        batches.finish()
-    }
-
-    /// Every current row of some event dates, in key order, slice by slice.
-    fn stream_dates(&self, dates: &[NaiveDate], batches: &mut BatchAssembler<'_>) -> Result<()> {
-        self.select_dates(dates)?;
-        let rows = self.count(sql::COUNT_ROWS_OF_DATES, &[])?;
-        for (first, end) in key_slices(rows) {
-            if !self.stream_query(&sql::ROWS_OF_DATES, &[&first, &end], batches)? {
+            if !self.stream_in_key_order(
+                (&sql::CHANGES_OF_RUN, &sql::CHANGES_OF_RUN_UNORDERED),
+                &[&run_at, &after],
+                rows.max(0) as u64,
+                batches,
+            )? {
                 return Ok(());
             }
         }
         batches.finish()
     }
+
+    /// Every current row of some event dates, in key order.
+    fn stream_dates(&self, dates: &[NaiveDate], batches: &mut BatchAssembler<'_>) -> Result<()> {
+        self.select_dates(dates)?;
+        let rows = self.count(sql::COUNT_ROWS_OF_DATES, &[])?;
+        if !self.stream_in_key_order(
+            (&sql::ROWS_OF_DATES, &sql::ROWS_OF_DATES_UNORDERED),
+            &[],
+            rows,
+            batches,
+        )? {
+            return Ok(());
+        }
+        batches.finish()
+    }
 }
 
-/// Rows DuckDB sorts at once when reading the feed.
+/// Rows DuckDB sorts at once when reading changes; more are ordered through key buckets
+/// of about this many rows each.
 const ROWS_PER_SORT: u64 = 100_000;
-
-/// Splits the key space into contiguous `[first, end)` slices by the keys' leading byte
-/// (event keys are MD5 digests, so evenly spread): enough that each holds about
-/// `ROWS_PER_SORT` of `rows` rows, at most 256. The last end sorts after every 16-byte key.
-fn key_slices(rows: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let slices = rows
-        .div_ceil(ROWS_PER_SORT)
-        .clamp(1, 256)
-        .next_power_of_two() as usize;
-    let width = 256 / slices.min(256);
-    (0..slices)
-        .map(|i| {
-            let first = if i == 0 {
-                Vec::new()
-            } else {
-                vec![(i * width) as u8]
-            };
-            let end = if i + 1 == slices {
-                vec![0xFF; 17]
-            } else {
-                vec![((i + 1) * width) as u8]
-            };
-            (first, end)
-        })
-        .collect()
-}
 
 /// Cuts query results into batches of exactly `batch_rows` rows (the last may be
 /// shorter), across the queries that make up one selection.
@@ -685,33 +692,90 @@ impl Warehouse for DuckDbWarehouse {
 mod tests {
     use super::*;
 
-    #[test]
-    fn key_slices_cover_the_key_space_in_order() {
-        assert_eq!(key_slices(0), vec![(vec![], vec![0xFF; 17])]);
-        assert_eq!(key_slices(ROWS_PER_SORT).len(), 1);
-        for rows in [ROWS_PER_SORT + 1, 3_000_000, 10_000_000, 1 << 40] {
-            let slices = key_slices(rows);
-            assert!(
-                slices.len().is_power_of_two() && slices.len() <= 256,
-                "{rows}"
-            );
-            assert!(slices.len() as u64 * ROWS_PER_SORT >= rows.min(256 * ROWS_PER_SORT));
-            assert_eq!(slices[0].0, Vec::<u8>::new());
-            assert_eq!(slices.last().unwrap().1, vec![0xFF; 17]);
-            for pair in slices.windows(2) {
-                assert_eq!(pair[0].1, pair[1].0, "slices are contiguous");
-                assert!(pair[0].0 < pair[1].0);
+    /// (op, changed_at, key, request_id) of every change a selection streams.
+    fn streamed(
+        wh: &mut DuckDbWarehouse,
+        selection: &ChangeSelection,
+    ) -> Vec<(String, i64, Vec<u8>, Option<String>)> {
+        let mut out = Vec::new();
+        wh.stream_changes(selection, 700, &mut |b| {
+            assert!(b.num_rows() <= 700);
+            let ops = b.column_by_name("op").unwrap().as_string::<i32>();
+            let at = b
+                .column_by_name("changed_at")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let keys = b.column_by_name("event_key").unwrap();
+            let ids = b.column_by_name("request_id").unwrap().as_string::<i32>();
+            for row in 0..b.num_rows() {
+                out.push((
+                    ops.value(row).to_string(),
+                    at.value(row),
+                    binary_at(keys.as_ref(), row).unwrap().to_vec(),
+                    ids.is_valid(row).then(|| ids.value(row).to_string()),
+                ));
             }
-        }
-        // Every key, including the extremes, falls in exactly one slice.
-        let slices = key_slices(3_000_000);
-        for key in [[0u8; 16], [0x7F; 16], [0x80; 16], [0xFF; 16]] {
-            let holding = slices
-                .iter()
-                .filter(|(first, end)| first.as_slice() <= &key[..] && &key[..] < end.as_slice())
-                .count();
-            assert_eq!(holding, 1, "{key:?}");
-        }
+            Ok(true)
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn large_runs_come_in_key_order_through_buckets_as_small_ones_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wh =
+            DuckDbWarehouse::open(&dir.path().join("w.duckdb").display().to_string(), false)
+                .unwrap();
+        // Two runs: 5,000 rows over three dates and 40 tombstones, then 300 rows.
+        wh.conn
+            .execute_batch(
+                "INSERT INTO dedup_events (event_key, event_date, request_id, row_hash, changed_at)
+                 SELECT unhex(md5(i::VARCHAR)), DATE '2024-01-01' + (i % 3)::INT, 'r' || i,
+                        unhex(md5('h' || i)), make_timestamp(1000 + (i >= 5000)::BIGINT)
+                 FROM range(5300) t(i);
+                 INSERT INTO dedup_tombstones
+                 SELECT unhex(md5('gone' || i)), DATE '2024-01-02', make_timestamp(1000)
+                 FROM range(40) t(i);",
+            )
+            .unwrap();
+        let all = ChangeSelection::After(None);
+        let sorted_by_duckdb = streamed(&mut wh, &all);
+        wh.rows_per_sort = 500;
+        let through_buckets = streamed(&mut wh, &all);
+        assert_eq!(through_buckets.len(), 5_340);
+        assert_eq!(through_buckets, sorted_by_duckdb);
+        let order: Vec<(i64, &[u8])> = through_buckets
+            .iter()
+            .map(|(_, at, key, _)| (*at, key.as_slice()))
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "(changed_at, key) order"
+        );
+        let tombstones = through_buckets.iter().filter(|c| c.0 == "D").count();
+        assert_eq!(tombstones, 40);
+
+        // Resuming mid-run skips exactly what came before the offset.
+        let (_, at, key, _) = &through_buckets[1_234];
+        let offset = FeedOffset {
+            changed_at: *at,
+            event_key: key.as_slice().try_into().unwrap(),
+        };
+        let rest = streamed(&mut wh, &ChangeSelection::After(Some(offset)));
+        assert_eq!(rest, through_buckets[1_235..]);
+
+        // A re-sync of two dates: their current rows only, in key order, either way.
+        let dates = ChangeSelection::Dates(vec![
+            NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
+            NaiveDate::from_ymd_opt(2024, 1, 3).unwrap(),
+        ]);
+        let resync = streamed(&mut wh, &dates);
+        wh.rows_per_sort = ROWS_PER_SORT;
+        assert_eq!(resync, streamed(&mut wh, &dates));
+        assert_eq!(resync.len(), 1_767 + 1_766);
+        assert!(resync.iter().all(|c| c.0 == "U"));
+        assert!(resync.windows(2).all(|w| w[0].2 < w[1].2));
     }
 
     #[test]

@@ -157,9 +157,11 @@ pub const DEDUP_RECORD_RUN: &str = "INSERT INTO dedup_runs VALUES (make_timestam
     (SELECT count(*) FROM dedup_dates), (SELECT count(*) FROM dedup_changed),
     (SELECT count(*) FROM dedup_vanished), now()::TIMESTAMP)";
 
-/// The change feed is read one `changed_at` value (one dedup run) at a time, and a large
-/// run in slices of the key space, each sorted on its own: DuckDB never sorts the whole
-/// feed at once (bounded memory; the first batch reaches MySQL while the rest is read).
+/// The change feed is read one `changed_at` value (one dedup run) at a time, in key order.
+/// A small run DuckDB sorts itself; a large one is read unordered and put in key order
+/// outside DuckDB in bounded memory (`warehouse::key_order`): DuckDB cannot sort millions
+/// of wide rows within a small memory limit, and slicing by key range would scan the run
+/// once per slice.
 ///
 /// The runs at or after the offset's changed_at and their row counts. Parameter:
 /// changed_at µs.
@@ -169,10 +171,9 @@ pub const FEED_RUNS: &str = "SELECT changed_at_us, count(*)::BIGINT FROM (
     SELECT epoch_us(changed_at) FROM dedup_tombstones WHERE changed_at >= make_timestamp($1)
 ) GROUP BY 1 ORDER BY 1";
 
-/// One run's slice of the feed, in key order: current rows as upserts, tombstones as
-/// deletes. Parameters: changed_at µs, the offset key (exclusive; empty for none), the
-/// slice's first key (inclusive) and its end (exclusive).
-pub static CHANGES_OF_RUN: LazyLock<String> = LazyLock::new(|| {
+/// One run's changes after a key: current rows as upserts, tombstones as deletes.
+/// Parameters: changed_at µs, the offset key (exclusive; empty for none).
+fn changes_of_run(order: &str) -> String {
     let nulls: Vec<String> = TYPED_COLUMNS
         .iter()
         .map(|c| match c.name {
@@ -180,18 +181,23 @@ pub static CHANGES_OF_RUN: LazyLock<String> = LazyLock::new(|| {
             _ => format!("NULL::{} AS \"{}\"", duckdb_type(c.kind), c.name),
         })
         .collect();
-    let slice =
-        "changed_at = make_timestamp($1) AND event_key > $2 AND event_key >= $3 AND event_key < $4";
+    let run = "changed_at = make_timestamp($1) AND event_key > $2";
     format!(
         "SELECT * FROM (
-    SELECT 'U' AS op, changed_at, {cols} FROM dedup_events WHERE {slice}
+    SELECT 'U' AS op, changed_at, {cols} FROM dedup_events WHERE {run}
     UNION ALL
-    SELECT 'D' AS op, changed_at, {nulls} FROM dedup_tombstones WHERE {slice}
-) ORDER BY event_key",
+    SELECT 'D' AS op, changed_at, {nulls} FROM dedup_tombstones WHERE {run}
+){order}",
         cols = *TYPED_COLUMN_LIST,
         nulls = nulls.join(", ")
     )
-});
+}
+
+/// [`changes_of_run`] sorted by key.
+pub static CHANGES_OF_RUN: LazyLock<String> =
+    LazyLock::new(|| changes_of_run(" ORDER BY event_key"));
+/// [`changes_of_run`] in storage order.
+pub static CHANGES_OF_RUN_UNORDERED: LazyLock<String> = LazyLock::new(|| changes_of_run(""));
 
 pub const CREATE_SELECTED_DATES: &str =
     "CREATE OR REPLACE TEMP TABLE selected_dates (event_date DATE NOT NULL)";
@@ -200,16 +206,20 @@ pub const INSERT_SELECTED_DATE: &str = "INSERT INTO selected_dates VALUES (?::DA
 pub const COUNT_ROWS_OF_DATES: &str = "SELECT count(*)::BIGINT FROM dedup_events
 WHERE event_date IN (SELECT event_date FROM selected_dates)";
 
-/// A slice of the current rows of the selected dates, in key order (re-sync).
-/// Parameters: the slice's first key (inclusive) and its end (exclusive).
-pub static ROWS_OF_DATES: LazyLock<String> = LazyLock::new(|| {
+/// The current rows of the selected dates (re-sync).
+fn rows_of_dates(order: &str) -> String {
     format!(
         "SELECT 'U' AS op, changed_at, {cols} FROM dedup_events
-WHERE event_date IN (SELECT event_date FROM selected_dates) AND event_key >= $1 AND event_key < $2
-ORDER BY event_key",
+WHERE event_date IN (SELECT event_date FROM selected_dates){order}",
         cols = *TYPED_COLUMN_LIST
     )
-});
+}
+
+/// [`rows_of_dates`] sorted by key.
+pub static ROWS_OF_DATES: LazyLock<String> =
+    LazyLock::new(|| rows_of_dates("\nORDER BY event_key"));
+/// [`rows_of_dates`] in storage order.
+pub static ROWS_OF_DATES_UNORDERED: LazyLock<String> = LazyLock::new(|| rows_of_dates(""));
 
 pub const HASHES_OF_DATES: &str = "SELECT event_date, row_hash FROM dedup_events
 WHERE event_date IN (SELECT event_date FROM selected_dates)";

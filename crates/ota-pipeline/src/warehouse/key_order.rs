@@ -1,0 +1,308 @@
+//! Puts a large stream of change rows into event-key order in bounded memory: an external
+//! distribution sort. Rows are spread over buckets by the leading bits of their key and
+//! spilled to one anonymous temporary file (Arrow IPC, in `$TMPDIR`); then each bucket is
+//! read back, sorted and handed on, bucket after bucket. Event keys are MD5 digests, so
+//! the buckets are about equally full.
+//!
+//! A warehouse sorts a small selection itself; a large one it would otherwise sort whole
+//! (memory) or slice by key range and scan once per slice (time quadratic in its size).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+
+use crate::error::{PipelineError, Result};
+use crate::warehouse::binary_at;
+
+/// Rows gathered from the source before they are spread over the buckets and spilled.
+const SPILL_BATCH_ROWS: usize = 32_768;
+/// At most 2^12 buckets (a run of a billion rows still sorts ~250 k rows at a time).
+const MAX_BUCKET_BITS: u32 = 12;
+
+fn arrow_err(context: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> PipelineError {
+    move |e| PipelineError::arrow(context, e)
+}
+
+fn spill_err(e: std::io::Error) -> PipelineError {
+    PipelineError::io(std::env::temp_dir(), e)
+}
+
+/// The bucket of a key: its first 16 bits (zero-padded), top `bits` of them. Monotone in
+/// the keys' byte order, so buckets in order hold keys in order.
+fn bucket_of(key: &[u8], bits: u32) -> usize {
+    let hi = key.first().copied().unwrap_or(0);
+    let lo = key.get(1).copied().unwrap_or(0);
+    usize::from(u16::from_be_bytes([hi, lo]) >> (16 - bits))
+}
+
+/// Buckets spilled so far, and the rows waiting to be spilled.
+pub struct KeyBuckets {
+    key_column: String,
+    bits: u32,
+    schema: Option<SchemaRef>,
+    waiting: Vec<RecordBatch>,
+    waiting_rows: usize,
+    writer: Option<FileWriter<BufWriter<File>>>,
+    /// For each bucket, the indices of its batches in the spill file.
+    blocks: Vec<Vec<usize>>,
+    spilled_batches: usize,
+}
+
+impl KeyBuckets {
+    /// Enough buckets that each holds about `rows_per_bucket` of `expected_rows`.
+    pub fn new(key_column: &str, expected_rows: u64, rows_per_bucket: u64) -> Self {
+        let buckets = expected_rows.div_ceil(rows_per_bucket.max(1)).max(2);
+        let bits = buckets
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, MAX_BUCKET_BITS);
+        KeyBuckets {
+            key_column: key_column.to_string(),
+            bits,
+            schema: None,
+            waiting: Vec::new(),
+            waiting_rows: 0,
+            writer: None,
+            blocks: vec![Vec::new(); 1 << bits],
+            spilled_batches: 0,
+        }
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Takes rows in any order.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.schema.is_none() {
+            self.schema = Some(batch.schema());
+        }
+        self.waiting_rows += batch.num_rows();
+        self.waiting.push(batch);
+        if self.waiting_rows >= SPILL_BATCH_ROWS {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the waiting rows to the spill file, grouped by bucket: one reordering copy,
+    /// then one IPC batch per bucket present.
+    fn spill(&mut self) -> Result<()> {
+        let Some(schema) = self.schema.clone() else {
+            return Ok(());
+        };
+        if self.waiting_rows == 0 {
+            return Ok(());
+        }
+        let batch = concat_batches(&schema, &self.waiting)
+            .map_err(arrow_err("gathering change rows to spill"))?;
+        self.waiting.clear();
+        self.waiting_rows = 0;
+        let keys = batch
+            .column_by_name(&self.key_column)
+            .ok_or_else(|| {
+                PipelineError::Config(format!("change rows have no {} column", self.key_column))
+            })?
+            .clone();
+        // A counting sort of row indices by bucket.
+        let mut counts = vec![0u32; self.blocks.len() + 1];
+        let mut bucket_of_row = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let key = binary_at(keys.as_ref(), row).ok_or_else(|| {
+                PipelineError::Config(format!("change row {row} has no {}", self.key_column))
+            })?;
+            let b = bucket_of(key, self.bits);
+            counts[b + 1] += 1;
+            bucket_of_row.push(b);
+        }
+        for b in 1..counts.len() {
+            counts[b] += counts[b - 1];
+        }
+        let starts = counts.clone();
+        let mut order = vec![0u32; batch.num_rows()];
+        for (row, &b) in bucket_of_row.iter().enumerate() {
+            order[counts[b] as usize] = row as u32;
+            counts[b] += 1;
+        }
+        let grouped = take_record_batch(&batch, &UInt32Array::from(order))
+            .map_err(arrow_err("grouping change rows by key bucket"))?;
+        drop(batch);
+        if self.writer.is_none() {
+            let file = tempfile::tempfile().map_err(spill_err)?;
+            let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)
+                .map_err(arrow_err("starting the key-order spill file"))?;
+            self.writer = Some(writer);
+        }
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| PipelineError::Config("the key-order spill file is not open".into()))?;
+        for (b, blocks) in self.blocks.iter_mut().enumerate() {
+            let (start, end) = (starts[b] as usize, starts[b + 1] as usize);
+            if end > start {
+                writer
+                    .write(&grouped.slice(start, end - start))
+                    .map_err(arrow_err("spilling change rows"))?;
+                blocks.push(self.spilled_batches);
+                self.spilled_batches += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every row on in key order, one sorted bucket at a time; stops early when
+    /// `emit` returns false (and returns false).
+    pub fn drain(mut self, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
+        self.spill()?;
+        let (Some(schema), Some(mut writer)) = (self.schema.take(), self.writer.take()) else {
+            return Ok(true);
+        };
+        writer
+            .finish()
+            .map_err(arrow_err("finishing the key-order spill file"))?;
+        let mut file = writer
+            .into_inner()
+            .map_err(arrow_err("finishing the key-order spill file"))?
+            .into_inner()
+            .map_err(|e| spill_err(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(spill_err)?;
+        let mut reader = FileReader::try_new(BufReader::with_capacity(1 << 20, file), None)
+            .map_err(arrow_err("reading the key-order spill file"))?;
+        for blocks in &self.blocks {
+            if blocks.is_empty() {
+                continue;
+            }
+            let mut parts = Vec::with_capacity(blocks.len());
+            for &index in blocks {
+                reader
+                    .set_index(index)
+                    .map_err(arrow_err("reading the key-order spill file"))?;
+                let part = reader
+                    .next()
+                    .transpose()
+                    .map_err(arrow_err("reading the key-order spill file"))?
+                    .ok_or_else(|| {
+                        PipelineError::Config("the key-order spill file ended early".into())
+                    })?;
+                parts.push(part);
+            }
+            let bucket =
+                concat_batches(&schema, &parts).map_err(arrow_err("reading a key bucket"))?;
+            drop(parts);
+            let keys = bucket.column_by_name(&self.key_column).ok_or_else(|| {
+                PipelineError::Config(format!("change rows have no {} column", self.key_column))
+            })?;
+            let order =
+                sort_to_indices(keys, None, None).map_err(arrow_err("sorting a key bucket"))?;
+            let sorted =
+                take_record_batch(&bucket, &order).map_err(arrow_err("sorting a key bucket"))?;
+            drop(bucket);
+            if !emit(sorted)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, BinaryArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use md5::Digest;
+
+    use super::*;
+
+    fn batch_of(ids: std::ops::Range<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("event_key", DataType::Binary, false),
+        ]));
+        let keys: Vec<Vec<u8>> = ids
+            .clone()
+            .map(|i| md5::Md5::digest(i.to_le_bytes()).to_vec())
+            .collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(ids)),
+                Arc::new(BinaryArray::from_iter_values(keys.iter())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn drained(buckets: KeyBuckets) -> Vec<(Vec<u8>, i64)> {
+        let mut out = Vec::new();
+        buckets
+            .drain(&mut |b| {
+                let ids = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                let keys = b.column(1).as_binary::<i32>();
+                for row in 0..b.num_rows() {
+                    out.push((keys.value(row).to_vec(), ids.value(row)));
+                }
+                Ok(true)
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_row_comes_back_once_in_key_order() {
+        let mut buckets = KeyBuckets::new("event_key", 100_000, 1_000);
+        assert_eq!(buckets.buckets(), 128);
+        // Uneven pieces, crossing the spill size.
+        let mut start = 0;
+        for len in [1, 2_047, 40_000, 0, 7, 57_945] {
+            buckets.push(batch_of(start..start + len)).unwrap();
+            start += len;
+        }
+        let out = drained(buckets);
+        let mut want: Vec<(Vec<u8>, i64)> = batch_of(0..start)
+            .column(1)
+            .as_binary::<i32>()
+            .iter()
+            .zip(0..)
+            .map(|(k, i)| (k.unwrap().to_vec(), i))
+            .collect();
+        want.sort();
+        assert_eq!(out.len(), 100_000);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn buckets_are_monotone_in_key_order() {
+        let keys: [&[u8]; 6] = [&[], &[0], &[0, 0, 1], &[0x7f, 0xff], &[0x80], &[0xff; 16]];
+        for bits in 1..=MAX_BUCKET_BITS {
+            let of: Vec<usize> = keys.iter().map(|k| bucket_of(k, bits)).collect();
+            assert!(of.windows(2).all(|w| w[0] <= w[1]), "bits {bits}: {of:?}");
+            assert_eq!(of[5], (1 << bits) - 1);
+        }
+    }
+
+    #[test]
+    fn an_early_stop_and_an_empty_input() {
+        assert!(drained(KeyBuckets::new("event_key", 10, 1)).is_empty());
+        let mut buckets = KeyBuckets::new("event_key", 1_000, 100);
+        buckets.push(batch_of(0..1_000)).unwrap();
+        let mut seen = 0;
+        let finished = buckets
+            .drain(&mut |b| {
+                seen += b.num_rows();
+                Ok(false)
+            })
+            .unwrap();
+        assert!(!finished);
+        assert!(seen > 0 && seen < 1_000);
+    }
+}
