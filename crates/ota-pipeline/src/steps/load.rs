@@ -14,8 +14,9 @@ use crate::summary::{Status, StepSummary};
 use crate::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
 use crate::warehouse::{Access, RawSource, open_warehouse};
 
-/// Rows per Arrow batch read from a file.
-pub const READ_BATCH_ROWS: usize = 65_536;
+/// Rows per Arrow batch read from a file: about 12 MB typed. A few batches are in flight
+/// at once (decoded, typed, queued, appended), outside DuckDB's memory limit.
+pub const READ_BATCH_ROWS: usize = 16_384;
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {

@@ -10,8 +10,8 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use arrow::array::RecordBatch;
+use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
@@ -38,6 +38,13 @@ fn bucket_of(key: &[u8], bits: u32) -> usize {
     let hi = key.first().copied().unwrap_or(0);
     let lo = key.get(1).copied().unwrap_or(0);
     usize::from(u16::from_be_bytes([hi, lo]) >> (16 - bits))
+}
+
+fn key_column<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b dyn arrow::array::Array> {
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or_else(|| PipelineError::Config(format!("change rows have no {name} column")))
 }
 
 /// Buckets spilled so far, and the rows waiting to be spilled.
@@ -102,39 +109,36 @@ impl KeyBuckets {
         if self.waiting_rows == 0 {
             return Ok(());
         }
-        let batch = concat_batches(&schema, &self.waiting)
-            .map_err(arrow_err("gathering change rows to spill"))?;
-        self.waiting.clear();
-        self.waiting_rows = 0;
-        let keys = batch
-            .column_by_name(&self.key_column)
-            .ok_or_else(|| {
-                PipelineError::Config(format!("change rows have no {} column", self.key_column))
-            })?
-            .clone();
-        // A counting sort of row indices by bucket.
-        let mut counts = vec![0u32; self.blocks.len() + 1];
-        let mut bucket_of_row = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            let key = binary_at(keys.as_ref(), row).ok_or_else(|| {
-                PipelineError::Config(format!("change row {row} has no {}", self.key_column))
-            })?;
-            let b = bucket_of(key, self.bits);
-            counts[b + 1] += 1;
-            bucket_of_row.push(b);
+        // A counting sort of (chunk, row) by bucket, then one copy in that order.
+        let mut counts = vec![0usize; self.blocks.len() + 1];
+        let mut bucket_of_row = Vec::with_capacity(self.waiting_rows);
+        for (c, chunk) in self.waiting.iter().enumerate() {
+            let keys = key_column(chunk, &self.key_column)?;
+            for row in 0..chunk.num_rows() {
+                let key = binary_at(keys, row).ok_or_else(|| {
+                    PipelineError::Config(format!("change row {row} has no {}", self.key_column))
+                })?;
+                let b = bucket_of(key, self.bits);
+                counts[b + 1] += 1;
+                bucket_of_row.push((b, c, row));
+            }
         }
         for b in 1..counts.len() {
             counts[b] += counts[b - 1];
         }
         let starts = counts.clone();
-        let mut order = vec![0u32; batch.num_rows()];
-        for (row, &b) in bucket_of_row.iter().enumerate() {
-            order[counts[b] as usize] = row as u32;
+        let mut order = vec![(0, 0); bucket_of_row.len()];
+        for &(b, c, row) in &bucket_of_row {
+            order[counts[b]] = (c, row);
             counts[b] += 1;
         }
-        let grouped = take_record_batch(&batch, &UInt32Array::from(order))
+        drop(bucket_of_row);
+        let chunks: Vec<&RecordBatch> = self.waiting.iter().collect();
+        let grouped = interleave_record_batch(&chunks, &order)
             .map_err(arrow_err("grouping change rows by key bucket"))?;
-        drop(batch);
+        drop((chunks, order));
+        self.waiting.clear();
+        self.waiting_rows = 0;
         if self.writer.is_none() {
             let file = tempfile::tempfile().map_err(spill_err)?;
             let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)
@@ -146,7 +150,7 @@ impl KeyBuckets {
             .as_mut()
             .ok_or_else(|| PipelineError::Config("the key-order spill file is not open".into()))?;
         for (b, blocks) in self.blocks.iter_mut().enumerate() {
-            let (start, end) = (starts[b] as usize, starts[b + 1] as usize);
+            let (start, end) = (starts[b], starts[b + 1]);
             if end > start {
                 writer
                     .write(&grouped.slice(start, end - start))
@@ -162,7 +166,7 @@ impl KeyBuckets {
     /// `emit` returns false (and returns false).
     pub fn drain(mut self, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
         self.spill()?;
-        let (Some(schema), Some(mut writer)) = (self.schema.take(), self.writer.take()) else {
+        let (Some(_), Some(mut writer)) = (self.schema.take(), self.writer.take()) else {
             return Ok(true);
         };
         writer
@@ -194,17 +198,27 @@ impl KeyBuckets {
                     })?;
                 parts.push(part);
             }
-            let bucket =
-                concat_batches(&schema, &parts).map_err(arrow_err("reading a key bucket"))?;
+            // Sort (part, row) by key, then one copy in that order.
+            let mut rows: Vec<(&[u8], usize, usize)> = Vec::new();
+            for (p, part) in parts.iter().enumerate() {
+                let keys = key_column(part, &self.key_column)?;
+                for row in 0..part.num_rows() {
+                    let key = binary_at(keys, row).ok_or_else(|| {
+                        PipelineError::Config(format!(
+                            "change row {row} has no {}",
+                            self.key_column
+                        ))
+                    })?;
+                    rows.push((key, p, row));
+                }
+            }
+            rows.sort_unstable();
+            let order: Vec<(usize, usize)> = rows.into_iter().map(|(_, p, row)| (p, row)).collect();
+            let refs: Vec<&RecordBatch> = parts.iter().collect();
+            let sorted = interleave_record_batch(&refs, &order)
+                .map_err(arrow_err("sorting a key bucket"))?;
+            drop(refs);
             drop(parts);
-            let keys = bucket.column_by_name(&self.key_column).ok_or_else(|| {
-                PipelineError::Config(format!("change rows have no {} column", self.key_column))
-            })?;
-            let order =
-                sort_to_indices(keys, None, None).map_err(arrow_err("sorting a key bucket"))?;
-            let sorted =
-                take_record_batch(&bucket, &order).map_err(arrow_err("sorting a key bucket"))?;
-            drop(bucket);
             if !emit(sorted)? {
                 return Ok(false);
             }

@@ -239,7 +239,7 @@ impl DuckDbWarehouse {
         if rows <= self.rows_per_sort {
             return self.stream_query(sorted, bind, &mut |chunk| batches.push(chunk));
         }
-        let mut buckets = KeyBuckets::new("event_key", rows, self.rows_per_sort);
+        let mut buckets = KeyBuckets::new("event_key", rows, self.rows_per_sort / 4);
         tracing::debug!(
             rows,
             buckets = buckets.buckets(),
@@ -302,7 +302,8 @@ impl DuckDbWarehouse {
 }
 
 /// Rows DuckDB sorts at once when reading changes; more are ordered through key buckets
-/// of about this many rows each.
+/// of a quarter of this many rows each (they are sorted in the process's own memory,
+/// outside DuckDB's limit).
 const ROWS_PER_SORT: u64 = 100_000;
 
 /// Cuts query results into batches of exactly `batch_rows` rows (the last may be
