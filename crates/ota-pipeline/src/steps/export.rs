@@ -237,8 +237,9 @@ fn last_offset(batch: &RecordBatch) -> Option<FeedOffset> {
 }
 
 /// Streams a selection from the warehouse on its own thread (the warehouse is blocking)
-/// while MySQL writes run on the caller's: reads and writes overlap, and at most two
-/// batches wait in between.
+/// while MySQL writes run on the caller's: reads and writes overlap, and one batch waits
+/// in between (the reader outpaces MySQL, so one is enough to keep it busy; each batch
+/// held costs memory outside DuckDB's limit).
 struct WarehouseReader {
     rx: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
     thread: std::thread::JoinHandle<Box<dyn Warehouse>>,
@@ -246,7 +247,7 @@ struct WarehouseReader {
 
 impl WarehouseReader {
     fn spawn(warehouse: Box<dyn Warehouse>, selection: ChangeSelection, batch_rows: usize) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(1);
         let thread = std::thread::spawn(move || {
             let mut warehouse = warehouse;
             let streamed = warehouse.stream_changes(&selection, batch_rows, &mut |b| {
