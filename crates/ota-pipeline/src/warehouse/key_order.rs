@@ -12,7 +12,6 @@ use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 
 use arrow::array::RecordBatch;
 use arrow::compute::interleave_record_batch;
-use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
@@ -40,18 +39,23 @@ fn bucket_of(key: &[u8], bits: u32) -> usize {
     usize::from(u16::from_be_bytes([hi, lo]) >> (16 - bits))
 }
 
-fn key_column<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b dyn arrow::array::Array> {
-    batch
+/// The key of every row of a batch, in row order.
+fn row_keys<'b>(batch: &'b RecordBatch, name: &str) -> Result<Vec<&'b [u8]>> {
+    let keys = batch
         .column_by_name(name)
-        .map(|c| c.as_ref())
-        .ok_or_else(|| PipelineError::Config(format!("change rows have no {name} column")))
+        .ok_or_else(|| PipelineError::Config(format!("change rows have no {name} column")))?;
+    (0..batch.num_rows())
+        .map(|row| {
+            binary_at(keys.as_ref(), row)
+                .ok_or_else(|| PipelineError::Config(format!("change row {row} has no {name}")))
+        })
+        .collect()
 }
 
 /// Buckets spilled so far, and the rows waiting to be spilled.
 pub struct KeyBuckets {
     key_column: String,
     bits: u32,
-    schema: Option<SchemaRef>,
     waiting: Vec<RecordBatch>,
     waiting_rows: usize,
     writer: Option<FileWriter<BufWriter<File>>>,
@@ -71,7 +75,6 @@ impl KeyBuckets {
         KeyBuckets {
             key_column: key_column.to_string(),
             bits,
-            schema: None,
             waiting: Vec::new(),
             waiting_rows: 0,
             writer: None,
@@ -89,9 +92,6 @@ impl KeyBuckets {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.schema.is_none() {
-            self.schema = Some(batch.schema());
-        }
         self.waiting_rows += batch.num_rows();
         self.waiting.push(batch);
         if self.waiting_rows >= SPILL_BATCH_ROWS {
@@ -103,21 +103,14 @@ impl KeyBuckets {
     /// Writes the waiting rows to the spill file, grouped by bucket: one reordering copy,
     /// then one IPC batch per bucket present.
     fn spill(&mut self) -> Result<()> {
-        let Some(schema) = self.schema.clone() else {
+        let Some(schema) = self.waiting.first().map(RecordBatch::schema) else {
             return Ok(());
         };
-        if self.waiting_rows == 0 {
-            return Ok(());
-        }
         // A counting sort of (chunk, row) by bucket, then one copy in that order.
         let mut counts = vec![0usize; self.blocks.len() + 1];
         let mut bucket_of_row = Vec::with_capacity(self.waiting_rows);
         for (c, chunk) in self.waiting.iter().enumerate() {
-            let keys = key_column(chunk, &self.key_column)?;
-            for row in 0..chunk.num_rows() {
-                let key = binary_at(keys, row).ok_or_else(|| {
-                    PipelineError::Config(format!("change row {row} has no {}", self.key_column))
-                })?;
+            for (row, key) in row_keys(chunk, &self.key_column)?.into_iter().enumerate() {
                 let b = bucket_of(key, self.bits);
                 counts[b + 1] += 1;
                 bucket_of_row.push((b, c, row));
@@ -166,7 +159,7 @@ impl KeyBuckets {
     /// `emit` returns false (and returns false).
     pub fn drain(mut self, emit: &mut dyn FnMut(RecordBatch) -> Result<bool>) -> Result<bool> {
         self.spill()?;
-        let (Some(_), Some(mut writer)) = (self.schema.take(), self.writer.take()) else {
+        let Some(mut writer) = self.writer.take() else {
             return Ok(true);
         };
         writer
@@ -201,16 +194,8 @@ impl KeyBuckets {
             // Sort (part, row) by key, then one copy in that order.
             let mut rows: Vec<(&[u8], usize, usize)> = Vec::new();
             for (p, part) in parts.iter().enumerate() {
-                let keys = key_column(part, &self.key_column)?;
-                for row in 0..part.num_rows() {
-                    let key = binary_at(keys, row).ok_or_else(|| {
-                        PipelineError::Config(format!(
-                            "change row {row} has no {}",
-                            self.key_column
-                        ))
-                    })?;
-                    rows.push((key, p, row));
-                }
+                let keys = row_keys(part, &self.key_column)?;
+                rows.extend(keys.into_iter().enumerate().map(|(row, key)| (key, p, row)));
             }
             rows.sort_unstable();
             let order: Vec<(usize, usize)> = rows.into_iter().map(|(_, p, row)| (p, row)).collect();
