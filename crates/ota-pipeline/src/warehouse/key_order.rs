@@ -52,42 +52,6 @@ fn row_keys<'b>(batch: &'b RecordBatch, name: &str) -> Result<Vec<&'b [u8]>> {
         .collect()
 }
 
-/// How many leading key bits split `expected_rows` into parts of about `rows_per_part`.
-fn bits_for(expected_rows: u64, rows_per_part: u64) -> u32 {
-    let parts = expected_rows.div_ceil(rows_per_part.max(1)).max(2);
-    parts
-        .next_power_of_two()
-        .trailing_zeros()
-        .clamp(1, MAX_BUCKET_BITS)
-}
-
-/// A half-open range of event keys, `[start, end)` in byte order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRange {
-    pub start: Vec<u8>,
-    pub end: Vec<u8>,
-}
-
-/// Key ranges, in order, that together hold every 16-byte key, each about
-/// `rows_per_range` of `expected_rows` uniformly spread keys (the buckets of
-/// [`KeyBuckets`], as bounds a query can filter on).
-pub fn key_ranges(expected_rows: u64, rows_per_range: u64) -> Vec<KeyRange> {
-    let bits = bits_for(expected_rows, rows_per_range);
-    let count = 1usize << bits;
-    let start_of = |i: usize| ((i << (16 - bits)) as u16).to_be_bytes().to_vec();
-    (0..count)
-        .map(|i| KeyRange {
-            start: if i == 0 { Vec::new() } else { start_of(i) },
-            // Above every 16-byte key.
-            end: if i + 1 == count {
-                vec![0xFF; 17]
-            } else {
-                start_of(i + 1)
-            },
-        })
-        .collect()
-}
-
 /// Buckets spilled so far, and the rows waiting to be spilled.
 pub struct KeyBuckets {
     key_column: String,
@@ -103,7 +67,11 @@ pub struct KeyBuckets {
 impl KeyBuckets {
     /// Enough buckets that each holds about `rows_per_bucket` of `expected_rows`.
     pub fn new(key_column: &str, expected_rows: u64, rows_per_bucket: u64) -> Self {
-        let bits = bits_for(expected_rows, rows_per_bucket);
+        let buckets = expected_rows.div_ceil(rows_per_bucket.max(1)).max(2);
+        let bits = buckets
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, MAX_BUCKET_BITS);
         KeyBuckets {
             key_column: key_column.to_string(),
             bits,
@@ -319,36 +287,6 @@ mod tests {
             assert!(of.windows(2).all(|w| w[0] <= w[1]), "bits {bits}: {of:?}");
             assert_eq!(of[5], (1 << bits) - 1);
         }
-    }
-
-    #[test]
-    fn key_ranges_hold_exactly_the_keys_of_their_bucket() {
-        let ranges = key_ranges(100_000, 1_000);
-        assert_eq!(ranges.len(), 128);
-        assert!(ranges[0].start.is_empty());
-        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
-        let batch = batch_of(0..20_000);
-        let keys = batch.column(1).as_binary::<i32>();
-        let mut edges: Vec<Vec<u8>> = vec![vec![0; 16], vec![0xFF; 16]];
-        // The first key of every range and the last key before it.
-        edges.extend(ranges.iter().skip(1).flat_map(|r| {
-            let at = u16::from_be_bytes([r.start[0], r.start[1]]);
-            let mut first = vec![0; 16];
-            first[..2].copy_from_slice(&at.to_be_bytes());
-            let mut before = vec![0xFF; 16];
-            before[..2].copy_from_slice(&(at - 1).to_be_bytes());
-            [first, before]
-        }));
-        for key in keys.iter().flatten().chain(edges.iter().map(Vec::as_slice)) {
-            let holding: Vec<usize> = ranges
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.start.as_slice() <= key && key < r.end.as_slice())
-                .map(|(i, _)| i)
-                .collect();
-            assert_eq!(holding, vec![bucket_of(key, 7)], "key {key:02x?}");
-        }
-        assert_eq!(key_ranges(10, 100).len(), 2);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub struct RawLoadOutcome {
 }
 
 /// Outcome of a dedup run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DedupOutcome {
     pub rebuilt_dates: Vec<NaiveDate>,
     pub rows_read: u64,

@@ -14,7 +14,7 @@ use arrow::datatypes::Date32Type;
 use chrono::NaiveDate;
 use duckdb::{Connection, params};
 
-use super::key_order::{KeyBuckets, key_ranges};
+use super::key_order::KeyBuckets;
 use super::{
     ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, LedgerEntry, RawLoadOutcome,
     RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
@@ -251,30 +251,6 @@ impl DuckDbWarehouse {
         buckets.drain(&mut |sorted| batches.push(sorted))
     }
 
-    /// The rows of a run that dedup stored in key order, one key range at a time, each
-    /// sorted by DuckDB; zone maps confine each range's scan to its own row groups.
-    /// Returns false once the sink wants no more.
-    fn stream_key_ordered_run(
-        &self,
-        run_at: i64,
-        after: &[u8],
-        rows: u64,
-        batches: &mut BatchAssembler<'_>,
-    ) -> Result<bool> {
-        for range in key_ranges(rows, self.rows_per_sort) {
-            if range.end.as_slice() <= after {
-                continue;
-            }
-            let bind: [&dyn duckdb::ToSql; 4] = [&run_at, &after, &range.start, &range.end];
-            if !self.stream_query(&sql::CHANGES_OF_RUN_SLICE, &bind, &mut |chunk| {
-                batches.push(chunk)
-            })? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     /// The change feed after an offset, run by run.
     fn stream_feed(
         &self,
@@ -285,34 +261,24 @@ impl DuckDbWarehouse {
             Some(o) => (o.changed_at, o.event_key.to_vec()),
             None => (FEED_START_MICROS, Vec::new()),
         };
-        let listing = db_err("listing the change feed's runs");
-        let flagged = self.count(sql::DEDUP_RUNS_ARE_FLAGGED, &[])? > 0;
-        let runs_query: &str = if flagged {
-            &sql::FEED_RUNS
-        } else {
-            &sql::FEED_RUNS_UNFLAGGED
-        };
-        let runs: Vec<(i64, i64, bool)> = {
-            let mut stmt = self.conn.prepare(runs_query).map_err(listing)?;
-            stmt.query_map(params![at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        let runs: Vec<(i64, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare(sql::FEED_RUNS)
+                .map_err(db_err("listing the change feed's runs"))?;
+            stmt.query_map(params![at], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(db_err("listing the change feed's runs"))?
                 .collect::<duckdb::Result<_>>()
                 .map_err(db_err("listing the change feed's runs"))?
         };
-        for (run_at, rows, key_ordered) in runs {
+        for (run_at, rows) in runs {
             let after: &[u8] = if run_at == at { &key } else { &[] };
-            let rows = rows.max(0) as u64;
-            let more = if key_ordered && rows > self.rows_per_sort {
-                self.stream_key_ordered_run(run_at, after, rows, batches)?
-            } else {
-                self.stream_in_key_order(
-                    (&sql::CHANGES_OF_RUN, &sql::CHANGES_OF_RUN_UNORDERED),
-                    &[&run_at, &after],
-                    rows,
-                    batches,
-                )?
-            };
-            if !more {
+            if !self.stream_in_key_order(
+                (&sql::CHANGES_OF_RUN, &sql::CHANGES_OF_RUN_UNORDERED),
+                &[&run_at, &after],
+                rows.max(0) as u64,
+                batches,
+            )? {
                 return Ok(());
             }
         }
@@ -386,42 +352,6 @@ impl<'a> BatchAssembler<'a> {
     fn finish(&mut self) -> Result<()> {
         self.flush().map(|_| ())
     }
-}
-
-/// Appends a dedup run's `changed` new rows to `dedup_events` in key order, so that the
-/// run is stored clustered by key (see `sql::DEDUP_CHANGED_ROWS`). Up to `rows_per_sort`
-/// rows DuckDB sorts as it inserts; more are read out, ordered through [`KeyBuckets`] in
-/// bounded memory and appended bucket by bucket.
-fn insert_in_key_order(
-    conn: &Connection,
-    changed_at: i64,
-    changed: u64,
-    rows_per_sort: u64,
-) -> Result<()> {
-    let e = || db_err("writing the changed rows of a dedup run");
-    if changed <= rows_per_sort {
-        conn.execute(&sql::DEDUP_APPLY_INSERT_IN_KEY_ORDER, params![changed_at])
-            .map_err(e())?;
-        return Ok(());
-    }
-    let mut buckets = KeyBuckets::new("event_key", changed, rows_per_sort / 4);
-    {
-        let mut stmt = conn.prepare(&sql::DEDUP_CHANGED_ROWS).map_err(e())?;
-        for chunk in stmt.stream_arrow(params![changed_at]).map_err(e())? {
-            buckets.push(chunk.map_err(e())?)?;
-        }
-    }
-    // Flushed after every bucket, as in load_raw: the appender otherwise buffers rows
-    // outside DuckDB's memory limit.
-    let mut appender = conn.appender("dedup_events").map_err(e())?;
-    buckets.drain(&mut |sorted| {
-        appender
-            .append_record_batch(sorted)
-            .and_then(|()| appender.flush())
-            .map_err(e())?;
-        Ok(true)
-    })?;
-    appender.flush().map_err(e())
 }
 
 fn collect_dates(set: &mut BTreeSet<i32>, batch: &RecordBatch) {
@@ -661,7 +591,6 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     fn dedup(&mut self, now: i64) -> Result<DedupOutcome> {
-        let rows_per_sort = self.rows_per_sort;
         self.in_transaction("rebuilding dedup dates", |conn| {
             let e = || db_err("rebuilding dedup dates");
             conn.execute_batch(sql::DEDUP_PREPARE).map_err(e())?;
@@ -698,7 +627,8 @@ impl Warehouse for DuckDbWarehouse {
             outcome.changed_at = Some(changed_at);
             conn.execute_batch(sql::DEDUP_UPDATE_LINEAGE).map_err(e())?;
             conn.execute_batch(sql::DEDUP_APPLY_DELETE).map_err(e())?;
-            insert_in_key_order(conn, changed_at, changed.max(0) as u64, rows_per_sort)?;
+            conn.execute(&sql::DEDUP_APPLY_INSERT, params![changed_at])
+                .map_err(e())?;
             conn.execute_batch(sql::DEDUP_DELETE_TOMBSTONES)
                 .map_err(e())?;
             conn.execute(sql::DEDUP_INSERT_TOMBSTONES, params![changed_at])
@@ -847,148 +777,6 @@ mod tests {
         assert_eq!(resync.len(), 1_767 + 1_766);
         assert!(resync.iter().all(|c| c.0 == "U"));
         assert!(resync.windows(2).all(|w| w[0].2 < w[1].2));
-    }
-
-    /// A warehouse whose raw_events hold 5,000 rows of 4,000 keys over three dates, all
-    /// queued for dedup.
-    fn warehouse_with_raw_rows(dir: &std::path::Path, name: &str) -> DuckDbWarehouse {
-        let wh = DuckDbWarehouse::open(&dir.join(name).display().to_string(), false).unwrap();
-        wh.conn
-            .execute_batch(
-                "INSERT INTO raw_events (event_key, event_date, request_id, row_hash,
-                     source_day, source_file, source_row, ingested_at, loaded_at)
-                 SELECT unhex(md5((i % 4000)::VARCHAR)), DATE '2024-01-01' + (i % 4000 % 3)::INT,
-                        'r' || i, unhex(md5('h' || i)), DATE '2024-01-01', 'f', i,
-                        make_timestamp(7), make_timestamp(8)
-                 FROM range(5000) t(i);
-                 INSERT INTO dedup_pending_dates
-                 SELECT DISTINCT event_date FROM raw_events;",
-            )
-            .unwrap();
-        wh
-    }
-
-    /// (event_key, request_id, row_hash, source_row, changed_at) of a dedup row.
-    type DedupRow = (Vec<u8>, String, Vec<u8>, i64, i64);
-
-    /// The dedup table's rows, in key order.
-    fn dedup_rows(wh: &DuckDbWarehouse) -> Vec<DedupRow> {
-        let mut stmt = wh
-            .conn
-            .prepare(
-                "SELECT event_key, request_id, row_hash, source_row, epoch_us(changed_at)
-                 FROM dedup_events ORDER BY event_key",
-            )
-            .unwrap();
-        stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .unwrap()
-        .collect::<duckdb::Result<_>>()
-        .unwrap()
-    }
-
-    #[test]
-    fn dedup_stores_each_run_in_key_order_and_the_feed_reads_it_in_key_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        // The same raw rows deduplicated twice: sorted by DuckDB on insert, and (with a
-        // small sort size) ordered through key buckets and appended.
-        let mut by_duckdb = warehouse_with_raw_rows(dir.path(), "a.duckdb");
-        let mut by_buckets = warehouse_with_raw_rows(dir.path(), "b.duckdb");
-        by_buckets.rows_per_sort = 500;
-        let first = by_duckdb.dedup(1_000).unwrap();
-        assert_eq!(first.rows_changed, 4_000);
-        assert_eq!(by_buckets.dedup(1_000).unwrap(), first);
-        assert_eq!(dedup_rows(&by_buckets), dedup_rows(&by_duckdb));
-
-        // A second, large run: new content for two dates, some keys gone (tombstones).
-        for wh in [&mut by_duckdb, &mut by_buckets] {
-            wh.conn
-                .execute_batch(
-                    "UPDATE raw_events SET row_hash = unhex(md5('v2' || source_row))
-                     WHERE event_date <> DATE '2024-01-02';
-                     DELETE FROM raw_events WHERE source_row % 10 = 3;
-                     INSERT INTO dedup_pending_dates
-                     SELECT DISTINCT event_date FROM raw_events;",
-                )
-                .unwrap();
-            let second = wh.dedup(2_000).unwrap();
-            assert!(second.rows_changed > 500 && second.rows_deleted > 0);
-        }
-        assert_eq!(dedup_rows(&by_buckets), dedup_rows(&by_duckdb));
-
-        // Each run is stored in key order, and flagged so.
-        for wh in [&by_duckdb, &by_buckets] {
-            let mut stmt = wh
-                .conn
-                .prepare("SELECT epoch_us(changed_at), event_key FROM dedup_events ORDER BY rowid")
-                .unwrap();
-            let stored: Vec<(i64, Vec<u8>)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap()
-                .collect::<duckdb::Result<_>>()
-                .unwrap();
-            for run in [1_000, 2_000] {
-                let keys: Vec<&Vec<u8>> = stored
-                    .iter()
-                    .filter(|(at, _)| *at == run)
-                    .map(|(_, k)| k)
-                    .collect();
-                assert!(keys.len() > 500);
-                assert!(
-                    keys.windows(2).all(|w| w[0] < w[1]),
-                    "run {run} in key order"
-                );
-            }
-            let runs: Vec<(i64, i64, bool)> = wh
-                .conn
-                .prepare(&sql::FEED_RUNS)
-                .unwrap()
-                .query_map(params![0i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .unwrap()
-                .collect::<duckdb::Result<_>>()
-                .unwrap();
-            assert_eq!(runs.len(), 2);
-            assert!(
-                runs.iter()
-                    .all(|(_, rows, flagged)| *rows > 500 && *flagged)
-            );
-        }
-
-        // Read in key ranges (sort size 500) or sorted whole by DuckDB: the same feed.
-        let all = ChangeSelection::After(None);
-        let in_ranges = streamed(&mut by_buckets, &all);
-        by_buckets.rows_per_sort = ROWS_PER_SORT;
-        let sorted_whole = streamed(&mut by_buckets, &all);
-        assert_eq!(in_ranges, sorted_whole);
-        assert!(in_ranges.iter().any(|c| c.0 == "D"));
-        assert!(
-            in_ranges
-                .windows(2)
-                .all(|w| (w[0].1, &w[0].2) < (w[1].1, &w[1].2))
-        );
-        by_buckets.rows_per_sort = 500;
-        for cut in [0, 1_234, in_ranges.len() - 2] {
-            let (_, at, key, _) = &in_ranges[cut];
-            let offset = FeedOffset {
-                changed_at: *at,
-                event_key: key.as_slice().try_into().unwrap(),
-            };
-            let rest = streamed(&mut by_buckets, &ChangeSelection::After(Some(offset)));
-            assert_eq!(rest, in_ranges[cut + 1..], "after change {cut}");
-        }
-
-        // A warehouse whose dedup_runs predates the flag (an export opens read-only and
-        // cannot add it) still streams the same feed, through key buckets.
-        by_buckets
-            .conn
-            .execute_batch("ALTER TABLE dedup_runs DROP COLUMN key_ordered")
-            .unwrap();
-        let location = by_buckets.url.trim_start_matches("duckdb://").to_string();
-        drop(by_buckets);
-        let mut read_only = DuckDbWarehouse::open(&location, true).unwrap();
-        read_only.rows_per_sort = 500;
-        assert_eq!(streamed(&mut read_only, &all), in_ranges);
     }
 
     #[test]

@@ -51,8 +51,7 @@ CREATE TABLE IF NOT EXISTS dedup_pending_dates (event_date DATE NOT NULL);
 CREATE TABLE IF NOT EXISTS dedup_events ({typed}, changed_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS dedup_tombstones (event_key BLOB NOT NULL, event_date DATE NOT NULL, changed_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS dedup_runs (
-    changed_at TIMESTAMP NOT NULL, dates BIGINT, rows_changed BIGINT, rows_deleted BIGINT, finished_at TIMESTAMP);
-ALTER TABLE dedup_runs ADD COLUMN IF NOT EXISTS key_ordered BOOLEAN;"
+    changed_at TIMESTAMP NOT NULL, dates BIGINT, rows_changed BIGINT, rows_deleted BIGINT, finished_at TIMESTAMP);"
     )
 });
 
@@ -127,30 +126,12 @@ DELETE FROM dedup_events
 WHERE event_date IN (SELECT event_date FROM dedup_dates)
   AND (event_key IN (SELECT event_key FROM dedup_changed)
        OR event_key IN (SELECT event_key FROM dedup_vanished))";
-///
-/// A run's new rows are appended in key order, so each run is stored clustered by key
-/// and the change feed reads it back in key-range slices that DuckDB's zone maps prune
-/// (see [`CHANGES_OF_RUN_SLICE`]). A small run DuckDB sorts as it inserts
-/// ([`DEDUP_APPLY_INSERT_IN_KEY_ORDER`]); a large one is read out unordered
-/// ([`DEDUP_CHANGED_ROWS`], the columns of `dedup_events` in table order), put in key
-/// order by `warehouse::key_order` and appended.
-fn changed_rows() -> String {
+pub static DEDUP_APPLY_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {cols}, make_timestamp(?) AS changed_at FROM raw_events
+        "INSERT INTO dedup_events ({cols}, changed_at) SELECT {cols}, make_timestamp(?) FROM raw_events
 WHERE event_date IN (SELECT event_date FROM dedup_dates)
   AND rowid IN (SELECT raw_rowid FROM dedup_changed)",
         cols = *TYPED_COLUMN_LIST
-    )
-}
-
-/// The changed winners' full rows as `dedup_events` rows (parameter: changed_at µs).
-pub static DEDUP_CHANGED_ROWS: LazyLock<String> = LazyLock::new(changed_rows);
-/// Inserts the changed winners in key order (parameter: changed_at µs).
-pub static DEDUP_APPLY_INSERT_IN_KEY_ORDER: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO dedup_events ({cols}, changed_at) {rows}\nORDER BY event_key",
-        cols = *TYPED_COLUMN_LIST,
-        rows = changed_rows()
     )
 });
 /// Same content, another winning source (a re-delivered file): the lineage follows the
@@ -172,51 +153,27 @@ WHERE event_key IN (SELECT event_key FROM dedup_changed)
 pub const DEDUP_INSERT_TOMBSTONES: &str = "INSERT INTO dedup_tombstones SELECT event_key, event_date, make_timestamp(?) FROM dedup_vanished";
 pub const DEDUP_CLEAR_PENDING: &str =
     "DELETE FROM dedup_pending_dates WHERE event_date IN (SELECT event_date FROM dedup_dates)";
-/// Records the run; its rows were written in key order.
-pub const DEDUP_RECORD_RUN: &str = "INSERT INTO dedup_runs
-    (changed_at, dates, rows_changed, rows_deleted, finished_at, key_ordered)
-VALUES (make_timestamp(?),
+pub const DEDUP_RECORD_RUN: &str = "INSERT INTO dedup_runs VALUES (make_timestamp(?),
     (SELECT count(*) FROM dedup_dates), (SELECT count(*) FROM dedup_changed),
-    (SELECT count(*) FROM dedup_vanished), now()::TIMESTAMP, true)";
+    (SELECT count(*) FROM dedup_vanished), now()::TIMESTAMP)";
 
 /// The change feed is read one `changed_at` value (one dedup run) at a time, in key order.
-/// A small run DuckDB sorts itself. A large run that dedup stored in key order
-/// (`dedup_runs.key_ordered`) is read in key-range slices, each sorted by DuckDB: the
-/// run's row groups are clustered by key, so zone maps skip all but a slice's own. Any
-/// other large selection (a run written before runs were stored in key order, a re-sync
-/// of dates) is read unordered and put in key order outside DuckDB in bounded memory
-/// (`warehouse::key_order`): DuckDB cannot sort millions of wide rows within a small
-/// memory limit, and slicing unclustered rows would scan them once per slice.
+/// A small run DuckDB sorts itself; a large one is read unordered and put in key order
+/// outside DuckDB in bounded memory (`warehouse::key_order`): DuckDB cannot sort millions
+/// of wide rows within a small memory limit, and slicing by key range would scan the run
+/// once per slice.
 ///
-/// The runs at or after the offset's changed_at, their row counts and whether their rows
-/// are stored in key order. Parameter: changed_at µs.
-fn feed_runs(key_ordered: &str) -> String {
-    format!(
-        "SELECT f.changed_at_us, f.n, coalesce(r.key_ordered, false) FROM (
-    SELECT changed_at_us, count(*)::BIGINT AS n FROM (
-        SELECT epoch_us(changed_at) AS changed_at_us FROM dedup_events WHERE changed_at >= make_timestamp($1)
-        UNION ALL
-        SELECT epoch_us(changed_at) FROM dedup_tombstones WHERE changed_at >= make_timestamp($1)
-    ) GROUP BY 1
-) f LEFT JOIN (
-    SELECT epoch_us(changed_at) AS changed_at_us, bool_and({key_ordered}) AS key_ordered
-    FROM dedup_runs WHERE changed_at >= make_timestamp($1) GROUP BY 1
-) r USING (changed_at_us)
-ORDER BY 1"
-    )
-}
-
-pub static FEED_RUNS: LazyLock<String> = LazyLock::new(|| feed_runs("key_ordered"));
-/// [`FEED_RUNS`] on a warehouse whose `dedup_runs` predates `key_ordered` (an export,
-/// which opens read-only, of a warehouse no newer step has opened yet).
-pub static FEED_RUNS_UNFLAGGED: LazyLock<String> = LazyLock::new(|| feed_runs("false"));
-pub const DEDUP_RUNS_ARE_FLAGGED: &str = "SELECT count(*) FROM duckdb_columns()
-WHERE table_name = 'dedup_runs' AND column_name = 'key_ordered'";
+/// The runs at or after the offset's changed_at and their row counts. Parameter:
+/// changed_at µs.
+pub const FEED_RUNS: &str = "SELECT changed_at_us, count(*)::BIGINT FROM (
+    SELECT epoch_us(changed_at) AS changed_at_us FROM dedup_events WHERE changed_at >= make_timestamp($1)
+    UNION ALL
+    SELECT epoch_us(changed_at) FROM dedup_tombstones WHERE changed_at >= make_timestamp($1)
+) GROUP BY 1 ORDER BY 1";
 
 /// One run's changes after a key: current rows as upserts, tombstones as deletes.
-/// Parameters: changed_at µs, the offset key (exclusive; empty for none), and for a
-/// slice its key range `[$3, $4)`.
-fn changes_of_run(slice: &str, order: &str) -> String {
+/// Parameters: changed_at µs, the offset key (exclusive; empty for none).
+fn changes_of_run(order: &str) -> String {
     let nulls: Vec<String> = TYPED_COLUMNS
         .iter()
         .map(|c| match c.name {
@@ -224,7 +181,7 @@ fn changes_of_run(slice: &str, order: &str) -> String {
             _ => format!("NULL::{} AS \"{}\"", duckdb_type(c.kind), c.name),
         })
         .collect();
-    let run = format!("changed_at = make_timestamp($1) AND event_key > $2{slice}");
+    let run = "changed_at = make_timestamp($1) AND event_key > $2";
     format!(
         "SELECT * FROM (
     SELECT 'U' AS op, changed_at, {cols} FROM dedup_events WHERE {run}
@@ -238,16 +195,9 @@ fn changes_of_run(slice: &str, order: &str) -> String {
 
 /// [`changes_of_run`] sorted by key.
 pub static CHANGES_OF_RUN: LazyLock<String> =
-    LazyLock::new(|| changes_of_run("", " ORDER BY event_key"));
+    LazyLock::new(|| changes_of_run(" ORDER BY event_key"));
 /// [`changes_of_run`] in storage order.
-pub static CHANGES_OF_RUN_UNORDERED: LazyLock<String> = LazyLock::new(|| changes_of_run("", ""));
-/// One key range of [`changes_of_run`], sorted by key.
-pub static CHANGES_OF_RUN_SLICE: LazyLock<String> = LazyLock::new(|| {
-    changes_of_run(
-        " AND event_key >= $3 AND event_key < $4",
-        " ORDER BY event_key",
-    )
-});
+pub static CHANGES_OF_RUN_UNORDERED: LazyLock<String> = LazyLock::new(|| changes_of_run(""));
 
 pub const CREATE_SELECTED_DATES: &str =
     "CREATE OR REPLACE TEMP TABLE selected_dates (event_date DATE NOT NULL)";
