@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS dedup_runs (
     )
 });
 
+/// `SET threads = n`: DuckDB's SET takes no parameters; `n` is a count the backend
+/// computes, never input.
+pub fn set_threads(n: u32) -> String {
+    format!("SET threads = {n}")
+}
+pub const RESET_THREADS: &str = "RESET threads";
+
 pub const CLEAR_STAGED: &str = "DELETE FROM staged_window; DELETE FROM staged_files;";
 pub const INSERT_STAGED_WINDOW: &str =
     "INSERT INTO staged_window VALUES (?::DATE, ?::DATE, make_timestamp(?))";
