@@ -621,10 +621,14 @@ impl Warehouse for DuckDbWarehouse {
                 .map_err(db_err("leaving a core to the typing thread"))?;
         }
         let loaded = self.load_raw_rows(files, loaded_at, source);
-        if appending_threads.is_some() {
-            self.conn
-                .execute_batch(sql::RESET_THREADS)
-                .map_err(db_err("restoring DuckDB's threads"))?;
+        if appending_threads.is_some()
+            && let Err(e) = self.conn.execute_batch(sql::RESET_THREADS)
+        {
+            // A failed load's own error is the one to report.
+            if loaded.is_ok() {
+                return Err(PipelineError::warehouse("restoring DuckDB's threads", e));
+            }
+            tracing::warn!(error = %e, "could not restore DuckDB's threads after a failed load");
         }
         loaded
     }
