@@ -6,6 +6,9 @@
 //!
 //! A warehouse sorts a small selection itself; a large one it would otherwise sort whole
 //! (memory) or slice by key range and scan once per slice (time quadratic in its size).
+//! Between the two, a large selection is read in a few [`KeySlice`]s, each through its own
+//! buckets: the first rows can go out after one slice instead of the whole selection, at
+//! the price of one more scan per slice, so the number of slices stays small.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
@@ -18,8 +21,9 @@ use arrow::ipc::writer::FileWriter;
 use crate::error::{PipelineError, Result};
 use crate::warehouse::binary_at;
 
-/// Rows gathered from the source before they are spread over the buckets and spilled.
-const SPILL_BATCH_ROWS: usize = 32_768;
+/// Rows gathered from the source before they are spread over the buckets and spilled
+/// (a key slice fills only its own buckets, so pieces stay a few hundred rows long).
+const SPILL_BATCH_ROWS: usize = 16_384;
 /// At most 2^12 buckets (a run of a billion rows still sorts ~250 k rows at a time).
 const MAX_BUCKET_BITS: u32 = 12;
 
@@ -37,6 +41,48 @@ fn bucket_of(key: &[u8], bits: u32) -> usize {
     let hi = key.first().copied().unwrap_or(0);
     let lo = key.get(1).copied().unwrap_or(0);
     usize::from(u16::from_be_bytes([hi, lo]) >> (16 - bits))
+}
+
+/// Keys are MD5 digests: 16 bytes.
+const KEY_BYTES: usize = 16;
+
+/// A range of event keys, `lo <= key < hi`, bounded by 2-byte prefixes; the last slice's
+/// `hi` is above every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySlice {
+    pub lo: Vec<u8>,
+    pub hi: Vec<u8>,
+}
+
+/// `count` (a power of two, at most 2^16) slices of equal key range that together hold
+/// every key of up to 16 bytes, in key order.
+fn equal_key_slices(count: u32) -> Vec<KeySlice> {
+    let width = (1u32 << 16) / count.max(1);
+    (0..count.max(1))
+        .map(|s| {
+            let prefix = |n: u32| u16::try_from(n).map(|p| p.to_be_bytes().to_vec());
+            KeySlice {
+                lo: if s == 0 {
+                    Vec::new()
+                } else {
+                    prefix(s * width).unwrap_or_default()
+                },
+                hi: prefix((s + 1) * width).unwrap_or_else(|_| vec![0xff; KEY_BYTES + 1]),
+            }
+        })
+        .collect()
+}
+
+/// The key slices to read `rows` rows in: about `rows_per_slice` each, a power of two of
+/// them, at most `max_slices` (rounded down to a power of two).
+pub fn key_slices(rows: u64, rows_per_slice: u64, max_slices: u32) -> Vec<KeySlice> {
+    let wanted = rows.div_ceil(rows_per_slice.max(1)).max(1);
+    let cap = 1u32 << (31 - max_slices.max(1).leading_zeros());
+    let count = u32::try_from(wanted.next_power_of_two())
+        .unwrap_or(u32::MAX)
+        .min(cap)
+        .min(1 << 16);
+    equal_key_slices(count)
 }
 
 /// The key of every row of a batch, in row order.
@@ -277,6 +323,47 @@ mod tests {
         want.sort();
         assert_eq!(out.len(), 100_000);
         assert_eq!(out, want);
+    }
+
+    fn in_slice(slice: &KeySlice, key: &[u8]) -> bool {
+        slice.lo.as_slice() <= key && key < slice.hi.as_slice()
+    }
+
+    #[test]
+    fn key_slices_hold_every_key_once_in_order() {
+        assert_eq!(key_slices(0, 100, 8).len(), 1);
+        assert_eq!(key_slices(100, 100, 8).len(), 1);
+        assert_eq!(key_slices(101, 100, 8).len(), 2);
+        assert_eq!(key_slices(2_900_000, 250_000, 16).len(), 16);
+        assert_eq!(key_slices(10_000_000, 250_000, 16).len(), 16);
+        assert_eq!(key_slices(10_000_000, 1, 12).len(), 8);
+        let edges: [[u8; 16]; 5] = [
+            [0; 16],
+            [0x0f; 16],
+            [0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0x7f; 16],
+            [0xff; 16],
+        ];
+        for count in [1, 2, 4, 16, 1 << 16] {
+            let slices = equal_key_slices(count);
+            assert_eq!(slices.len(), count as usize);
+            assert!(
+                slices
+                    .windows(2)
+                    .all(|w| w[0].hi == w[1].lo && w[0].lo < w[1].lo)
+            );
+            let keys = (0..2_000u32)
+                .map(|i| md5::Md5::digest(i.to_le_bytes()).to_vec())
+                .chain(edges.iter().map(|k| k.to_vec()));
+            for key in keys {
+                let holding: Vec<usize> = (0..slices.len())
+                    .filter(|&s| in_slice(&slices[s], &key))
+                    .collect();
+                assert_eq!(holding.len(), 1, "{count} slices, key {key:02x?}");
+            }
+        }
+        let halves = equal_key_slices(2);
+        assert!(in_slice(&halves[0], &[0x7f; 16]) && in_slice(&halves[1], &[0x80; 16]));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::concat_batches;
@@ -14,7 +15,7 @@ use arrow::datatypes::Date32Type;
 use chrono::NaiveDate;
 use duckdb::{Connection, params};
 
-use super::key_order::KeyBuckets;
+use super::key_order::{KeyBuckets, KeySlice, key_slices};
 use super::{
     ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, LedgerEntry, RawLoadOutcome,
     RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
@@ -102,6 +103,8 @@ pub struct DuckDbWarehouse {
     url: String,
     /// Rows DuckDB sorts at once when reading changes ([`ROWS_PER_SORT`]).
     rows_per_sort: u64,
+    /// Rows of a large selection read per key slice ([`ROWS_PER_KEY_SLICE`]).
+    rows_per_slice: u64,
     /// Threads the URL asked for (`?threads=`); None leaves DuckDB's default, all cores.
     threads: Option<u32>,
 }
@@ -157,6 +160,7 @@ impl DuckDbWarehouse {
             conn,
             url: format!("duckdb://{}", path.display()),
             rows_per_sort: ROWS_PER_SORT,
+            rows_per_slice: ROWS_PER_KEY_SLICE,
             threads: settings.threads,
         })
     }
@@ -294,43 +298,6 @@ impl DuckDbWarehouse {
         })
     }
 
-    fn select_dates(&self, dates: &[NaiveDate]) -> Result<()> {
-        self.conn
-            .execute_batch(sql::CREATE_SELECTED_DATES)
-            .map_err(db_err("selecting dates"))?;
-        let mut stmt = self
-            .conn
-            .prepare(sql::INSERT_SELECTED_DATE)
-            .map_err(db_err("selecting dates"))?;
-        for d in dates {
-            stmt.execute(params![d.to_string()])
-                .map_err(db_err("selecting dates"))?;
-        }
-        Ok(())
-    }
-
-    /// Runs a query and hands its result chunks, in order, to `each`. Returns false once
-    /// `each` wants no more.
-    fn stream_query(
-        &self,
-        query: &str,
-        bind: &[&dyn duckdb::ToSql],
-        each: &mut dyn FnMut(RecordBatch) -> Result<bool>,
-    ) -> Result<bool> {
-        let mut stmt = self
-            .conn
-            .prepare(query)
-            .map_err(db_err("preparing the change query"))?;
-        let stream = stmt.stream_arrow(bind).map_err(db_err("reading changes"))?;
-        for chunk in stream {
-            let chunk = chunk.map_err(db_err("reading changes"))?;
-            if !each(chunk)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     fn count(&self, query: &str, bind: &[&dyn duckdb::ToSql]) -> Result<u64> {
         let n: i64 = self
             .conn
@@ -339,30 +306,74 @@ impl DuckDbWarehouse {
         Ok(n.max(0) as u64)
     }
 
-    /// Runs a query whose rows come in any order and adds them to `batches` in key
-    /// order: DuckDB sorts up to `rows_per_sort` rows itself (`sorted`); more go through
-    /// [`KeyBuckets`]. `rows` is the expected row count. Returns false once the sink
-    /// wants no more.
+    /// Hands the rows of `read` (`rows` of them, about) to `batches` in key order.
+    /// DuckDB sorts up to `rows_per_sort` rows itself; more are read in key slices, each
+    /// put in order through [`KeyBuckets`], the next slice read on a connection of its own
+    /// while the previous one goes out. Returns false once the sink wants no more.
     fn stream_in_key_order(
         &self,
-        (sorted, unordered): (&str, &str),
-        bind: &[&dyn duckdb::ToSql],
+        read: &KeyOrderedRead,
         rows: u64,
         batches: &mut BatchAssembler<'_>,
     ) -> Result<bool> {
         if rows <= self.rows_per_sort {
-            return self.stream_query(sorted, bind, &mut |chunk| batches.push(chunk));
+            return read.stream(&self.conn, read.sorted_query(), None, &mut |chunk| {
+                batches.push(chunk)
+            });
         }
-        let mut buckets = KeyBuckets::new("event_key", rows, self.rows_per_sort / 4);
+        let slices = key_slices(rows, self.rows_per_slice, MAX_KEY_SLICES);
+        let rows_per_bucket = self.rows_per_sort / 4;
         tracing::debug!(
             rows,
-            buckets = buckets.buckets(),
-            "ordering changes by key through buckets"
+            slices = slices.len(),
+            "ordering changes by key through slices and buckets"
         );
-        self.stream_query(unordered, bind, &mut |chunk| {
-            buckets.push(chunk).map(|()| true)
-        })?;
-        buckets.drain(&mut |sorted| batches.push(sorted))
+        let conn = self
+            .conn
+            .try_clone()
+            .map_err(db_err("opening a reader connection"))?;
+        let stop = AtomicBool::new(false);
+        // Rendezvous: the reader gets one slice ahead of the one being sent, no more.
+        let (ready, slices_in) = std::sync::mpsc::sync_channel::<Result<KeyBuckets>>(0);
+        std::thread::scope(|scope| {
+            let stop = &stop;
+            scope.spawn(move || {
+                let read_slice = |slice: &KeySlice| -> Result<KeyBuckets> {
+                    let mut buckets = KeyBuckets::new("event_key", rows, rows_per_bucket);
+                    read.stream(&conn, read.slice_query(), Some(slice), &mut |chunk| {
+                        buckets.push(chunk)?;
+                        Ok(!stop.load(Ordering::Relaxed))
+                    })?;
+                    Ok(buckets)
+                };
+                if let KeyOrderedRead::Dates(dates) = read
+                    && let Err(e) = select_dates(&conn, dates)
+                {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+                for slice in &slices {
+                    let buckets = read_slice(slice);
+                    let failed = buckets.is_err();
+                    if stop.load(Ordering::Relaxed) || ready.send(buckets).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut send_slices = || -> Result<bool> {
+                for buckets in &slices_in {
+                    if !buckets?.drain(&mut |sorted| batches.push(sorted))? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            };
+            let sent = send_slices();
+            // Whatever ended the loop, the reader stops at its next chunk.
+            stop.store(true, Ordering::Relaxed);
+            drop(slices_in);
+            sent
+        })
     }
 
     /// The change feed after an offset, run by run.
@@ -386,13 +397,15 @@ impl DuckDbWarehouse {
                 .map_err(db_err("listing the change feed's runs"))?
         };
         for (run_at, rows) in runs {
-            let after: &[u8] = if run_at == at { &key } else { &[] };
-            if !self.stream_in_key_order(
-                (&sql::CHANGES_OF_RUN, &sql::CHANGES_OF_RUN_UNORDERED),
-                &[&run_at, &after],
-                rows.max(0) as u64,
-                batches,
-            )? {
+            let read = KeyOrderedRead::Run {
+                changed_at: run_at,
+                after: if run_at == at {
+                    key.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            if !self.stream_in_key_order(&read, rows.max(0) as u64, batches)? {
                 return Ok(());
             }
         }
@@ -401,17 +414,93 @@ impl DuckDbWarehouse {
 
     /// Every current row of some event dates, in key order.
     fn stream_dates(&self, dates: &[NaiveDate], batches: &mut BatchAssembler<'_>) -> Result<()> {
-        self.select_dates(dates)?;
+        select_dates(&self.conn, dates)?;
         let rows = self.count(sql::COUNT_ROWS_OF_DATES, &[])?;
-        if !self.stream_in_key_order(
-            (&sql::ROWS_OF_DATES, &sql::ROWS_OF_DATES_UNORDERED),
-            &[],
-            rows,
-            batches,
-        )? {
+        let read = KeyOrderedRead::Dates(dates.to_vec());
+        if !self.stream_in_key_order(&read, rows, batches)? {
             return Ok(());
         }
         batches.finish()
+    }
+}
+
+/// Fills the connection's `selected_dates` (a temporary table: one per connection).
+fn select_dates(conn: &Connection, dates: &[NaiveDate]) -> Result<()> {
+    conn.execute_batch(sql::CREATE_SELECTED_DATES)
+        .map_err(db_err("selecting dates"))?;
+    let mut stmt = conn
+        .prepare(sql::INSERT_SELECTED_DATE)
+        .map_err(db_err("selecting dates"))?;
+    for d in dates {
+        stmt.execute(params![d.to_string()])
+            .map_err(db_err("selecting dates"))?;
+    }
+    Ok(())
+}
+
+/// Runs a query and hands its result chunks, in order, to `each`. Returns false once
+/// `each` wants no more.
+fn stream_query(
+    conn: &Connection,
+    query: &str,
+    bind: &[&dyn duckdb::ToSql],
+    each: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+) -> Result<bool> {
+    let mut stmt = conn
+        .prepare(query)
+        .map_err(db_err("preparing the change query"))?;
+    let stream = stmt.stream_arrow(bind).map_err(db_err("reading changes"))?;
+    for chunk in stream {
+        let chunk = chunk.map_err(db_err("reading changes"))?;
+        if !each(chunk)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// What a key-ordered read selects, with the values it binds (owned: a large read runs
+/// on a thread of its own).
+enum KeyOrderedRead {
+    /// One dedup run after a key: its changed_at µs and the offset key (empty: none).
+    Run { changed_at: i64, after: Vec<u8> },
+    /// The current rows of some event dates (`selected_dates` of the connection).
+    Dates(Vec<NaiveDate>),
+}
+
+impl KeyOrderedRead {
+    fn sorted_query(&self) -> &'static str {
+        match self {
+            KeyOrderedRead::Run { .. } => sql::CHANGES_OF_RUN.as_str(),
+            KeyOrderedRead::Dates(_) => sql::ROWS_OF_DATES.as_str(),
+        }
+    }
+
+    fn slice_query(&self) -> &'static str {
+        match self {
+            KeyOrderedRead::Run { .. } => sql::CHANGES_OF_RUN_SLICE.as_str(),
+            KeyOrderedRead::Dates(_) => sql::ROWS_OF_DATES_SLICE.as_str(),
+        }
+    }
+
+    /// Runs one of its queries on `conn`, binding its values and a slice's bounds.
+    fn stream(
+        &self,
+        conn: &Connection,
+        query: &str,
+        slice: Option<&KeySlice>,
+        each: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<bool> {
+        let mut bind: Vec<&dyn duckdb::ToSql> = match self {
+            KeyOrderedRead::Run { changed_at, after } => {
+                vec![changed_at as &dyn duckdb::ToSql, after]
+            }
+            KeyOrderedRead::Dates(_) => Vec::new(),
+        };
+        if let Some(slice) = slice {
+            bind.extend([&slice.lo as &dyn duckdb::ToSql, &slice.hi]);
+        }
+        stream_query(conn, query, &bind, each)
     }
 }
 
@@ -428,6 +517,14 @@ fn appending_threads(url_threads: Option<u32>, cores: usize) -> Option<u32> {
 /// of a quarter of this many rows each (they are sorted in the process's own memory,
 /// outside DuckDB's limit).
 const ROWS_PER_SORT: u64 = 100_000;
+
+/// A selection of more than [`ROWS_PER_SORT`] rows is read in key slices of about this
+/// many rows, at most [`MAX_KEY_SLICES`] of them: the first rows go out after one slice
+/// has been read, not the whole selection, and each slice costs one more scan of it
+/// (2.9 M rows on 2 cores: 38.5-40.8 s to MySQL with 2 to 8 slices, 42-44 s with one,
+/// 41 s with 16, whose scans doubled the step's CPU).
+const ROWS_PER_KEY_SLICE: u64 = 250_000;
+const MAX_KEY_SLICES: u32 = 4;
 
 /// Cuts query results into batches of exactly `batch_rows` rows (the last may be
 /// shorter), across the queries that make up one selection.
@@ -702,7 +799,7 @@ impl Warehouse for DuckDbWarehouse {
     ) -> Result<BTreeMap<NaiveDate, DateChecksum>> {
         let query = match dates {
             Some(d) => {
-                self.select_dates(d)?;
+                select_dates(&self.conn, d)?;
                 sql::HASHES_OF_DATES
             }
             None => sql::HASHES_OF_ALL_DATES,
@@ -786,9 +883,14 @@ mod tests {
         let all = ChangeSelection::After(None);
         let sorted_by_duckdb = streamed(&mut wh, &all);
         wh.rows_per_sort = 500;
+        // One slice through buckets; then eight slices (5,040 rows, 1,000 a slice).
+        wh.rows_per_slice = 10_000;
+        let one_slice = streamed(&mut wh, &all);
+        wh.rows_per_slice = 1_000;
         let through_buckets = streamed(&mut wh, &all);
         assert_eq!(through_buckets.len(), 5_340);
         assert_eq!(through_buckets, sorted_by_duckdb);
+        assert_eq!(one_slice, sorted_by_duckdb);
         let order: Vec<(i64, &[u8])> = through_buckets
             .iter()
             .map(|(_, at, key, _)| (*at, key.as_slice()))
@@ -808,6 +910,20 @@ mod tests {
         };
         let rest = streamed(&mut wh, &ChangeSelection::After(Some(offset)));
         assert_eq!(rest, through_buckets[1_235..]);
+
+        // A sink that wants no more stops the slice reader too: one batch, then done.
+        let mut calls = 0;
+        wh.stream_changes(&all, 100, &mut |_| {
+            calls += 1;
+            Ok(false)
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
+        // A sink that fails: its error comes back, the reader is stopped and joined.
+        let failed = wh.stream_changes(&all, 100, &mut |_| {
+            Err(PipelineError::Config("MySQL went away".into()))
+        });
+        assert!(matches!(failed, Err(PipelineError::Config(m)) if m == "MySQL went away"));
 
         // A re-sync of two dates: their current rows only, in key order, either way.
         let dates = ChangeSelection::Dates(vec![

@@ -165,10 +165,10 @@ pub const DEDUP_RECORD_RUN: &str = "INSERT INTO dedup_runs VALUES (make_timestam
     (SELECT count(*) FROM dedup_vanished), now()::TIMESTAMP)";
 
 /// The change feed is read one `changed_at` value (one dedup run) at a time, in key order.
-/// A small run DuckDB sorts itself; a large one is read unordered and put in key order
-/// outside DuckDB in bounded memory (`warehouse::key_order`): DuckDB cannot sort millions
-/// of wide rows within a small memory limit, and slicing by key range would scan the run
-/// once per slice.
+/// A small run DuckDB sorts itself; a large one is read in a few key-range slices, each
+/// unordered, and put in key order outside DuckDB in bounded memory
+/// (`warehouse::key_order`): DuckDB cannot sort millions of wide rows within a small
+/// memory limit, and each slice scans the run's keys once more.
 ///
 /// The runs at or after the offset's changed_at and their row counts. Parameter:
 /// changed_at µs.
@@ -178,9 +178,14 @@ pub const FEED_RUNS: &str = "SELECT changed_at_us, count(*)::BIGINT FROM (
     SELECT epoch_us(changed_at) FROM dedup_tombstones WHERE changed_at >= make_timestamp($1)
 ) GROUP BY 1 ORDER BY 1";
 
+/// Keys of one slice: `$3 <= event_key < $4` (feed) or `$1 <= event_key < $2` (dates).
+const RUN_SLICE: &str = " AND event_key >= $3 AND event_key < $4";
+const DATES_SLICE: &str = " AND event_key >= $1 AND event_key < $2";
+
 /// One run's changes after a key: current rows as upserts, tombstones as deletes.
-/// Parameters: changed_at µs, the offset key (exclusive; empty for none).
-fn changes_of_run(order: &str) -> String {
+/// Parameters: changed_at µs, the offset key (exclusive; empty for none), and with a
+/// `slice` condition its bounds.
+fn changes_of_run(slice: &str, order: &str) -> String {
     let nulls: Vec<String> = TYPED_COLUMNS
         .iter()
         .map(|c| match c.name {
@@ -188,7 +193,7 @@ fn changes_of_run(order: &str) -> String {
             _ => format!("NULL::{} AS \"{}\"", duckdb_type(c.kind), c.name),
         })
         .collect();
-    let run = "changed_at = make_timestamp($1) AND event_key > $2";
+    let run = format!("changed_at = make_timestamp($1) AND event_key > $2{slice}");
     format!(
         "SELECT * FROM (
     SELECT 'U' AS op, changed_at, {cols} FROM dedup_events WHERE {run}
@@ -202,9 +207,9 @@ fn changes_of_run(order: &str) -> String {
 
 /// [`changes_of_run`] sorted by key.
 pub static CHANGES_OF_RUN: LazyLock<String> =
-    LazyLock::new(|| changes_of_run(" ORDER BY event_key"));
-/// [`changes_of_run`] in storage order.
-pub static CHANGES_OF_RUN_UNORDERED: LazyLock<String> = LazyLock::new(|| changes_of_run(""));
+    LazyLock::new(|| changes_of_run("", " ORDER BY event_key"));
+/// One key slice of [`changes_of_run`], in storage order.
+pub static CHANGES_OF_RUN_SLICE: LazyLock<String> = LazyLock::new(|| changes_of_run(RUN_SLICE, ""));
 
 pub const CREATE_SELECTED_DATES: &str =
     "CREATE OR REPLACE TEMP TABLE selected_dates (event_date DATE NOT NULL)";
@@ -213,20 +218,21 @@ pub const INSERT_SELECTED_DATE: &str = "INSERT INTO selected_dates VALUES (?::DA
 pub const COUNT_ROWS_OF_DATES: &str = "SELECT count(*)::BIGINT FROM dedup_events
 WHERE event_date IN (SELECT event_date FROM selected_dates)";
 
-/// The current rows of the selected dates (re-sync).
-fn rows_of_dates(order: &str) -> String {
+/// The current rows of the selected dates (re-sync); with a `slice` condition, its
+/// bounds are the parameters.
+fn rows_of_dates(slice: &str, order: &str) -> String {
     format!(
         "SELECT 'U' AS op, changed_at, {cols} FROM dedup_events
-WHERE event_date IN (SELECT event_date FROM selected_dates){order}",
+WHERE event_date IN (SELECT event_date FROM selected_dates){slice}{order}",
         cols = *TYPED_COLUMN_LIST
     )
 }
 
 /// [`rows_of_dates`] sorted by key.
 pub static ROWS_OF_DATES: LazyLock<String> =
-    LazyLock::new(|| rows_of_dates("\nORDER BY event_key"));
-/// [`rows_of_dates`] in storage order.
-pub static ROWS_OF_DATES_UNORDERED: LazyLock<String> = LazyLock::new(|| rows_of_dates(""));
+    LazyLock::new(|| rows_of_dates("", "\nORDER BY event_key"));
+/// One key slice of [`rows_of_dates`], in storage order.
+pub static ROWS_OF_DATES_SLICE: LazyLock<String> = LazyLock::new(|| rows_of_dates(DATES_SLICE, ""));
 
 pub const HASHES_OF_DATES: &str = "SELECT event_date, row_hash FROM dedup_events
 WHERE event_date IN (SELECT event_date FROM selected_dates)";
