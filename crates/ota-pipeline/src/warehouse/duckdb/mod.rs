@@ -883,7 +883,7 @@ mod tests {
         let all = ChangeSelection::After(None);
         let sorted_by_duckdb = streamed(&mut wh, &all);
         wh.rows_per_sort = 500;
-        // One slice through buckets; then eight slices (5,040 rows, 1,000 a slice).
+        // One slice through buckets; then four (5,040 rows at 1,000 a slice, capped at 4).
         wh.rows_per_slice = 10_000;
         let one_slice = streamed(&mut wh, &all);
         wh.rows_per_slice = 1_000;
