@@ -74,15 +74,30 @@ fn equal_key_slices(count: u32) -> Vec<KeySlice> {
 }
 
 /// The key slices to read `rows` rows in: about `rows_per_slice` each, a power of two of
-/// them, at most `max_slices` (rounded down to a power of two).
+/// them, at most `max_slices` (rounded down to a power of two). Where there are several,
+/// the first is cut in two, a quarter and three quarters of its range: nothing can be sent
+/// before the first slice has been read, and the next one is read while it is sent.
 pub fn key_slices(rows: u64, rows_per_slice: u64, max_slices: u32) -> Vec<KeySlice> {
     let wanted = rows.div_ceil(rows_per_slice.max(1)).max(1);
     let cap = 1u32 << (31 - max_slices.max(1).leading_zeros());
-    let count = u32::try_from(wanted.next_power_of_two())
-        .unwrap_or(u32::MAX)
-        .min(cap)
-        .min(1 << 16);
-    equal_key_slices(count)
+    let count = u32::try_from(wanted.min(1 << 16).next_power_of_two())
+        .unwrap_or(1 << 16)
+        .min(cap);
+    let mut slices = equal_key_slices(count);
+    let quarter = (1u32 << 16) / count / 4;
+    if count > 1
+        && quarter > 0
+        && let Ok(cut) = u16::try_from(quarter)
+    {
+        let cut = cut.to_be_bytes().to_vec();
+        let first = KeySlice {
+            lo: Vec::new(),
+            hi: cut.clone(),
+        };
+        slices[0].lo = cut;
+        slices.insert(0, first);
+    }
+    slices
 }
 
 /// The key of every row of a batch, in row order.
@@ -333,10 +348,14 @@ mod tests {
     fn key_slices_hold_every_key_once_in_order() {
         assert_eq!(key_slices(0, 100, 8).len(), 1);
         assert_eq!(key_slices(100, 100, 8).len(), 1);
-        assert_eq!(key_slices(101, 100, 8).len(), 2);
-        assert_eq!(key_slices(2_900_000, 250_000, 16).len(), 16);
-        assert_eq!(key_slices(10_000_000, 250_000, 16).len(), 16);
-        assert_eq!(key_slices(10_000_000, 1, 12).len(), 8);
+        // Two halves, the first cut into a quarter and three quarters of its range.
+        assert_eq!(key_slices(101, 100, 8).len(), 3);
+        assert_eq!(key_slices(101, 100, 8)[0].hi, vec![0x20, 0]);
+        assert_eq!(key_slices(2_900_000, 250_000, 16).len(), 17);
+        assert_eq!(key_slices(10_000_000, 250_000, 16).len(), 17);
+        assert_eq!(key_slices(10_000_000, 1, 12).len(), 9);
+        // Too narrow to cut: 2^16 slices of one prefix each.
+        assert_eq!(key_slices(u64::MAX, 1, u32::MAX).len(), 1 << 16);
         let edges: [[u8; 16]; 5] = [
             [0; 16],
             [0x0f; 16],
@@ -344,9 +363,15 @@ mod tests {
             [0x7f; 16],
             [0xff; 16],
         ];
-        for count in [1, 2, 4, 16, 1 << 16] {
-            let slices = equal_key_slices(count);
-            assert_eq!(slices.len(), count as usize);
+        let layouts = [1, 2, 4, 16, 1 << 16]
+            .map(|count| (count as usize, equal_key_slices(count)))
+            .into_iter()
+            .chain([1, 2, 4, 8, 1 << 14].map(|max| {
+                let slices = key_slices(u64::MAX, 1, max);
+                (if max == 1 { 1 } else { max as usize + 1 }, slices)
+            }));
+        for (count, slices) in layouts {
+            assert_eq!(slices.len(), count);
             assert!(
                 slices
                     .windows(2)
