@@ -129,12 +129,18 @@ impl Iterator for FilePieces {
     }
 }
 
-/// The limit: one LOAD DATA LOCAL INFILE of the prepared file into `table` (empty).
-/// Returns the seconds the statement took.
-pub async fn load_limit(conn: &mut Conn, table: &str, path: &Path) -> Result<f64, BenchError> {
+/// The limit: one LOAD DATA LOCAL INFILE of the prepared file into `table`: into an empty
+/// table (`OnDuplicate::Fail`), or with `REPLACE` into the table that already holds every
+/// row (the server's own cost of the re-run case). Returns the seconds the statement took.
+pub async fn load_limit(
+    conn: &mut Conn,
+    table: &str,
+    path: &Path,
+    on_duplicate: sql::OnDuplicate,
+) -> Result<f64, BenchError> {
     let file = File::open(path).map_err(|e| BenchError::io(path, e))?;
     conn.set_infile_handler(async move { Ok(stream::iter(FilePieces(file)).boxed()) });
-    let statement = sql::load_data(table, &sql::target_columns(), sql::OnDuplicate::Fail);
+    let statement = sql::load_data(table, &sql::target_columns(), on_duplicate);
     let started = Instant::now();
     conn.query_drop(statement)
         .await
