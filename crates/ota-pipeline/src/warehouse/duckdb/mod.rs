@@ -367,8 +367,14 @@ impl DuckDbWarehouse {
                     let _ = ready.send(Err(e));
                     return;
                 }
-                for slice in &slices {
+                for (index, slice) in slices.iter().enumerate() {
+                    let started = std::time::Instant::now();
                     let buckets = read_slice(slice);
+                    tracing::debug!(
+                        slice = index,
+                        ms = started.elapsed().as_millis() as u64,
+                        "read a key slice"
+                    );
                     let failed = buckets.is_err();
                     if stop.load(Ordering::Relaxed) || ready.send(buckets).is_err() || failed {
                         return;
