@@ -327,18 +327,29 @@ impl MysqlTarget {
         offset: FeedOffset,
         crash_before_commit: bool,
     ) -> Result<(u64, u64)> {
+        let changes = split_changes(batch)?;
+        self.apply_split_changes(batch, &changes, offset, crash_before_commit)
+            .await
+    }
+
+    /// [`MysqlTarget::apply_changes`] of a batch already split by [`split_changes`]
+    /// (the export splits each batch on its reader thread, while the previous one loads).
+    pub async fn apply_split_changes(
+        &mut self,
+        batch: &RecordBatch,
+        changes: &ChangeRows,
+        offset: FeedOffset,
+        crash_before_commit: bool,
+    ) -> Result<(u64, u64)> {
         let ChangeRows {
             upserts,
             tombstones,
-        } = split_changes(batch)?;
+        } = changes;
         self.conn
             .query_drop("START TRANSACTION")
             .await
             .map_err(my_err("starting a batch transaction"))?;
-        let deleted = match self
-            .apply_in_transaction(batch, &upserts, &tombstones)
-            .await
-        {
+        let deleted = match self.apply_in_transaction(batch, upserts, tombstones).await {
             Ok(deleted) => deleted,
             Err(e) => {
                 // Nothing of the batch stays; the offset has not moved.

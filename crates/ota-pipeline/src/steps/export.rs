@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::{PipelineError, Result};
-use crate::mysql::{MysqlConfig, MysqlTarget};
+use crate::mysql::{MysqlConfig, MysqlTarget, split_changes};
 use crate::summary::{Status, StepSummary};
 use crate::warehouse::{
     Access, ChangeSelection, DateChecksum, FeedOffset, Warehouse, open_warehouse,
@@ -239,19 +239,28 @@ fn last_offset(batch: &RecordBatch) -> Option<FeedOffset> {
 /// Streams a selection from the warehouse on its own thread (the warehouse is blocking)
 /// while MySQL writes run on the caller's: reads and writes overlap, and one batch waits
 /// in between (the reader outpaces MySQL, so one is enough to keep it busy; each batch
-/// held costs memory outside DuckDB's limit).
-struct WarehouseReader {
-    rx: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+/// held costs memory outside DuckDB's limit). `prepare` runs on the reader's thread too,
+/// so what can be done to a batch before it loads is done while the previous one loads.
+struct WarehouseReader<T> {
+    rx: tokio::sync::mpsc::Receiver<Result<T>>,
     thread: std::thread::JoinHandle<Box<dyn Warehouse>>,
 }
 
-impl WarehouseReader {
-    fn spawn(warehouse: Box<dyn Warehouse>, selection: ChangeSelection, batch_rows: usize) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(1);
+impl<T: Send + 'static> WarehouseReader<T> {
+    fn spawn(
+        warehouse: Box<dyn Warehouse>,
+        selection: ChangeSelection,
+        batch_rows: usize,
+        prepare: fn(RecordBatch) -> Result<T>,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<T>>(1);
         let thread = std::thread::spawn(move || {
             let mut warehouse = warehouse;
             let streamed = warehouse.stream_changes(&selection, batch_rows, &mut |b| {
-                Ok(tx.blocking_send(Ok(b)).is_ok())
+                // A batch that cannot be prepared ends the read: its error goes on, no more.
+                let prepared = prepare(b);
+                let failed = prepared.is_err();
+                Ok(tx.blocking_send(prepared).is_ok() && !failed)
             });
             if let Err(e) = streamed {
                 let _ = tx.blocking_send(Err(e));
@@ -261,7 +270,7 @@ impl WarehouseReader {
         WarehouseReader { rx, thread }
     }
 
-    async fn next(&mut self) -> Option<Result<RecordBatch>> {
+    async fn next(&mut self) -> Option<Result<T>> {
         self.rx.recv().await
     }
 
@@ -289,13 +298,16 @@ async fn export(
         warehouse,
         ChangeSelection::After(start_offset),
         config.batch_rows,
+        |batch| Ok((split_changes(&batch)?, batch)),
     );
     while let Some(batch) = reader.next().await {
-        let batch = batch?;
+        let (changes, batch) = batch?;
         let next = last_offset(&batch)
             .ok_or_else(|| PipelineError::Config("a change batch without offset columns".into()))?;
         let crash = config.fail_after_batches == Some(batches);
-        let (u, d) = target.apply_changes(&batch, next, crash).await?;
+        let (u, d) = target
+            .apply_split_changes(&batch, &changes, next, crash)
+            .await?;
         offset = Some(next);
         upserted += u;
         deleted += d;
@@ -323,6 +335,7 @@ async fn export(
                 warehouse,
                 ChangeSelection::Dates(drifting.clone()),
                 config.batch_rows,
+                Ok,
             );
             while let Some(batch) = reader.next().await {
                 let batch = batch?;
