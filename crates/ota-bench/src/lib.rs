@@ -12,10 +12,14 @@
 //! 5. a no-op re-run of the four steps over the same window.
 //!
 //! Then the steady state: a daily run that adds one day to 3, and to 30, days of history.
+//!
+//! Every timed run starts on a settled machine ([`settle`]): what a run leaves for the
+//! server to do in the background is done before the next one starts, not charged to it.
 
 pub mod child;
 pub mod loaders;
 pub mod report;
+pub mod settle;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +29,7 @@ use serde_json::json;
 
 use child::{StepRun, Steps};
 use report::{Line, Sample, median, print_table, push};
+use settle::Settler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -168,8 +173,14 @@ impl Scenario {
         })
     }
 
-    /// The four steps over a window (export incremental, as scheduled runs do).
-    fn pipeline(&self, first: u32, last: u32) -> Result<Vec<StepRun>, BenchError> {
+    /// The four steps over a window (export incremental, as scheduled runs do), each
+    /// started on a settled machine.
+    fn pipeline(
+        &self,
+        quiet: &Quiet<'_>,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<StepRun>, BenchError> {
         let window = window_args(first, last);
         let mut runs = Vec::new();
         for step in STEP_NAMES {
@@ -178,9 +189,22 @@ impl Scenario {
             } else {
                 window.clone()
             };
+            quiet.settle()?;
             runs.push(self.steps.run(step, &args)?);
         }
         Ok(runs)
+    }
+}
+
+/// Settles the machine before a timed run (see [`settle`]).
+struct Quiet<'a> {
+    settler: &'a Settler,
+    runtime: &'a tokio::runtime::Runtime,
+}
+
+impl Quiet<'_> {
+    fn settle(&self) -> Result<(), BenchError> {
+        self.settler.settle(self.runtime)
     }
 }
 
@@ -297,6 +321,11 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
     // No database: the bench drops and creates its own.
     let server_url = with_database(&config.mysql_url, "")?;
     let info = runtime.block_on(server_info(&server_url))?;
+    let settler = Settler::new(&server_url);
+    let quiet = Quiet {
+        settler: &settler,
+        runtime: &runtime,
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "server: {} | innodb_buffer_pool_size {} MiB | innodb_flush_log_at_trx_commit {} | local_infile {} | log_bin {} | cores {cores}",
@@ -323,7 +352,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
     for rep in 0..config.repeat {
         eprintln!("repetition {} of {}", rep + 1, config.repeat);
         scenario.reset(&runtime, &server_url)?;
-        let runs = scenario.pipeline(0, config.days - 1)?;
+        let runs = scenario.pipeline(&quiet, 0, config.days - 1)?;
         for run in &runs {
             peak_rss = peak_rss.max(run.peak_rss_mb);
             let step_rows = if run.step == "stage-files" {
@@ -361,6 +390,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
             .await
             .map_err(|e| BenchError::Mysql(format!("resetting the offset: {e}")))
         })?;
+        quiet.settle()?;
         let again = scenario.steps.run("export-mysql", &[])?;
         peak_rss = peak_rss.max(again.peak_rss_mb);
         push(
@@ -369,37 +399,37 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
             Sample::of_step(&again, again.count("rows_read")),
         );
 
-        runtime.block_on(async {
+        let mut conn = runtime.block_on(async {
             let mut conn = loaders::connect(&scenario.mysql_url).await?;
             loaders::empty_copy(&mut conn, TABLE, LIMIT_TABLE).await?;
-            let mark = CpuMark::now();
-            let seconds =
-                loaders::load_limit(&mut conn, LIMIT_TABLE, &limit_file, OnDuplicate::Fail).await?;
-            push(
-                &mut exports,
-                "limit: LOAD DATA, empty table",
-                mark.sample(rows, seconds),
-            );
+            Ok::<_, BenchError>(conn)
+        })?;
+        for (name, on_duplicate) in [
+            ("limit: LOAD DATA, empty table", OnDuplicate::Fail),
             // The same file again: the server's own cost of replacing every row.
+            ("limit: LOAD DATA REPLACE, full table", OnDuplicate::Replace),
+        ] {
+            quiet.settle()?;
             let mark = CpuMark::now();
-            let seconds =
-                loaders::load_limit(&mut conn, LIMIT_TABLE, &limit_file, OnDuplicate::Replace)
-                    .await?;
-            push(
-                &mut exports,
-                "limit: LOAD DATA REPLACE, full table",
-                mark.sample(rows, seconds),
-            );
+            let seconds = runtime.block_on(loaders::load_limit(
+                &mut conn,
+                LIMIT_TABLE,
+                &limit_file,
+                on_duplicate,
+            ))?;
+            push(&mut exports, name, mark.sample(rows, seconds));
+        }
+        runtime.block_on(async {
             conn.query_drop(format!("DROP TABLE `{LIMIT_TABLE}`"))
                 .await
                 .map_err(|e| BenchError::Mysql(e.to_string()))?;
             loaders::empty_copy(&mut conn, TABLE, NAIVE_TABLE).await
         })?;
-        let mut conn = runtime.block_on(loaders::connect(&scenario.mysql_url))?;
         for name in [
             "naive: executemany, empty table",
             "naive: executemany, full table",
         ] {
+            quiet.settle()?;
             let mark = CpuMark::now();
             let (seconds, naive_rows) =
                 loaders::load_naive(&runtime, &mut conn, &scenario.warehouse_url, NAIVE_TABLE)?;
@@ -414,7 +444,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
                 .map_err(|e| BenchError::Mysql(e.to_string()))
         })?;
 
-        let reruns = scenario.pipeline(0, config.days - 1)?;
+        let reruns = scenario.pipeline(&quiet, 0, config.days - 1)?;
         noop.push(reruns.iter().map(|r| r.seconds).sum());
     }
 
@@ -463,7 +493,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
     println!("  no-op re-run of the window         {noop_seconds:>6.2} s (target < 2)");
 
     let steady = if config.steady_rows_per_day > 0 {
-        let (three, thirty, rss) = steady_state(config, &runtime, &server_url)?;
+        let (three, thirty, rss) = steady_state(config, &quiet, &server_url)?;
         peak_rss = peak_rss.max(rss);
         println!(
             "  daily run, 30 / 3 days of history  {:>6.2}   (target < 1.3; {thirty:.2} s vs {three:.2} s at {} rows a day)",
@@ -476,6 +506,10 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
     };
     println!(
         "  peak RSS of any step               {peak_rss:>6.0} MiB (target < 512 at 10 M rows)"
+    );
+    let (settled_seconds, settles) = settler.waited();
+    println!(
+        "\nbefore each of the {settles} timed runs the machine settled (sync; the server's dirty pages written, purge done): {settled_seconds:.0} s in all"
     );
 
     Ok(json!({
@@ -498,7 +532,7 @@ fn round(v: f64) -> f64 {
 /// history, and the peak RSS seen.
 fn steady_state(
     config: &BenchConfig,
-    runtime: &tokio::runtime::Runtime,
+    quiet: &Quiet<'_>,
     server_url: &str,
 ) -> Result<(f64, f64, f64), BenchError> {
     let history = [3u32, 30];
@@ -512,12 +546,12 @@ fn steady_state(
     for days in history {
         eprintln!("steady state after {days} days of history");
         let scenario = Scenario::new(config, &format!("steady-{days}"), &lake_dir)?;
-        scenario.reset(runtime, server_url)?;
-        scenario.pipeline(0, days - 1)?;
+        scenario.reset(quiet.runtime, server_url)?;
+        scenario.pipeline(quiet, 0, days - 1)?;
         let mut daily = Vec::new();
         let mut lines: Vec<Line> = Vec::new();
         for new_day in days..days + STEADY_DAYS_AFTER {
-            let runs = scenario.pipeline(new_day, new_day)?;
+            let runs = scenario.pipeline(quiet, new_day, new_day)?;
             rss = runs.iter().map(|r| r.peak_rss_mb).fold(rss, f64::max);
             daily.push(runs.iter().map(|r| r.seconds).sum::<f64>());
             for run in &runs {
