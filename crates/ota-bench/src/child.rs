@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +57,10 @@ impl Steps {
         let program = self.bin_dir.join(step);
         let server_before = server_cpu_seconds();
         let started = Instant::now();
-        let mut child = Command::new(&program)
+        let mut command = Command::new(&program);
+        // SAFETY: the hook only calls sigprocmask, which is async-signal-safe.
+        unsafe { command.pre_exec(crate::interrupt::unblock_in_child) };
+        let mut child = command
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -65,6 +69,7 @@ impl Steps {
             .spawn()
             .map_err(|e| BenchError::io(&program, e))?;
         let pid = child.id();
+        crate::interrupt::set_running_child(pid);
         let done = AtomicBool::new(false);
         let (stdout, peak_rss_kb, status) = std::thread::scope(|scope| {
             let watcher = scope.spawn(|| {
@@ -84,6 +89,7 @@ impl Steps {
             // while it is still a zombie-to-be, then reap it.
             let last = high_water_kb(pid).unwrap_or(0);
             let status = wait_for(pid);
+            crate::interrupt::set_running_child(0);
             done.store(true, Ordering::Relaxed);
             let peak = watcher.join().unwrap_or(0).max(last);
             (read.map(|_| stdout), peak, status)

@@ -15,8 +15,10 @@
 //!
 //! Every timed run starts on a settled machine ([`settle`]): what a run leaves for the
 //! server to do in the background is done before the next one starts, not charged to it.
+//! Stopped by a signal, the bench sets the server back first ([`interrupt`]).
 
 pub mod child;
+pub mod interrupt;
 pub mod loaders;
 pub mod report;
 pub mod settle;
@@ -79,6 +81,10 @@ const LIMIT_TABLE: &str = "bench_limit";
 const NAIVE_TABLE: &str = "bench_naive";
 const START: &str = "2024-01-01";
 const STEADY_DAYS_AFTER: u32 = 3;
+/// Lines of the export table that the ratios pair up.
+const LIMIT: &str = "limit: LOAD DATA, empty table";
+const OURS_EMPTY: &str = "ours: export-mysql, empty table";
+const OURS_FULL: &str = "ours: export-mysql, full table";
 const STEP_NAMES: [&str; 4] = ["stage-files", "load-raw", "dedup", "export-mysql"];
 
 /// `mysql://u:p@h:3306/db?x` with its database replaced.
@@ -298,6 +304,23 @@ impl CpuMark {
     }
 }
 
+/// The ratio of two lines' rates in each repetition (`other`'s seconds over `ours`'),
+/// for the report: how far the ratio of medians moves with the machine's noise.
+fn paired_ratios(lines: &[Line], other: &str, ours: &str) -> String {
+    let seconds = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.name == name)
+            .map_or(&[][..], |l| l.seconds.as_slice())
+    };
+    let ratios: Vec<String> = seconds(other)
+        .iter()
+        .zip(seconds(ours))
+        .map(|(other, ours)| format!("{:.2}", other / ours))
+        .collect();
+    ratios.join(" ")
+}
+
 fn seconds_of(lines: &[Line], name: &str) -> f64 {
     lines
         .iter()
@@ -321,7 +344,8 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
     // No database: the bench drops and creates its own.
     let server_url = with_database(&config.mysql_url, "")?;
     let info = runtime.block_on(server_info(&server_url))?;
-    let settler = Settler::new(&server_url);
+    let settler = Settler::new(&server_url, &config.work_dir);
+    settler.recover(&runtime)?;
     let quiet = Quiet {
         settler: &settler,
         runtime: &runtime,
@@ -374,11 +398,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
                 )));
             }
         }
-        push(
-            &mut exports,
-            "ours: export-mysql, empty table",
-            Sample::of_step(export, rows),
-        );
+        push(&mut exports, OURS_EMPTY, Sample::of_step(export, rows));
 
         // Ours again into the full table: forget the offset, so every row comes again.
         runtime.block_on(async {
@@ -395,7 +415,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
         peak_rss = peak_rss.max(again.peak_rss_mb);
         push(
             &mut exports,
-            "ours: export-mysql, full table",
+            OURS_FULL,
             Sample::of_step(&again, again.count("rows_read")),
         );
 
@@ -405,7 +425,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
             Ok::<_, BenchError>(conn)
         })?;
         for (name, on_duplicate) in [
-            ("limit: LOAD DATA, empty table", OnDuplicate::Fail),
+            (LIMIT, OnDuplicate::Fail),
             // The same file again: the server's own cost of replacing every row.
             ("limit: LOAD DATA REPLACE, full table", OnDuplicate::Replace),
         ] {
@@ -454,21 +474,23 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
         &exports,
     );
     let pipeline_seconds: f64 = STEP_NAMES.iter().map(|s| seconds_of(&steps, s)).sum();
-    let limit = seconds_of(&exports, "limit: LOAD DATA, empty table");
-    let ours_empty = seconds_of(&exports, "ours: export-mysql, empty table");
-    let ours_full = seconds_of(&exports, "ours: export-mysql, full table");
+    let limit = seconds_of(&exports, LIMIT);
+    let ours_empty = seconds_of(&exports, OURS_EMPTY);
+    let ours_full = seconds_of(&exports, OURS_FULL);
     let replace = seconds_of(&exports, "limit: LOAD DATA REPLACE, full table");
     let naive_empty = seconds_of(&exports, "naive: executemany, empty table");
     let naive_full = seconds_of(&exports, "naive: executemany, full table");
     let noop_seconds = median(&noop);
     println!("\nratios (rate of ours / rate of the other; medians)");
     println!(
-        "  export, empty table / limit        {:>6.2}   (target >= 0.9)",
-        limit / ours_empty
+        "  export, empty table / limit        {:>6.2}   (target >= 0.9; per repetition {})",
+        limit / ours_empty,
+        paired_ratios(&exports, LIMIT, OURS_EMPTY)
     );
     println!(
-        "  export, full table / limit         {:>6.2}   (target >= 0.8)",
-        limit / ours_full
+        "  export, full table / limit         {:>6.2}   (target >= 0.8; per repetition {})",
+        limit / ours_full,
+        paired_ratios(&exports, LIMIT, OURS_FULL)
     );
     println!(
         "  LOAD DATA REPLACE / limit          {:>6.2}   (the most the full table allows)",

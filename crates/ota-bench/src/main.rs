@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ota_bench::{BenchConfig, run};
+use ota_bench::{BenchConfig, interrupt, run};
 
 #[derive(Parser)]
 #[command(name = "ota-bench", version, about, long_about = None)]
@@ -33,6 +33,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread starts: a stopped bench sets the server back.
+    if let Err(e) = interrupt::watch() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let config = BenchConfig {
         bin_dir: cli.bin_dir,

@@ -8,8 +8,15 @@
 //! timed run the bench therefore writes the OS's dirty pages out (`sync`), has the server
 //! flush its buffer pool (`innodb_max_dirty_pages_pct = 0` for the while, then the old
 //! value back) and waits until the dirty pages are written and purge has caught up.
+//!
+//! The old value must come back even when the bench is stopped meanwhile: it is written
+//! to a marker file before the setting is changed, the bench's signal watcher
+//! ([`crate::interrupt`]) sets it back on SIGINT, SIGTERM or SIGHUP, and the next bench
+//! ([`Settler::recover`]) sets it back from the marker after anything harder (SIGKILL, a
+//! crash).
 
 use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mysql_async::Conn;
@@ -23,6 +30,65 @@ const SETTLED_HISTORY: u64 = 16;
 /// How long to wait for the server at most; a busy shared server may never get there.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(200);
+/// The marker file, in the bench's work dir: the value to set back.
+const MARKER_FILE: &str = "innodb_max_dirty_pages_pct.restore";
+
+/// A server setting changed by a settle and not yet set back.
+struct Unrestored {
+    server_url: String,
+    pct: f64,
+    marker: PathBuf,
+}
+
+/// Held while a settle changes the setting or sets it back, so that the signal watcher
+/// sees either the changed setting with its old value here, or neither.
+static UNRESTORED: tokio::sync::Mutex<Option<Unrestored>> = tokio::sync::Mutex::const_new(None);
+
+const SET_PCT: &str = "SET GLOBAL innodb_max_dirty_pages_pct = ?";
+
+async fn set_pct(conn: &mut Conn, pct: f64) -> Result<(), BenchError> {
+    conn.exec_drop(SET_PCT, (pct,)).await.map_err(|e| {
+        BenchError::Mysql(format!(
+            "restoring innodb_max_dirty_pages_pct to {pct}: {e}"
+        ))
+    })
+}
+
+/// Sets back a setting a settle changed, if one is pending: called by the signal watcher
+/// when the bench is stopped. Waits for a settle that is changing the setting right now.
+pub fn restore_after_interrupt() {
+    let mut pending = UNRESTORED.blocking_lock();
+    let Some(unrestored) = pending.take() else {
+        return;
+    };
+    let restored = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::io(Path::new("tokio runtime"), e))
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let mut conn = loaders::connect(&unrestored.server_url).await?;
+                set_pct(&mut conn, unrestored.pct).await?;
+                let _ = conn.disconnect().await;
+                Ok(())
+            })
+        });
+    match restored {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&unrestored.marker);
+            eprintln!(
+                "set the server's innodb_max_dirty_pages_pct back to {}",
+                unrestored.pct
+            );
+        }
+        Err(e) => eprintln!(
+            "could not set the server's innodb_max_dirty_pages_pct back to {} ({e}); \
+             the next bench will, from {}",
+            unrestored.pct,
+            unrestored.marker.display()
+        ),
+    }
+}
 
 /// What the server held when a settle began.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,17 +130,49 @@ async fn backlog(conn: &mut Conn) -> Result<Backlog, BenchError> {
 /// Settles the machine before timed runs and keeps count of the time it took.
 pub struct Settler {
     server_url: String,
+    marker: PathBuf,
     waited: Cell<f64>,
     times: Cell<u32>,
 }
 
 impl Settler {
-    pub fn new(server_url: &str) -> Self {
+    /// `work_dir` keeps the marker file while a settle has the setting changed.
+    pub fn new(server_url: &str, work_dir: &Path) -> Self {
         Settler {
             server_url: server_url.to_string(),
+            marker: work_dir.join(MARKER_FILE),
             waited: Cell::new(0.0),
             times: Cell::new(0),
         }
+    }
+
+    /// Sets the server's `innodb_max_dirty_pages_pct` back to the value in the marker
+    /// file, if an earlier bench was stopped mid-settle and could not; returns that value.
+    pub fn recover(&self, runtime: &tokio::runtime::Runtime) -> Result<Option<f64>, BenchError> {
+        let text = match std::fs::read_to_string(&self.marker) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BenchError::io(&self.marker, e)),
+        };
+        let pct: f64 = text.trim().parse().map_err(|_| {
+            BenchError::Config(format!(
+                "{} should hold the innodb_max_dirty_pages_pct to set back, not {:?}; \
+                 set it on the server by hand and delete the file",
+                self.marker.display(),
+                text.trim()
+            ))
+        })?;
+        runtime.block_on(async {
+            let mut conn = loaders::connect(&self.server_url).await?;
+            set_pct(&mut conn, pct).await?;
+            let _ = conn.disconnect().await;
+            Ok::<_, BenchError>(())
+        })?;
+        std::fs::remove_file(&self.marker).map_err(|e| BenchError::io(&self.marker, e))?;
+        eprintln!(
+            "an earlier bench was stopped while settling: set the server's innodb_max_dirty_pages_pct back to {pct}"
+        );
+        Ok(Some(pct))
     }
 
     /// Seconds spent settling so far, and how many times.
@@ -110,26 +208,43 @@ impl Settler {
             .await
             .map_err(|e| BenchError::Mysql(format!("reading innodb_max_dirty_pages_pct: {e}")))?;
         // Without the privilege to set it the server still flushes, only slower.
-        let forced = match &old_pct {
-            Some(_) => conn
-                .query_drop("SET GLOBAL innodb_max_dirty_pages_pct = 0")
-                .await
-                .is_ok(),
+        let forced = match old_pct {
+            Some(pct) => self.force_flushing(&mut conn, pct).await?,
             None => false,
         };
         let waited = self.wait_until_settled(&mut conn).await;
-        if let (true, Some(pct)) = (forced, old_pct) {
-            conn.exec_drop("SET GLOBAL innodb_max_dirty_pages_pct = ?", (pct,))
-                .await
-                .map_err(|e| {
-                    BenchError::Mysql(format!(
-                        "restoring innodb_max_dirty_pages_pct to {pct}: {e}"
-                    ))
-                })?;
+        if forced {
+            let mut pending = UNRESTORED.lock().await;
+            if let Some(unrestored) = pending.take() {
+                set_pct(&mut conn, unrestored.pct).await?;
+                std::fs::remove_file(&self.marker).map_err(|e| BenchError::io(&self.marker, e))?;
+            }
         }
         waited?;
         let _ = conn.disconnect().await;
         Ok(found)
+    }
+
+    /// Sets `innodb_max_dirty_pages_pct` to 0, the old value first written to the marker
+    /// and left for the signal watcher; false if the server refused (no privilege).
+    async fn force_flushing(&self, conn: &mut Conn, old_pct: f64) -> Result<bool, BenchError> {
+        let mut pending = UNRESTORED.lock().await;
+        std::fs::write(&self.marker, format!("{old_pct}\n"))
+            .map_err(|e| BenchError::io(&self.marker, e))?;
+        if conn
+            .query_drop("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+            .await
+            .is_err()
+        {
+            std::fs::remove_file(&self.marker).map_err(|e| BenchError::io(&self.marker, e))?;
+            return Ok(false);
+        }
+        *pending = Some(Unrestored {
+            server_url: self.server_url.clone(),
+            pct: old_pct,
+            marker: self.marker.clone(),
+        });
+        Ok(true)
     }
 
     async fn wait_until_settled(&self, conn: &mut Conn) -> Result<(), BenchError> {

@@ -1,0 +1,77 @@
+//! Stops the bench cleanly on SIGINT, SIGTERM or SIGHUP: a settle's change to the server
+//! is set back ([`crate::settle::restore_after_interrupt`]) and the step running as a
+//! child is stopped too, before the bench exits with 128 + the signal.
+//!
+//! The signals are blocked in every thread and taken by one thread of their own
+//! (`sigwait`), so nothing is done inside a signal handler. Children get the default
+//! mask back before they exec ([`unblock_in_child`]).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::BenchError;
+
+const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// The pid of the step running as a child (0: none).
+static RUNNING_CHILD: AtomicU32 = AtomicU32::new(0);
+
+/// Records the step now running (0 once it is reaped).
+pub fn set_running_child(pid: u32) {
+    RUNNING_CHILD.store(pid, Ordering::SeqCst);
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live local; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+    }
+    set
+}
+
+/// Starts watching for the stop signals. Call it first thing in `main`, before any other
+/// thread is started: threads inherit the mask of the thread that starts them.
+pub fn watch() -> Result<(), BenchError> {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(BenchError::io(
+            Path::new("pthread_sigmask"),
+            std::io::Error::from_raw_os_error(rc),
+        ));
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` and `signal` outlive the call.
+            while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
+            eprintln!("stopping (signal {signal})");
+            let child = RUNNING_CHILD.load(Ordering::SeqCst);
+            if child != 0 {
+                // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
+                unsafe { libc::kill(child as libc::pid_t, libc::SIGTERM) };
+            }
+            crate::settle::restore_after_interrupt();
+            std::process::exit(128 + signal);
+        })
+        .map_err(|e| BenchError::io(Path::new("signal thread"), e))?;
+    Ok(())
+}
+
+/// For `Command::pre_exec`: gives a child the stop signals back, which this process
+/// blocks. Only calls what is async-signal-safe.
+pub fn unblock_in_child() -> std::io::Result<()> {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised; sigprocmask is async-signal-safe.
+    if unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
