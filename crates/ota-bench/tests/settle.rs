@@ -22,21 +22,24 @@ fn server_url() -> String {
     std::env::var("OTA_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
-#[test]
-fn settling_restores_the_server_setting_and_loses_nothing() {
-    let _turn = take_turn();
+/// A runtime, the server's URL without a database, and a connection to it.
+fn connect() -> (tokio::runtime::Runtime, String, mysql_async::Conn) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let url = ota_bench::with_database(&server_url(), "").expect("url");
-    let mut conn = runtime
+    let conn = runtime
         .block_on(ota_bench::loaders::connect(&url))
         .expect("connect");
-    let pct_before: f64 = runtime
-        .block_on(conn.query_first("SELECT @@GLOBAL.innodb_max_dirty_pages_pct + 0e0"))
-        .expect("read setting")
-        .expect("a value");
+    (runtime, url, conn)
+}
+
+#[test]
+fn settling_restores_the_server_setting_and_loses_nothing() {
+    let _turn = take_turn();
+    let (runtime, url, mut conn) = connect();
+    let pct_before = read_pct(&runtime, &mut conn);
     // Dirty a few hundred pages: 4,096 rows of 2 KB.
     runtime
         .block_on(async {
@@ -99,14 +102,7 @@ fn read_pct(runtime: &tokio::runtime::Runtime, conn: &mut mysql_async::Conn) -> 
 #[test]
 fn a_value_left_by_a_stopped_bench_is_set_back_and_a_bad_marker_is_refused() {
     let _turn = take_turn();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let url = ota_bench::with_database(&server_url(), "").expect("url");
-    let mut conn = runtime
-        .block_on(ota_bench::loaders::connect(&url))
-        .expect("connect");
+    let (runtime, url, mut conn) = connect();
     let pct_before = read_pct(&runtime, &mut conn);
     let work_dir = tempfile::tempdir().expect("work dir");
     let marker = work_dir.path().join("innodb_max_dirty_pages_pct.restore");
