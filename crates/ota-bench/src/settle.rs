@@ -31,7 +31,7 @@ const SETTLED_HISTORY: u64 = 16;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(200);
 /// The marker file, in the bench's work dir: the value to set back.
-const MARKER_FILE: &str = "innodb_max_dirty_pages_pct.restore";
+pub const MARKER_FILE: &str = "innodb_max_dirty_pages_pct.restore";
 
 /// A server setting changed by a settle and not yet set back.
 struct Unrestored {
@@ -54,6 +54,14 @@ async fn set_pct(conn: &mut Conn, pct: f64) -> Result<(), BenchError> {
     })
 }
 
+/// Sets the value back on a connection of its own.
+async fn restore(server_url: &str, pct: f64) -> Result<(), BenchError> {
+    let mut conn = loaders::connect(server_url).await?;
+    set_pct(&mut conn, pct).await?;
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
 /// Sets back a setting a settle changed, if one is pending: called by the signal watcher
 /// when the bench is stopped. Waits for a settle that is changing the setting right now.
 pub fn restore_after_interrupt() {
@@ -65,14 +73,7 @@ pub fn restore_after_interrupt() {
         .enable_all()
         .build()
         .map_err(|e| BenchError::io(Path::new("tokio runtime"), e))
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let mut conn = loaders::connect(&unrestored.server_url).await?;
-                set_pct(&mut conn, unrestored.pct).await?;
-                let _ = conn.disconnect().await;
-                Ok(())
-            })
-        });
+        .and_then(|runtime| runtime.block_on(restore(&unrestored.server_url, unrestored.pct)));
     match restored {
         Ok(()) => {
             let _ = std::fs::remove_file(&unrestored.marker);
@@ -162,12 +163,7 @@ impl Settler {
                 text.trim()
             ))
         })?;
-        runtime.block_on(async {
-            let mut conn = loaders::connect(&self.server_url).await?;
-            set_pct(&mut conn, pct).await?;
-            let _ = conn.disconnect().await;
-            Ok::<_, BenchError>(())
-        })?;
+        runtime.block_on(restore(&self.server_url, pct))?;
         std::fs::remove_file(&self.marker).map_err(|e| BenchError::io(&self.marker, e))?;
         eprintln!(
             "an earlier bench was stopped while settling: set the server's innodb_max_dirty_pages_pct back to {pct}"

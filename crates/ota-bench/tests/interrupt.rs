@@ -16,7 +16,6 @@ use ota_bench::settle::Settler;
 
 const DATABASE: &str = "ota_bench_interrupt_test";
 const CHILD_ENV: &str = "OTA_BENCH_INTERRUPT_TEST_WORK_DIR";
-const MARKER: &str = "innodb_max_dirty_pages_pct.restore";
 
 fn server_url() -> String {
     let url = std::env::var("OTA_TEST_MYSQL_URL")
@@ -185,7 +184,7 @@ fn stop_a_settling_child(
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let marker = work_dir.join(MARKER);
+    let marker = work_dir.join(ota_bench::settle::MARKER_FILE);
 
     // Wait until the child holds the setting at 0, the old value in its marker.
     let deadline = Instant::now() + Duration::from_secs(30);

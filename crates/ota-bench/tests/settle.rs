@@ -105,7 +105,7 @@ fn a_value_left_by_a_stopped_bench_is_set_back_and_a_bad_marker_is_refused() {
     let (runtime, url, mut conn) = connect();
     let pct_before = read_pct(&runtime, &mut conn);
     let work_dir = tempfile::tempdir().expect("work dir");
-    let marker = work_dir.path().join("innodb_max_dirty_pages_pct.restore");
+    let marker = work_dir.path().join(ota_bench::settle::MARKER_FILE);
     let settler = Settler::new(&url, work_dir.path());
 
     // Nothing to do without a marker.
