@@ -94,6 +94,7 @@ fn uploads_skip_identical_objects_and_resume_big_ones() {
         .list_daily_files(
             &DateWindow::new(day("2024-01-01"), day("2024-01-02")).unwrap(),
             "OTA",
+            &mut |_| Ok(Default::default()),
         )
         .unwrap();
     assert_eq!(files.len(), 2);
@@ -141,7 +142,9 @@ fn lists_exactly_the_windows_daily_files_across_months_and_pages() {
             .unwrap();
     }
     let window = DateWindow::new(day("2024-01-31"), day("2024-02-01")).unwrap();
-    let files = lake.list_daily_files(&window, "OTA").unwrap();
+    let files = lake
+        .list_daily_files(&window, "OTA", &mut |_| Ok(Default::default()))
+        .unwrap();
     let uris: Vec<&str> = files.iter().map(|f| f.uri.as_str()).collect();
     assert_eq!(
         uris,
@@ -191,7 +194,10 @@ fn a_file_replaced_after_listing_is_not_read_as_the_listed_version() {
     write(&f, b"first version");
     lake.put_file("20240301_OTA.parquet", &f).unwrap();
     let window = DateWindow::new(day("2024-03-01"), day("2024-03-01")).unwrap();
-    let listed = lake.list_daily_files(&window, "OTA").unwrap().remove(0);
+    let listed = lake
+        .list_daily_files(&window, "OTA", &mut |_| Ok(Default::default()))
+        .unwrap()
+        .remove(0);
     write(&f, b"second version, longer");
     lake.put_file("20240301_OTA.parquet", &f).unwrap();
     let now = lake.version_of(&listed.uri).unwrap().unwrap();
@@ -206,7 +212,7 @@ fn a_missing_bucket_is_a_clear_error() {
     let lake = GcsLake::open("gs://no-such-bucket-here/x").unwrap();
     let window = DateWindow::new(day("2024-03-01"), day("2024-03-01")).unwrap();
     let err = lake
-        .list_daily_files(&window, "OTA")
+        .list_daily_files(&window, "OTA", &mut |_| Ok(Default::default()))
         .unwrap_err()
         .to_string();
     assert!(err.contains("gs://no-such-bucket-here/x/202403"), "{err}");

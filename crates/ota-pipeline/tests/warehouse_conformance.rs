@@ -183,6 +183,32 @@ fn dedup_keeps_the_latest_version_and_feeds_changes_in_order(backend: Backend) {
     assert_eq!(sums.values().map(|s| s.rows).sum::<u64>(), 3);
 }
 
+/// The ledger gives back each loaded version as recorded, with when its load began:
+/// what lets the local lake skip reading a file it already knows.
+fn the_ledger_records_each_loaded_version(backend: Backend) {
+    let mut wh = backend.open();
+    let ts = DAY1_NS + 3_600_000_000_000;
+    let mut files = Files(BTreeMap::new());
+    files.0.insert(file("a", 100).uri, vec![("r1", ts, "one")]);
+    files.0.insert(file("b", 200).uri, vec![("r2", ts, "two")]);
+    let loaded_at = 1_704_070_800_123_456; // 2024-01-01T01:00:00.123456Z
+    wh.load_raw(&[file("a", 100), file("b", 200)], loaded_at, &mut files)
+        .expect("load");
+    let uris = [file("a", 100).uri, file("never-loaded", 1).uri];
+    let ledger = wh.ledger_entries(&uris).expect("ledger");
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    let entry = ledger[&uris[0]].clone();
+    assert_eq!(
+        (
+            entry.size,
+            entry.generation.as_str(),
+            entry.checksum.as_str()
+        ),
+        (1, "1", "100")
+    );
+    assert_eq!(entry.loaded_at, loaded_at);
+}
+
 fn ties_break_on_source_file_then_source_row(backend: Backend) {
     let mut wh = backend.open();
     let ts = DAY1_NS + 7_200_000_000_000;
@@ -348,6 +374,7 @@ macro_rules! conformance {
 
 conformance!(
     dedup_keeps_the_latest_version_and_feeds_changes_in_order,
+    the_ledger_records_each_loaded_version,
     ties_break_on_source_file_then_source_row,
     typed_values_round_trip,
 );

@@ -3,6 +3,7 @@
 pub mod gcs;
 pub mod local;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -19,13 +20,30 @@ pub struct LakeFile {
     /// The day in the file name.
     pub day: NaiveDate,
     pub size: u64,
-    /// Object generation (GCS) or modification time in nanoseconds (local).
+    /// Object generation (GCS); modification and change times in nanoseconds and the
+    /// inode number (local).
     pub generation: String,
     /// crc32c of the content, hex.
     pub checksum: String,
     /// When this version landed in the lake, UTC microseconds.
     pub ingested_at: i64,
 }
+
+/// What the file ledger recorded of a file version when it loaded it. A lake whose
+/// listing carries no checksum (the local one) reuses the checksum of an unchanged
+/// version instead of reading the whole file again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedVersion {
+    pub size: u64,
+    pub generation: String,
+    pub checksum: String,
+    /// When the load that recorded it began, UTC microseconds.
+    pub loaded_at: i64,
+}
+
+/// Looks up what the file ledger recorded for some URIs (those it knows).
+pub type RecordedVersions<'a> =
+    dyn FnMut(&[String]) -> Result<BTreeMap<String, RecordedVersion>> + 'a;
 
 /// Size and generation of an object: enough to tell that it was replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +105,14 @@ pub trait Lake: Send + Sync {
     fn url(&self) -> &str;
 
     /// The daily files `YYYYMMDD_<suffix>.parquet` that exist for the window's days.
-    fn list_daily_files(&self, window: &DateWindow, suffix: &str) -> Result<Vec<LakeFile>>;
+    /// `recorded` tells what the file ledger knows of them, for a lake that would
+    /// otherwise read every file to checksum it.
+    fn list_daily_files(
+        &self,
+        window: &DateWindow,
+        suffix: &str,
+        recorded: &mut RecordedVersions<'_>,
+    ) -> Result<Vec<LakeFile>>;
 
     /// The current size and generation of one object, without reading it (None: gone).
     fn version_of(&self, uri: &str) -> Result<Option<ObjectVersion>>;

@@ -46,7 +46,13 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
         summary.detail("split", &split);
     }
 
-    let files = lake.list_daily_files(&window, &config.suffix)?;
+    let files = lake.list_daily_files(&window, &config.suffix, &mut |uris| {
+        Ok(warehouse
+            .ledger_entries(uris)?
+            .into_iter()
+            .map(|(uri, entry)| (uri, entry.recorded_version()))
+            .collect())
+    })?;
     let missing: Vec<String> = window
         .days()
         .filter(|d| !files.iter().any(|f| f.day == *d))

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::cli::WarehouseArgs;
 use crate::error::{PipelineError, Result};
-use crate::lake::LakeFile;
+use crate::lake::{LakeFile, RecordedVersion};
 use crate::typed_batch::TypedBatch;
 use crate::window::DateWindow;
 
@@ -31,9 +31,21 @@ pub struct LedgerEntry {
     pub size: u64,
     pub generation: String,
     pub checksum: String,
+    /// When the load that recorded it began, UTC microseconds.
+    pub loaded_at: i64,
 }
 
 impl LedgerEntry {
+    /// The version as a lake can use it to skip reading an unchanged file.
+    pub fn recorded_version(self) -> RecordedVersion {
+        RecordedVersion {
+            size: self.size,
+            generation: self.generation,
+            checksum: self.checksum,
+            loaded_at: self.loaded_at,
+        }
+    }
+
     /// Whether the lake file is the version the ledger loaded.
     pub fn matches(&self, file: &LakeFile) -> bool {
         self.size == file.size && self.checksum == file.checksum

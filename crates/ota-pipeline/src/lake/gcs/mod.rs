@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{Datelike, NaiveDate};
 
 use super::local::crc32c_of_file;
-use super::{Lake, LakeFile, LocalCopy, ObjectVersion, PutOutcome, day_of_file_name};
+use super::{
+    Lake, LakeFile, LocalCopy, ObjectVersion, PutOutcome, RecordedVersions, day_of_file_name,
+};
 use crate::error::{PipelineError, Result};
 use crate::gcp::{BlockingRuntime, Credentials, RequestError, http_client};
 use crate::window::DateWindow;
@@ -177,7 +179,13 @@ impl Lake for GcsLake {
         &self.url
     }
 
-    fn list_daily_files(&self, window: &DateWindow, suffix: &str) -> Result<Vec<LakeFile>> {
+    /// The listing carries each object's crc32c: `recorded` is not needed.
+    fn list_daily_files(
+        &self,
+        window: &DateWindow,
+        suffix: &str,
+        _recorded: &mut RecordedVersions<'_>,
+    ) -> Result<Vec<LakeFile>> {
         let mut files = Vec::new();
         for prefix in self.month_prefixes(window) {
             let objects = self

@@ -330,6 +330,8 @@ impl Warehouse for BigQueryWarehouse {
                 size: cell_i64(r, 1)? as u64,
                 generation: cell_str(r, 2).unwrap_or_default().to_string(),
                 checksum: cell_str(r, 3).unwrap_or_default().to_string(),
+                // Unknown (never in practice): the file is read again.
+                loaded_at: cell_i64(r, 4).unwrap_or(0),
             };
             out.insert(entry.uri.clone(), entry);
         }

@@ -308,5 +308,4 @@ pub const CREATE_STAGED_EXTERNAL: &str =
     "EXECUTE IMMEDIATE FORMAT(\"\"\"CREATE OR REPLACE EXTERNAL TABLE {staged_external}
 OPTIONS (format = 'PARQUET', uris = %T)\"\"\", @uris)";
 
-pub const LEDGER_ENTRIES: &str =
-    "SELECT uri, size, generation, checksum FROM {file_ledger} WHERE uri IN UNNEST(@uris)";
+pub const LEDGER_ENTRIES: &str = "SELECT uri, size, generation, checksum, UNIX_MICROS(loaded_at) FROM {file_ledger} WHERE uri IN UNNEST(@uris)";

@@ -744,6 +744,8 @@ impl Warehouse for DuckDbWarehouse {
                         size: r.get::<_, i64>(1)? as u64,
                         generation: r.get(2)?,
                         checksum: r.get(3)?,
+                        // Unknown (never in practice): the file is read again.
+                        loaded_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
                     })
                 })
                 .map_err(db_err("reading the file ledger"))?;

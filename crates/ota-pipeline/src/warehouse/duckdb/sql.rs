@@ -72,7 +72,7 @@ pub const SELECT_STAGED_WINDOW: &str =
 pub const SELECT_STAGED_FILES: &str = "SELECT uri, source_day::VARCHAR, size, generation, checksum, epoch_us(ingested_at) FROM staged_files ORDER BY source_day, uri";
 
 pub const SELECT_LEDGER_ENTRY: &str =
-    "SELECT uri, size, generation, checksum FROM file_ledger WHERE uri = ?";
+    "SELECT uri, size, generation, checksum, epoch_us(loaded_at) FROM file_ledger WHERE uri = ?";
 pub const DELETE_LEDGER_ENTRY: &str = "DELETE FROM file_ledger WHERE uri = ?";
 pub const INSERT_LEDGER_ENTRY: &str = "INSERT INTO file_ledger VALUES (?, ?::DATE, ?, ?, ?, make_timestamp(?), make_timestamp(?), ?, ?)";
 
