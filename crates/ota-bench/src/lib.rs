@@ -369,6 +369,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
     let mut steps: Vec<Line> = Vec::new();
     let mut exports: Vec<Line> = Vec::new();
     let mut noop: Vec<f64> = Vec::new();
+    let mut noop_steps: Vec<Line> = Vec::new();
     let mut peak_rss: f64 = 0.0;
     let mut rows = 0u64;
     let input_rows = u64::from(config.days) * config.rows_per_day;
@@ -466,6 +467,13 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
 
         let reruns = scenario.pipeline(&quiet, 0, config.days - 1)?;
         noop.push(reruns.iter().map(|r| r.seconds).sum());
+        for run in &reruns {
+            push(
+                &mut noop_steps,
+                &run.step,
+                Sample::of_step(run, run.count("rows_read")),
+            );
+        }
     }
 
     print_table("pipeline, from scratch (median of the repetitions)", &steps);
@@ -473,6 +481,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
         "export into MySQL, same rows, same table definition",
         &exports,
     );
+    print_table("no-op re-run of the same window", &noop_steps);
     let pipeline_seconds: f64 = STEP_NAMES.iter().map(|s| seconds_of(&steps, s)).sum();
     let limit = seconds_of(&exports, LIMIT);
     let ours_empty = seconds_of(&exports, OURS_EMPTY);
