@@ -41,6 +41,13 @@ pub struct RecordedVersion {
     pub loaded_at: i64,
 }
 
+impl RecordedVersion {
+    /// Whether the lake file is the version the ledger loaded (same size and content).
+    pub fn matches(&self, file: &LakeFile) -> bool {
+        self.size == file.size && self.checksum == file.checksum
+    }
+}
+
 /// Looks up what the file ledger recorded for some URIs (those it knows).
 pub type RecordedVersions<'a> =
     dyn FnMut(&[String]) -> Result<BTreeMap<String, RecordedVersion>> + 'a;

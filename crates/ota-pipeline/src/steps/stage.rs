@@ -47,11 +47,7 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     }
 
     let files = lake.list_daily_files(&window, &config.suffix, &mut |uris| {
-        Ok(warehouse
-            .ledger_entries(uris)?
-            .into_iter()
-            .map(|(uri, entry)| (uri, entry.recorded_version()))
-            .collect())
+        warehouse.ledger_entries(uris)
     })?;
     let missing: Vec<String> = window
         .days()

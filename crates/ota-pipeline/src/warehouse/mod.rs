@@ -24,34 +24,6 @@ pub struct StagedFiles {
     pub files: Vec<LakeFile>,
 }
 
-/// What the ledger knows of a loaded file version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerEntry {
-    pub uri: String,
-    pub size: u64,
-    pub generation: String,
-    pub checksum: String,
-    /// When the load that recorded it began, UTC microseconds.
-    pub loaded_at: i64,
-}
-
-impl LedgerEntry {
-    /// The version as a lake can use it to skip reading an unchanged file.
-    pub fn recorded_version(self) -> RecordedVersion {
-        RecordedVersion {
-            size: self.size,
-            generation: self.generation,
-            checksum: self.checksum,
-            loaded_at: self.loaded_at,
-        }
-    }
-
-    /// Whether the lake file is the version the ledger loaded.
-    pub fn matches(&self, file: &LakeFile) -> bool {
-        self.size == file.size && self.checksum == file.checksum
-    }
-}
-
 /// Streams the typed rows of one file into the warehouse.
 pub trait RawSource {
     /// Reads `file`, handing each typed batch to `sink`.
@@ -146,8 +118,8 @@ pub trait Warehouse: Send {
     /// The staged set, if stage-files ran.
     fn staged_files(&mut self) -> Result<Option<StagedFiles>>;
 
-    /// Ledger entries of these URIs.
-    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, LedgerEntry>>;
+    /// What the file ledger recorded of these URIs, by URI (those it knows).
+    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, RecordedVersion>>;
 
     /// Replaces the raw rows of each file with what `source` reads, all files in one
     /// transaction (a failure leaves the warehouse unchanged), updating the ledger and

@@ -24,13 +24,12 @@ use md5::{Digest, Md5};
 use serde_json::Value;
 
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, LedgerEntry, RawLoadOutcome, RawSource,
-    StagedFiles, Warehouse,
+    ChangeSelection, DateChecksum, DedupOutcome, RawLoadOutcome, RawSource, StagedFiles, Warehouse,
 };
 use crate::error::{PipelineError, Result};
 use crate::gcp::Credentials;
 use crate::lake::gcs::GcsLake;
-use crate::lake::{Lake, LakeFile};
+use crate::lake::{Lake, LakeFile, RecordedVersion};
 use crate::window::DateWindow;
 use client::{Attach, JobSettings, Jobs, Param, QueryResult};
 pub use config::{BigQueryConfig, RunOptions};
@@ -314,7 +313,7 @@ impl Warehouse for BigQueryWarehouse {
         Ok(Some(StagedFiles { window, files }))
     }
 
-    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, LedgerEntry>> {
+    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, RecordedVersion>> {
         if uris.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -325,15 +324,14 @@ impl Warehouse for BigQueryWarehouse {
         )?;
         let mut out = BTreeMap::new();
         for r in &rows {
-            let entry = LedgerEntry {
-                uri: cell_str(r, 0).unwrap_or_default().to_string(),
+            let entry = RecordedVersion {
                 size: cell_i64(r, 1)? as u64,
                 generation: cell_str(r, 2).unwrap_or_default().to_string(),
                 checksum: cell_str(r, 3).unwrap_or_default().to_string(),
                 // Unknown (never in practice): the file is read again.
                 loaded_at: cell_i64(r, 4).unwrap_or(0),
             };
-            out.insert(entry.uri.clone(), entry);
+            out.insert(cell_str(r, 0).unwrap_or_default().to_string(), entry);
         }
         Ok(out)
     }

@@ -17,11 +17,11 @@ use duckdb::{Connection, params};
 
 use super::key_order::{KeyBuckets, KeySlice, key_slices};
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, LedgerEntry, RawLoadOutcome,
-    RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
+    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, RawLoadOutcome, RawSource,
+    StagedFiles, Warehouse, add_to_checksum, binary_at,
 };
 use crate::error::{PipelineError, Result};
-use crate::lake::LakeFile;
+use crate::lake::{LakeFile, RecordedVersion};
 use crate::typing::{date_of_epoch_day, epoch_day_of_date};
 use crate::window::{DateWindow, parse_date};
 
@@ -730,7 +730,7 @@ impl Warehouse for DuckDbWarehouse {
         Ok(Some(StagedFiles { window, files }))
     }
 
-    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, LedgerEntry>> {
+    fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, RecordedVersion>> {
         let mut stmt = self
             .conn
             .prepare(sql::SELECT_LEDGER_ENTRY)
@@ -739,8 +739,7 @@ impl Warehouse for DuckDbWarehouse {
         for uri in uris {
             let mut rows = stmt
                 .query_map(params![uri], |r| {
-                    Ok(LedgerEntry {
-                        uri: r.get(0)?,
+                    Ok(RecordedVersion {
                         size: r.get::<_, i64>(1)? as u64,
                         generation: r.get(2)?,
                         checksum: r.get(3)?,
