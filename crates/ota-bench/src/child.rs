@@ -57,6 +57,7 @@ impl Steps {
         let program = self.bin_dir.join(step);
         let server_before = server_cpu_seconds();
         let started = Instant::now();
+        let mut running = crate::interrupt::running_child();
         let mut command = Command::new(&program);
         // SAFETY: the hook only calls sigprocmask, which is async-signal-safe.
         unsafe { command.pre_exec(crate::interrupt::unblock_in_child) };
@@ -69,7 +70,8 @@ impl Steps {
             .spawn()
             .map_err(|e| BenchError::io(&program, e))?;
         let pid = child.id();
-        crate::interrupt::set_running_child(pid);
+        *running = pid;
+        drop(running);
         let done = AtomicBool::new(false);
         let (stdout, peak_rss_kb, status) = std::thread::scope(|scope| {
             let watcher = scope.spawn(|| {
@@ -88,8 +90,11 @@ impl Steps {
             // The child has closed its stdout: it is exiting. Read the mark once more
             // while it is still a zombie-to-be, then reap it.
             let last = high_water_kb(pid).unwrap_or(0);
-            let status = wait_for(pid);
+            // Forget the pid once the child has exited but before it is reaped: until
+            // then the pid is still ours, so the signal watcher cannot hit another process.
+            let exited = wait_exited(pid);
             crate::interrupt::set_running_child(0);
+            let status = exited.and_then(|()| wait_for(pid));
             done.store(true, Ordering::Relaxed);
             let peak = watcher.join().unwrap_or(0).max(last);
             (read.map(|_| stdout), peak, status)
@@ -131,7 +136,31 @@ fn high_water_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Waits for the child; returns its exit code (or 128 + the signal that ended it) and
+/// Waits until the child has exited, leaving it unreaped (a zombie keeps its pid).
+fn wait_exited(pid: u32) -> Result<(), BenchError> {
+    loop {
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own child, not yet reaped; info is a live local.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(BenchError::io(Path::new("waitid"), err));
+        }
+    }
+}
+
+/// Reaps the child; returns its exit code (or 128 + the signal that ended it) and
 /// its CPU seconds.
 fn wait_for(pid: u32) -> Result<(i32, f64), BenchError> {
     let mut status: libc::c_int = 0;

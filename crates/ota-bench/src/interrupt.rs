@@ -7,18 +7,28 @@
 //! mask back before they exec ([`unblock_in_child`]).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use crate::BenchError;
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-/// The pid of the step running as a child (0: none).
-static RUNNING_CHILD: AtomicU32 = AtomicU32::new(0);
+/// The pid of the step running as a child (0: none). The signal watcher sends its signal
+/// while holding the lock, and the pid is cleared (under the lock) before the child is
+/// reaped, so a signal never reaches a pid the kernel has handed to another process.
+static RUNNING_CHILD: Mutex<u32> = Mutex::new(0);
 
-/// Records the step now running (0 once it is reaped).
+/// The running step's pid, locked: hold it across spawning a step and recording its pid,
+/// so that a signal arriving meanwhile waits and then reaches the new child too.
+pub fn running_child() -> std::sync::MutexGuard<'static, u32> {
+    RUNNING_CHILD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records the step now running; 0 once it has exited, before it is reaped.
 pub fn set_running_child(pid: u32) {
-    RUNNING_CHILD.store(pid, Ordering::SeqCst);
+    *running_child() = pid;
 }
 
 fn stop_signals() -> libc::sigset_t {
@@ -53,10 +63,13 @@ pub fn watch() -> Result<(), BenchError> {
             // SAFETY: `set` and `signal` outlive the call.
             while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
             eprintln!("stopping (signal {signal})");
-            let child = RUNNING_CHILD.load(Ordering::SeqCst);
-            if child != 0 {
-                // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
-                unsafe { libc::kill(child as libc::pid_t, libc::SIGTERM) };
+            {
+                let child = running_child();
+                if *child != 0 {
+                    // SAFETY: kill has no memory preconditions; while the lock is held the
+                    // pid is our child, not yet reaped.
+                    unsafe { libc::kill(*child as libc::pid_t, libc::SIGTERM) };
+                }
             }
             crate::settle::restore_after_interrupt();
             std::process::exit(128 + signal);
