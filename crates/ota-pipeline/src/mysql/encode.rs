@@ -296,9 +296,13 @@ fn write_decimal(out: &mut Vec<u8>, value: i128, scale: u32) {
     out.extend_from_slice(itoa::Buffer::new().format(abs / div).as_bytes());
     if scale > 0 {
         out.push(b'.');
-        let frac = itoa::Buffer::new().format(abs % div).as_bytes().to_vec();
-        out.extend(std::iter::repeat_n(b'0', scale as usize - frac.len()));
-        out.extend_from_slice(&frac);
+        let mut digits = itoa::Buffer::new();
+        let frac = digits.format(abs % div).as_bytes();
+        out.extend(std::iter::repeat_n(
+            b'0',
+            (scale as usize).saturating_sub(frac.len()),
+        ));
+        out.extend_from_slice(frac);
     }
 }
 
