@@ -93,7 +93,7 @@ impl Steps {
             // Forget the pid once the child has exited but before it is reaped: until
             // then the pid is still ours, so the signal watcher cannot hit another process.
             let exited = wait_exited(pid);
-            crate::interrupt::set_running_child(0);
+            crate::interrupt::forget_running_child();
             let status = exited.and_then(|()| wait_for(pid));
             done.store(true, Ordering::Relaxed);
             let peak = watcher.join().unwrap_or(0).max(last);

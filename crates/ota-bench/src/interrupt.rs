@@ -26,9 +26,9 @@ pub fn running_child() -> std::sync::MutexGuard<'static, u32> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Records the step now running; 0 once it has exited, before it is reaped.
-pub fn set_running_child(pid: u32) {
-    *running_child() = pid;
+/// Forgets the running step: call it once the step has exited, before it is reaped.
+pub fn forget_running_child() {
+    *running_child() = 0;
 }
 
 fn stop_signals() -> libc::sigset_t {
