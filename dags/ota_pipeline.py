@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from datetime import datetime, timedelta, timezone
 
 try:  # Airflow 3
@@ -43,6 +42,8 @@ PLAIN_SETTINGS = (
     "OTA_BATCH_SIZE",
     "OTA_MYSQL_LOAD_METHOD",
     "OTA_LOCK_TIMEOUT",
+    "OTA_MYSQL_TIMEOUT",
+    "OTA_MAX_SHRINK_PCT",
     "OTA_GCS_ENDPOINT",
     "OTA_BQ_ENDPOINT",
     "OTA_BQ_STORAGE_ENDPOINT",
@@ -139,8 +140,7 @@ MACROS = {
     "ota_backfill_bound": backfill_bound,
 }
 
-# Jinja templates of the step arguments. They contain no single quote, so the local
-# runner can quote each argument for the shell without touching the template.
+# Jinja templates of the step arguments.
 FIRST_STEP_WINDOW = [
     "--start-date",
     '{{ params.start_date or "" }}',
@@ -175,12 +175,25 @@ def step_command(step: str, extra: list[str] | None = None) -> list[str]:
     return [BINARIES[step], *window, *RUN_ID, *(extra or [])]
 
 
-def shell_line(command: list[str]) -> str:
-    """The command as one shell line for the local runner."""
-    for arg in command:
-        if "'" in arg:
-            raise ValueError(f"argument {arg!r} must not contain a single quote")
-    return " ".join(f"'{arg}'" if ("{{" in arg or not arg) else shlex.quote(arg) for arg in command)
+def argv_env(command: list[str]) -> tuple[str, dict[str, str]]:
+    """The local runner's command: a fixed shell line that only expands environment
+    variables, and those variables, one per argument, holding the (templated) arguments.
+
+    BashOperator renders templates into ``env``; the shell never parses a rendered value,
+    so a param such as ``x'; rm -rf ~; echo '`` reaches the binary as one literal argument.
+    """
+    names = [f"OTA_ARGV_{i}" for i in range(len(command))]
+    line = "exec " + " ".join(f'"${{{name}}}"' for name in names)
+    return line, dict(zip(names, command))
+
+
+def task_timeout() -> timedelta:
+    """How long one step may run before Airflow stops it (env ``OTA_TASK_TIMEOUT_MINUTES``,
+    default 180): a hung step fails and retries instead of holding the DAG run forever."""
+    minutes = os.environ.get("OTA_TASK_TIMEOUT_MINUTES", "180").strip()
+    if not minutes.isdigit() or int(minutes) < 1:
+        raise ValueError(f"OTA_TASK_TIMEOUT_MINUTES must be a whole number of minutes, not {minutes!r}")
+    return timedelta(minutes=int(minutes))
 
 
 def make_task(dag: DAG, step: str, extra: list[str] | None = None):
@@ -189,6 +202,7 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
     common = {
         "task_id": step,
         "dag": dag,
+        "execution_timeout": task_timeout(),
         "retries": 2,
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": True,
@@ -201,7 +215,8 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
             from airflow.operators.bash import BashOperator
 
         # The summary is the last line of stdout, so it becomes the XCom.
-        return BashOperator(bash_command=shell_line(command), append_env=True, **common)
+        line, env = argv_env(command)
+        return BashOperator(bash_command=line, env=env, append_env=True, **common)
 
     from airflow.providers.docker.operators.docker import DockerOperator
     from docker.types import Mount
@@ -240,7 +255,9 @@ def build_pipeline(dag: DAG, first_extra: list[str] | None = None) -> None:
         from airflow.operators.python import ShortCircuitOperator
 
     stage = make_task(dag, "stage_files", first_extra)
-    gate = ShortCircuitOperator(task_id="has_data", python_callable=has_data, dag=dag)
+    gate = ShortCircuitOperator(
+        task_id="has_data", python_callable=has_data, execution_timeout=timedelta(minutes=5), dag=dag
+    )
     load = make_task(dag, "load_raw")
     dedup = make_task(dag, "dedup")
     export = make_task(dag, "export_mysql")
@@ -289,4 +306,5 @@ with DAG(
     },
     user_defined_macros=MACROS,
 ) as historic_dag:
-    build_pipeline(historic_dag, ["--from", "{{ params.source_file }}"])
+    # One token: a value starting with "-" stays the path, never a flag.
+    build_pipeline(historic_dag, ["--from={{ params.source_file }}"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from pathlib import Path
 
 import pytest
 from conftest import REPO, airflow
@@ -43,6 +44,7 @@ def test_both_dags_import_with_the_right_shape(runner):
         for step in ["stage_files", "load_raw", "dedup", "export_mysql"]:
             task = dag.get_task(step)
             assert task.retries >= 1 and task.retry_exponential_backoff
+            assert task.execution_timeout == dt.timedelta(hours=3), step
             kind = "DockerOperator" if runner == "docker" else "BashOperator"
             assert type(task).__name__ == kind
     daily = dags["ota_pipeline"]
@@ -205,3 +207,21 @@ def test_historic_load_splits_the_case_data_and_loads_its_range(pipeline):
         "20240301_OTA.parquet",
         "20240302_OTA.parquet",
     ]
+
+
+def test_a_hostile_param_reaches_the_binary_as_one_literal_argument(pipeline):
+    """The local runner never lets the shell parse a rendered value: a source_file
+    carrying shell syntax runs nothing and fails on the literal (missing) path."""
+    pwned = pipeline.root / "pwned"
+    hostile = f"x'; touch {pwned}; echo '"
+    dashed = "--reconcile"
+    for value in (hostile, f'x" $(touch {pwned}) "', dashed):
+        proc = airflow(
+            "dags", "test", "ota_historic_load", "-c", json.dumps({"source_file": value}), env=pipeline.env, check=False
+        )
+        assert proc.returncode != 0, value
+        assert not pwned.exists(), value
+    logs = "\n".join(p.read_text(errors="replace") for p in (Path(os.environ["AIRFLOW_HOME"]) / "logs").rglob("*.log"))
+    # stage-files named the value as the file it could not read.
+    assert f"x'; touch {pwned}; echo '" in logs
+    assert "--reconcile" in logs and "unexpected argument" not in logs

@@ -607,15 +607,17 @@ fn missing_days_empty_windows_and_bad_input() {
         }
     }
 
-    // A truncated file fails load-raw naming it, and the run changes nothing.
+    // A truncated file is quarantined, named, with exit code 3, and the run changes
+    // nothing.
     let path = env.file("2024-01-03");
     let bytes = std::fs::read(&path).expect("read");
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
     env.run("stage-files", &W3).ok();
     let r = env.run("load-raw", &W3);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("20240103_OTA.parquet"), "{}", r.stderr);
+    assert_eq!(r.summary()["status"], "partial");
     let d = env.run("dedup", &W3).ok().summary();
     assert_eq!(
         num(&d, &["rows_changed"]),

@@ -115,10 +115,10 @@ pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", summary.to_json_line());
             let _ = out.flush();
-            if summary.status == Status::Drift {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
+            match summary.status {
+                Status::Drift => ExitCode::from(1),
+                Status::Partial => ExitCode::from(3),
+                Status::Ok | Status::NoData => ExitCode::SUCCESS,
             }
         }
         Err(e) => {

@@ -21,6 +21,16 @@ pub enum PipelineError {
     #[error("cannot read {uri}: {reason}")]
     BadFile { uri: String, reason: String },
 
+    /// A daily file whose content cannot be loaded as it is (not Parquet, truncated, no
+    /// key columns, or far smaller than the version it would replace): load-raw
+    /// quarantines that version and loads the other files.
+    #[error("cannot read {uri}: {reason}")]
+    BadContent {
+        uri: String,
+        reason: String,
+        kind: crate::warehouse::QuarantineKind,
+    },
+
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -67,6 +77,11 @@ pub enum PipelineError {
     /// into warnings): the batch is rolled back rather than stored altered.
     #[error("MySQL warned while {context}, so nothing of it was kept: {warnings}")]
     MysqlWarnings { context: String, warnings: String },
+
+    /// A server or network stopped answering: nothing was committed past the last
+    /// completed transaction.
+    #[error("no answer from {context} within {secs} s")]
+    Timeout { context: String, secs: u64 },
 
     /// Another run holds the per-table lock.
     #[error("{0}")]

@@ -12,6 +12,8 @@ pub enum Status {
     NoData,
     /// reconcile found differences (exit code 1)
     Drift,
+    /// Done, but some files were quarantined and not loaded (exit code 3)
+    Partial,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -428,8 +428,9 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
     })
 }
 
-/// Event timestamps as UTC microseconds: int64 nanoseconds, Parquet TIMESTAMP of any
-/// unit (with or without zone) or ISO-8601 text; NULL where unusable.
+/// Event timestamps as UTC microseconds: epoch integers (nanoseconds in the case data;
+/// seconds, milliseconds and microseconds told apart by magnitude), Parquet TIMESTAMP of
+/// any unit (with or without zone) or ISO-8601 text; NULL where unusable.
 pub fn event_micros(source: &ArrayRef) -> Result<TimestampMicrosecondArray> {
     let n = source.len();
     let micros: Vec<Option<i64>> = match source.data_type() {
@@ -476,7 +477,7 @@ pub fn event_micros(source: &ArrayRef) -> Result<TimestampMicrosecondArray> {
         t if t.is_integer() => integers_of(source)
             .unwrap_or_default()
             .into_iter()
-            .map(|v| v.map(|ns| ns.div_euclid(1_000)))
+            .map(|v| v.and_then(typing::epoch_integer_micros))
             .collect(),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => as_text("timestamp", source)?
             .iter()
@@ -654,6 +655,7 @@ mod tests {
             Arc::new(TimestampMicrosecondArray::from(vec![us])),
             Arc::new(StringArray::from(vec!["2024-01-01T00:00:00.123456Z"])),
             Arc::new(Int64Array::from(vec![us * 1000])),
+            Arc::new(Int64Array::from(vec![us])),
         ];
         for v in variants {
             let b = batch(vec![

@@ -194,6 +194,32 @@ pub fn parse_timestamp_text(text: &str) -> Option<i64> {
         .map(|dt| dt.and_utc().timestamp_micros())
 }
 
+/// Seconds of 1971-01-01 and 2200-01-01: an epoch integer counted in any unit (seconds,
+/// milliseconds, microseconds, nanoseconds) that falls inside these bounds in exactly one
+/// of them, since each unit's range spans less than the factor 1000 between units.
+const PLAUSIBLE_EPOCH_SECONDS: std::ops::Range<i64> = 31_536_000..7_258_118_400;
+
+/// An integer epoch timestamp of unknown unit -> UTC microseconds. The case data counts
+/// nanoseconds; exports in seconds, milliseconds or microseconds are told apart by
+/// magnitude. A value that is a plausible time (1971..2200) in no unit is unusable (None),
+/// never read as a time in January 1970.
+pub fn epoch_integer_micros(value: i64) -> Option<i64> {
+    // (values per second, microseconds per value, or values per microsecond as divisor)
+    [
+        (1_000_000_000_i64, None, Some(1_000_i64)),
+        (1_000_000, Some(1_i64), None),
+        (1_000, Some(1_000), None),
+        (1, Some(1_000_000), None),
+    ]
+    .into_iter()
+    .find(|(per_second, _, _)| PLAUSIBLE_EPOCH_SECONDS.contains(&value.div_euclid(*per_second)))
+    .and_then(|(_, multiply, divide)| match (multiply, divide) {
+        (Some(m), _) => value.checked_mul(m),
+        (None, Some(d)) => Some(value.div_euclid(d)),
+        (None, None) => None,
+    })
+}
+
 /// UTC date of a timestamp in microseconds, as days since the epoch (Arrow Date32).
 pub fn epoch_day_of_micros(micros: i64) -> i32 {
     micros.div_euclid(86_400_000_000) as i32
@@ -333,6 +359,19 @@ mod tests {
         assert_eq!(epoch_day_of_micros(base), 19_723);
         assert_eq!(epoch_day_of_micros(-1), -1);
         assert!(usable_timestamp(base));
+        // 2024-01-01T00:00:00.123456Z counted in each unit; outside 1971..2200 in every
+        // unit: unusable, never 1970.
+        let us = 1_704_067_200_123_456_i64;
+        assert_eq!(epoch_integer_micros(us * 1_000), Some(us));
+        assert_eq!(epoch_integer_micros(us), Some(us));
+        assert_eq!(epoch_integer_micros(us / 1_000), Some(us / 1_000 * 1_000));
+        assert_eq!(
+            epoch_integer_micros(us / 1_000_000),
+            Some(1_704_067_200_000_000)
+        );
+        for implausible in [0, 1, 86_400, 20_000_000, i64::MAX, -1_704_067_200, i64::MIN] {
+            assert_eq!(epoch_integer_micros(implausible), None, "{implausible}");
+        }
         assert!(!usable_timestamp(i64::MAX));
     }
 }

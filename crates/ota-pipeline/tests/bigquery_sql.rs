@@ -41,6 +41,9 @@ fn templates() -> Vec<(&'static str, String)> {
         ("delete_old_staged_runs", r(sql::DELETE_OLD_STAGED_RUNS)),
         ("delete_old_staged_files", r(sql::DELETE_OLD_STAGED_FILES)),
         ("ledger_entries", r(sql::LEDGER_ENTRIES)),
+        ("quarantine_entries", r(sql::QUARANTINE_ENTRIES)),
+        ("insert_quarantine", r(sql::INSERT_QUARANTINE)),
+        ("delete_quarantine", r(sql::DELETE_QUARANTINE)),
         ("create_staged_external", r(sql::CREATE_STAGED_EXTERNAL)),
     ]
 }

@@ -85,6 +85,7 @@ impl Sink {
             table: "ota_events".into(),
             load_method: method,
             lock_timeout_secs: 5,
+            io_timeout_secs: ota_pipeline::mysql::DEFAULT_IO_TIMEOUT_SECS,
         };
         Sink { rt, db, config }
     }

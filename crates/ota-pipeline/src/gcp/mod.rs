@@ -32,6 +32,36 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// What the environment names as one service's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A service-account key file.
+    KeyFile(PathBuf),
+    /// An emulator endpoint, which gets a fixed token.
+    Emulator,
+}
+
+impl CredentialSource {
+    /// The key file `key_var` names, or the emulator `endpoint_var` names. Both at once
+    /// is refused: a real account's token must never be sent to an endpoint other than
+    /// Google's.
+    pub fn from_env(key_var: &str, endpoint_var: &str) -> Result<CredentialSource> {
+        let set = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+        match (set(key_var), set(endpoint_var)) {
+            (Some(_), Some(_)) => Err(PipelineError::Config(format!(
+                "{key_var} and {endpoint_var} are both set: a service-account token is never \
+                 sent to a custom endpoint; unset {endpoint_var} to use Google's, or \
+                 {key_var} to use the emulator"
+            ))),
+            (Some(key_file), None) => Ok(CredentialSource::KeyFile(PathBuf::from(key_file))),
+            (None, Some(_)) => Ok(CredentialSource::Emulator),
+            (None, None) => Err(PipelineError::Config(format!(
+                "{key_var} must name the service-account key file (or {endpoint_var} an emulator)"
+            ))),
+        }
+    }
+}
+
 /// The token sent to emulators, which accept any.
 pub const EMULATOR_TOKEN: &str = "emulator";
 
@@ -43,14 +73,11 @@ impl Credentials {
         endpoint_var: &str,
         scope: &'static str,
     ) -> Result<Credentials> {
-        let key = std::env::var(key_var).ok().filter(|v| !v.is_empty());
-        let endpoint = std::env::var(endpoint_var).ok().filter(|v| !v.is_empty());
-        match (key, endpoint) {
-            (Some(key_file), _) => Credentials::service_account(Path::new(&key_file), scope).await,
-            (None, Some(_)) => Ok(Credentials::Emulator),
-            (None, None) => Err(PipelineError::Config(format!(
-                "{key_var} must name the service-account key file (or {endpoint_var} an emulator)"
-            ))),
+        match CredentialSource::from_env(key_var, endpoint_var)? {
+            CredentialSource::KeyFile(key_file) => {
+                Credentials::service_account(&key_file, scope).await
+            }
+            CredentialSource::Emulator => Ok(Credentials::Emulator),
         }
     }
 

@@ -253,6 +253,7 @@ mod tests {
             generation: file.generation.clone(),
             checksum: "not-read".into(),
             loaded_at,
+            rows: 1,
         }
     }
 

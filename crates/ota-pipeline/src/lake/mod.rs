@@ -39,6 +39,8 @@ pub struct RecordedVersion {
     pub checksum: String,
     /// When the load that recorded it began, UTC microseconds.
     pub loaded_at: i64,
+    /// Rows the load read from it (loaded and rejected).
+    pub rows: u64,
 }
 
 impl RecordedVersion {

@@ -2,10 +2,16 @@
 //! the batch loader (`LOAD DATA LOCAL INFILE ... REPLACE` straight into the serving table,
 //! tombstones deleted by key; re-syncs compare through a staging table first).
 
+pub mod config;
 pub mod encode;
 pub mod sql;
 
+pub use config::{
+    ConnectionSettings, DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig, SslMode, mask_url,
+};
+
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Date32Type;
@@ -13,8 +19,7 @@ use bytes::Bytes;
 use chrono::NaiveDate;
 use futures_util::{StreamExt, stream};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
-use serde::Serialize;
+use mysql_async::{Conn, DriverError, Opts, OptsBuilder, Params, SslOpts, Value};
 
 use crate::contract::validate_identifier;
 use crate::error::{PipelineError, Result};
@@ -29,51 +34,44 @@ const MAX_PLACEHOLDERS: usize = 65_535;
 /// Tombstone keys per DELETE statement.
 const DELETE_KEYS_PER_STATEMENT: usize = 10_000;
 
-/// How batches reach the staging table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LoadMethod {
-    /// LOAD DATA LOCAL INFILE, falling back to INSERT when the server refuses it.
-    Auto,
-    /// LOAD DATA LOCAL INFILE only.
-    LoadData,
-    /// Multi-row INSERT only.
-    Insert,
-}
-
-/// Settings of the MySQL sink.
-#[derive(Debug, Clone)]
-pub struct MysqlConfig {
-    pub url: String,
-    pub table: String,
-    pub load_method: LoadMethod,
-    /// Seconds to wait for another run's lock on the table.
-    pub lock_timeout_secs: u64,
-}
-
-/// `mysql://user:***@host:port/db`: the URL with its password masked, for logs.
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+/// A MySQL exchange bounded in time: a server or network that stops answering fails the
+/// step after `limit` instead of hanging it.
+trait WithinDeadline<T>: Future<Output = std::result::Result<T, mysql_async::Error>> + Sized {
+    async fn within(self, limit: Duration, context: impl Into<String>) -> Result<T> {
+        match tokio::time::timeout(limit, self).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(PipelineError::mysql(context, e)),
+            Err(_) => Err(PipelineError::Timeout {
+                context: format!("MySQL while {}", context.into()),
+                secs: limit.as_secs(),
+            }),
+        }
     }
 }
 
-fn my_err(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> PipelineError {
-    let context = context.into();
-    move |e| PipelineError::mysql(context, e)
+impl<T, F> WithinDeadline<T> for F where
+    F: Future<Output = std::result::Result<T, mysql_async::Error>>
+{
 }
 
 fn server_code(e: &mysql_async::Error) -> Option<u16> {
     match e {
         mysql_async::Error::Server(s) => Some(s.code),
         _ => None,
+    }
+}
+
+/// Opens a connection; under `ssl-mode=preferred` a server that offers no TLS is
+/// connected to in plain, as the MySQL client does.
+async fn open(settings: &ConnectionSettings, opts: Opts) -> mysql_async::Result<Conn> {
+    match Conn::new(opts.clone()).await {
+        Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))
+            if settings.ssl_mode == SslMode::Preferred =>
+        {
+            tracing::debug!("the server offers no TLS; connecting without it (ssl-mode=preferred)");
+            Conn::new(OptsBuilder::from_opts(opts).ssl_opts(None::<SslOpts>)).await
+        }
+        other => other,
     }
 }
 
@@ -85,6 +83,7 @@ pub struct MysqlTarget {
     method: LoadMethod,
     locked: bool,
     masked_url: String,
+    io_timeout: Duration,
 }
 
 impl MysqlTarget {
@@ -92,41 +91,51 @@ impl MysqlTarget {
     /// creates the serving, offset and staging tables if missing.
     pub async fn connect(config: &MysqlConfig) -> Result<Self> {
         validate_identifier("MySQL table", &config.table)?;
-        let masked_url = mask_url(&config.url);
-        let opts = Opts::from_url(&config.url)
-            .map_err(|e| PipelineError::Config(format!("MySQL URL {masked_url}: {e}")))?;
-        let db = opts
+        let settings = ConnectionSettings::from_config(config)?;
+        let masked_url = settings.masked_url.clone();
+        let io_timeout = settings.io_timeout;
+        let db = settings
+            .opts
             .db_name()
             .ok_or_else(|| {
                 PipelineError::Config(format!("MySQL URL {masked_url} names no database"))
             })?
             .to_string();
         validate_identifier("MySQL database", &db)?;
-        let conn = match Conn::new(opts.clone()).await {
+        let connecting = format!("connecting to {masked_url}");
+        let first = tokio::time::timeout(io_timeout, open(&settings, settings.opts.clone()))
+            .await
+            .map_err(|_| PipelineError::Timeout {
+                context: format!("MySQL while {connecting}"),
+                secs: io_timeout.as_secs(),
+            })?;
+        let conn = match first {
             Ok(c) => c,
             Err(e) if server_code(&e) == Some(1049) => {
                 tracing::info!(database = %db, "creating the database");
-                let mut admin =
-                    Conn::new(OptsBuilder::from_opts(opts.clone()).db_name(None::<String>))
-                        .await
-                        .map_err(my_err(format!("connecting to {masked_url}")))?;
+                let server = OptsBuilder::from_opts(settings.opts.clone()).db_name(None::<String>);
+                let mut admin = open(&settings, server.into())
+                    .within(io_timeout, connecting.clone())
+                    .await?;
                 admin
                     .query_drop(format!(
                         "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
                     ))
-                    .await
-                    .map_err(my_err(format!("creating database {db}")))?;
+                    .within(io_timeout, format!("creating database {db}"))
+                    .await?;
                 let _ = admin.disconnect().await;
-                Conn::new(opts)
-                    .await
-                    .map_err(my_err(format!("connecting to {masked_url}")))?
+                open(&settings, settings.opts.clone())
+                    .within(io_timeout, connecting)
+                    .await?
             }
-            Err(e) => {
-                return Err(PipelineError::mysql(
-                    format!("connecting to {masked_url}"),
-                    e,
-                ));
+            Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer)) => {
+                return Err(PipelineError::Config(format!(
+                    "the MySQL server at {masked_url} offers no TLS, but the URL asks for \
+                     ssl-mode={}: enable TLS on the server, or choose another ssl-mode",
+                    settings.ssl_mode.name()
+                )));
             }
+            Err(e) => return Err(PipelineError::mysql(connecting, e)),
         };
         let mut target = MysqlTarget {
             conn,
@@ -135,33 +144,57 @@ impl MysqlTarget {
             method: config.load_method,
             locked: false,
             masked_url,
+            io_timeout,
         };
         target.setup().await?;
+        target.log_transport().await?;
         Ok(target)
+    }
+
+    /// Says on stderr whether the session is encrypted, and with which cipher.
+    async fn log_transport(&mut self) -> Result<()> {
+        let cipher: Option<(String, String)> = self
+            .conn
+            .query_first(sql::SESSION_CIPHER)
+            .within(self.io_timeout, "reading the session's TLS cipher")
+            .await?;
+        match cipher.map(|(_, c)| c).filter(|c| !c.is_empty()) {
+            Some(cipher) => tracing::info!(%cipher, "MySQL session encrypted with TLS"),
+            None => tracing::info!("MySQL session not encrypted"),
+        }
+        Ok(())
     }
 
     async fn setup(&mut self) -> Result<()> {
         let c = &mut self.conn;
         c.query_drop(sql::SESSION_SETUP)
-            .await
-            .map_err(my_err("setting up the session"))?;
+            .within(self.io_timeout, "setting up the session")
+            .await?;
+        // Row and metadata lock waits end with an error, not hours later.
+        let lock_wait = self.io_timeout.as_secs();
+        c.exec_drop(sql::SESSION_LOCK_WAITS, (lock_wait, lock_wait))
+            .within(self.io_timeout, "setting the session's lock waits")
+            .await?;
         c.query_drop(sql::create_target(&self.table))
-            .await
-            .map_err(my_err(format!("creating table {}", self.table)))?;
+            .within(self.io_timeout, format!("creating table {}", self.table))
+            .await?;
         let primary_key: Vec<String> = c
             .exec(sql::PRIMARY_KEY_COLUMNS, (&self.table,))
-            .await
-            .map_err(my_err(format!("reading the primary key of {}", self.table)))?;
+            .within(
+                self.io_timeout,
+                format!("reading the primary key of {}", self.table),
+            )
+            .await?;
         check_primary_key(&self.table, &primary_key)?;
         c.query_drop(sql::CREATE_OFFSETS)
-            .await
-            .map_err(my_err("creating the offsets table"))?;
+            .within(self.io_timeout, "creating the offsets table")
+            .await?;
         c.query_drop(sql::create_stage())
-            .await
-            .map_err(my_err("creating the staging table"))?;
+            .within(self.io_timeout, "creating the staging table")
+            .await?;
         c.query_drop(sql::create_resync_keys())
-            .await
-            .map_err(my_err("creating the re-sync table"))?;
+            .within(self.io_timeout, "creating the re-sync table")
+            .await?;
         Ok(())
     }
 
@@ -174,8 +207,11 @@ impl MysqlTarget {
         let got: Option<Option<i64>> = self
             .conn
             .exec_first(sql::GET_LOCK, (&self.lock_name, timeout_secs))
-            .await
-            .map_err(my_err("taking the export lock"))?;
+            .within(
+                self.io_timeout + Duration::from_secs(timeout_secs),
+                "taking the export lock",
+            )
+            .await?;
         match got.flatten() {
             Some(1) => {
                 self.locked = true;
@@ -193,13 +229,13 @@ impl MysqlTarget {
         if self.locked {
             self.conn
                 .exec_drop(sql::RELEASE_LOCK, (&self.lock_name,))
-                .await
-                .map_err(my_err("releasing the export lock"))?;
+                .within(self.io_timeout, "releasing the export lock")
+                .await?;
         }
         self.conn
             .disconnect()
+            .within(self.io_timeout, "disconnecting")
             .await
-            .map_err(my_err("disconnecting"))
     }
 
     /// The forward offset of the table, if any batch was ever exported.
@@ -207,8 +243,8 @@ impl MysqlTarget {
         let row: Option<(String, String)> = self
             .conn
             .exec_first(sql::SELECT_OFFSET, (&self.table,))
-            .await
-            .map_err(my_err("reading the offset"))?;
+            .within(self.io_timeout, "reading the offset")
+            .await?;
         let Some((at, key)) = row else {
             return Ok(None);
         };
@@ -231,9 +267,9 @@ impl MysqlTarget {
     /// Loads one whole batch into the (emptied) staging table.
     async fn stage(&mut self, batch: &RecordBatch) -> Result<()> {
         self.conn
-            .query_drop(sql::truncate_stage())
-            .await
-            .map_err(my_err("emptying the staging table"))?;
+            .query_drop(sql::empty_stage())
+            .within(self.io_timeout, "emptying the staging table")
+            .await?;
         let columns: Vec<usize> = (0..batch.num_columns()).collect();
         let rows: Vec<usize> = (0..batch.num_rows()).collect();
         let load = RowsToLoad {
@@ -289,8 +325,8 @@ impl MysqlTarget {
             let statement = sql::insert_rows(load.table, load.names, rows.len(), load.on_duplicate);
             self.conn
                 .exec_drop(statement, Params::Positional(values))
-                .await
-                .map_err(my_err(format!("{context} with INSERT")))?;
+                .within(self.io_timeout, format!("{context} with INSERT"))
+                .await?;
             self.fail_on_warnings(context).await?;
         }
         Ok(())
@@ -304,8 +340,8 @@ impl MysqlTarget {
         let shown: Vec<(String, u32, String)> = self
             .conn
             .query(sql::SHOW_WARNINGS)
-            .await
-            .map_err(my_err("reading the warnings of a load"))?;
+            .within(self.io_timeout, "reading the warnings of a load")
+            .await?;
         let warnings = shown
             .iter()
             .map(|(level, code, message)| format!("{level} {code}: {message}"))
@@ -347,8 +383,8 @@ impl MysqlTarget {
         } = changes;
         self.conn
             .query_drop("START TRANSACTION")
-            .await
-            .map_err(my_err("starting a batch transaction"))?;
+            .within(self.io_timeout, "starting a batch transaction")
+            .await?;
         let deleted = match self.apply_in_transaction(batch, upserts, tombstones).await {
             Ok(deleted) => deleted,
             Err(e) => {
@@ -366,8 +402,8 @@ impl MysqlTarget {
                     &offset.event_key[..],
                 ),
             )
-            .await
-            .map_err(my_err("saving the offset"))?;
+            .within(self.io_timeout, "saving the offset")
+            .await?;
         if crash_before_commit {
             return Err(PipelineError::Injected(
                 "stopped before committing a batch".into(),
@@ -375,8 +411,8 @@ impl MysqlTarget {
         }
         self.conn
             .query_drop("COMMIT")
-            .await
-            .map_err(my_err("committing a batch"))?;
+            .within(self.io_timeout, "committing a batch")
+            .await?;
         Ok((upserts.len() as u64, deleted))
     }
 
@@ -407,8 +443,8 @@ impl MysqlTarget {
                         sql::delete_keys(&table, keys.len()),
                         Params::Positional(params),
                     )
-                    .await
-                    .map_err(my_err("deleting a batch's tombstones"))?;
+                    .within(self.io_timeout, "deleting a batch's tombstones")
+                    .await?;
                 deleted += self.conn.affected_rows();
             }
         }
@@ -421,27 +457,50 @@ impl MysqlTarget {
         self.stage(batch).await?;
         let c = &mut self.conn;
         c.query_drop(sql::remember_resync_keys())
-            .await
-            .map_err(my_err("remembering re-sync keys"))?;
+            .within(self.io_timeout, "remembering re-sync keys")
+            .await?;
         c.query_drop(sql::drop_unchanged_from_stage(&self.table))
-            .await
-            .map_err(my_err("comparing a re-sync batch"))?;
+            .within(self.io_timeout, "comparing a re-sync batch")
+            .await?;
         let differing: Option<u64> = c
             .query_first(sql::count_stage())
-            .await
-            .map_err(my_err("comparing a re-sync batch"))?;
+            .within(self.io_timeout, "comparing a re-sync batch")
+            .await?;
         c.query_drop(sql::upsert_from_stage(&self.table))
-            .await
-            .map_err(my_err("upserting a re-sync batch"))?;
+            .within(self.io_timeout, "upserting a re-sync batch")
+            .await?;
         Ok(differing.unwrap_or(0))
     }
 
-    /// Starts a re-sync: forgets the keys of a previous one.
+    /// Starts a re-sync: one transaction for all its upserts and deletes (a re-sync cut
+    /// short leaves MySQL as it was), with the keys of a previous one forgotten.
     pub async fn begin_resync(&mut self) -> Result<()> {
         self.conn
-            .query_drop(sql::truncate_resync_keys())
+            .query_drop("START TRANSACTION")
+            .within(self.io_timeout, "starting the re-sync transaction")
+            .await?;
+        self.conn
+            .query_drop(sql::empty_resync_keys())
+            .within(self.io_timeout, "emptying the re-sync keys")
             .await
-            .map_err(my_err("emptying the re-sync keys"))
+    }
+
+    /// Commits a re-sync begun by [`MysqlTarget::begin_resync`].
+    pub async fn commit_resync(&mut self) -> Result<()> {
+        self.conn
+            .query_drop("COMMIT")
+            .within(self.io_timeout, "committing the re-sync")
+            .await
+    }
+
+    /// Rolls back an open transaction (best effort: a broken connection rolls it back
+    /// on the server anyway).
+    pub async fn rollback(&mut self) {
+        let _ = self
+            .conn
+            .query_drop("ROLLBACK")
+            .within(self.io_timeout, "rolling back")
+            .await;
     }
 
     /// Re-sync: deletes rows of these dates that no re-sync batch carried.
@@ -450,10 +509,11 @@ impl MysqlTarget {
         for d in dates {
             self.conn
                 .exec_drop(sql::delete_unknown_of_date(&self.table), (d.to_string(),))
-                .await
-                .map_err(my_err(format!(
-                    "deleting rows of {d} the warehouse does not hold"
-                )))?;
+                .within(
+                    self.io_timeout,
+                    format!("deleting rows of {d} the warehouse does not hold"),
+                )
+                .await?;
             deleted += self.conn.affected_rows();
         }
         Ok(deleted)
@@ -471,8 +531,8 @@ impl MysqlTarget {
                 sql::checksums_between(&self.table),
                 (start.to_string(), end.to_string()),
             )
-            .await
-            .map_err(my_err("checksumming MySQL rows"))?;
+            .within(self.io_timeout, "checksumming MySQL rows")
+            .await?;
         let mut out = BTreeMap::new();
         for (date, count, sum) in rows {
             let date = crate::window::parse_date("MySQL event date", &date)?;
@@ -662,19 +722,4 @@ pub fn lock_name(db: &str, table: &str) -> String {
         "ota_export_{}",
         crate::hex::encode(&md5::Md5::digest(format!("{db}.{table}").as_bytes()))
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_passwords() {
-        assert_eq!(
-            mask_url("mysql://u:secret@h:3306/db"),
-            "mysql://u:***@h:3306/db"
-        );
-        assert_eq!(mask_url("mysql://u@h/db"), "mysql://u@h/db");
-        assert_eq!(mask_url("mysql://u:p@ss@h/db"), "mysql://u:***@h/db");
-    }
 }

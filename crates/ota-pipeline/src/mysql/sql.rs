@@ -27,6 +27,13 @@ pub const SESSION_SETUP: &str = "SET SESSION time_zone = '+00:00', \
     character_set_client = utf8mb4, character_set_connection = utf8mb4, character_set_results = utf8mb4, \
     collation_connection = utf8mb4_bin";
 
+/// Seconds a statement waits for a row lock (InnoDB) or a table's metadata lock (DDL,
+/// `LOCK TABLES` by another session) before failing.
+pub const SESSION_LOCK_WAITS: &str =
+    "SET SESSION lock_wait_timeout = ?, innodb_lock_wait_timeout = ?";
+
+pub const SESSION_CIPHER: &str = "SHOW SESSION STATUS LIKE 'Ssl_cipher'";
+
 pub const SHOW_WARNINGS: &str = "SHOW WARNINGS LIMIT 3";
 
 /// The primary key's columns of a table in this database, in index order.
@@ -168,8 +175,10 @@ pub fn delete_keys(table: &str, keys: usize) -> String {
     )
 }
 
-pub fn truncate_stage() -> String {
-    format!("TRUNCATE TABLE `{STAGE_TABLE}`")
+/// Empties the staging table. `DELETE`, not `TRUNCATE`: it must not commit the re-sync's
+/// open transaction.
+pub fn empty_stage() -> String {
+    format!("DELETE FROM `{STAGE_TABLE}`")
 }
 
 /// The serving table's columns: the typed columns, then `changed_at`.
@@ -224,8 +233,8 @@ pub fn remember_resync_keys() -> String {
     )
 }
 
-pub fn truncate_resync_keys() -> String {
-    format!("TRUNCATE TABLE `{RESYNC_KEYS_TABLE}`")
+pub fn empty_resync_keys() -> String {
+    format!("DELETE FROM `{RESYNC_KEYS_TABLE}`")
 }
 
 /// Re-sync: deletes target rows of one event date that the warehouse does not hold.

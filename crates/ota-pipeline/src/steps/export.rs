@@ -283,6 +283,35 @@ impl<T: Send + 'static> WarehouseReader<T> {
     }
 }
 
+/// Re-syncs event dates in one MySQL transaction: upserts every warehouse row of them
+/// that is missing or differs, then deletes the rows the warehouse does not hold.
+/// Returns (upserted, deleted, batches, rows read).
+async fn resync(
+    config: &ExportConfig,
+    warehouse: Box<dyn Warehouse>,
+    target: &mut MysqlTarget,
+    dates: &[NaiveDate],
+) -> Result<(u64, u64, u64, u64)> {
+    target.begin_resync().await?;
+    let mut reader = WarehouseReader::spawn(
+        warehouse,
+        ChangeSelection::Dates(dates.to_vec()),
+        config.batch_rows,
+        Ok,
+    );
+    let (mut upserted, mut batches, mut rows) = (0, 0, 0);
+    while let Some(batch) = reader.next().await {
+        let batch = batch?;
+        upserted += target.apply_resync(&batch).await?;
+        batches += 1;
+        rows += batch.num_rows() as u64;
+    }
+    reader.finish()?;
+    let deleted = target.delete_unknown(dates).await?;
+    target.commit_resync().await?;
+    Ok((upserted, deleted, batches, rows))
+}
+
 async fn export(
     config: &ExportConfig,
     warehouse: Box<dyn Warehouse>,
@@ -330,21 +359,18 @@ async fn export(
             .collect();
         if !drifting.is_empty() {
             tracing::info!(dates = ?drifting, "re-syncing event dates that differ from the warehouse");
-            target.begin_resync().await?;
-            let mut reader = WarehouseReader::spawn(
-                warehouse,
-                ChangeSelection::Dates(drifting.clone()),
-                config.batch_rows,
-                Ok,
-            );
-            while let Some(batch) = reader.next().await {
-                let batch = batch?;
-                upserted += target.apply_resync(&batch).await?;
-                batches += 1;
-                rows += batch.num_rows() as u64;
-            }
-            reader.finish()?;
-            deleted += target.delete_unknown(&drifting).await?;
+            let outcome = resync(config, warehouse, target, &drifting).await;
+            let (u, d, b, r) = match outcome {
+                Ok(counts) => counts,
+                Err(e) => {
+                    target.rollback().await;
+                    return Err(e);
+                }
+            };
+            upserted += u;
+            deleted += d;
+            batches += b;
+            rows += r;
             resynced = drifting;
         }
     }

@@ -1,7 +1,7 @@
 //! load-raw: type the rows of the staged files that changed since they were last loaded
 //! and replace their rows in the raw table, all in one transaction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 
 use arrow::array::RecordBatchReader;
@@ -12,7 +12,7 @@ use crate::error::{PipelineError, Result};
 use crate::lake::{Lake, LakeFile, open_lake};
 use crate::summary::{Status, StepSummary};
 use crate::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
-use crate::warehouse::{Access, RawSource, open_warehouse};
+use crate::warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource, open_warehouse};
 
 /// Rows per Arrow batch read from a file: about 12 MB typed. A few batches are in flight
 /// at once (decoded, typed, queued, appended), outside DuckDB's memory limit.
@@ -23,12 +23,58 @@ pub struct LoadConfig {
     pub window: WindowArgs,
     pub lake_url: String,
     pub warehouse: WarehouseArgs,
+    pub shrink: ShrinkGuard,
+}
+
+/// What load-raw does with a re-delivered file that holds far fewer rows than the
+/// version it replaces (an export cut short, an empty file): its rows would silently
+/// vanish from every table downstream, so it is refused unless allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShrinkGuard {
+    /// Load such files anyway (`--allow-shrink`).
+    pub allow: bool,
+    /// The largest share of rows, in percent, a new version may lose (`--max-shrink-pct`).
+    pub max_loss_pct: u8,
+}
+
+impl Default for ShrinkGuard {
+    fn default() -> Self {
+        ShrinkGuard {
+            allow: false,
+            max_loss_pct: 50,
+        }
+    }
+}
+
+impl ShrinkGuard {
+    /// Why a version of `rows` rows must not replace one of `before` rows, if it must not.
+    pub fn refusal(&self, before: u64, rows: u64) -> Option<String> {
+        if self.allow || before == 0 || rows >= before {
+            return None;
+        }
+        let lost = before - rows;
+        // Compared in whole rows: lost/before > pct/100.
+        if rows > 0 && u128::from(lost) * 100 <= u128::from(before) * u128::from(self.max_loss_pct)
+        {
+            return None;
+        }
+        Some(format!(
+            "this version holds {rows} rows where the loaded one held {before} \
+             (-{}%, more than --max-shrink-pct {}): refused, nothing was replaced; \
+             pass --allow-shrink if the smaller file is right",
+            lost * 100 / before,
+            self.max_loss_pct
+        ))
+    }
 }
 
 /// Reads daily Parquet files from the lake and types their rows.
 pub struct ParquetRawSource<'a> {
     lake: &'a dyn Lake,
     loaded_at: i64,
+    shrink: ShrinkGuard,
+    /// Rows of the versions loaded before, by URI.
+    rows_before: BTreeMap<String, u64>,
     pub rows_read: u64,
     pub unknown_columns: BTreeSet<String>,
 }
@@ -38,9 +84,26 @@ impl<'a> ParquetRawSource<'a> {
         ParquetRawSource {
             lake,
             loaded_at,
+            shrink: ShrinkGuard {
+                allow: true,
+                max_loss_pct: 100,
+            },
+            rows_before: BTreeMap::new(),
             rows_read: 0,
             unknown_columns: BTreeSet::new(),
         }
+    }
+
+    /// Refuses versions that lose more rows than `shrink` allows, against the row counts
+    /// of the versions loaded before.
+    pub fn with_shrink_guard(
+        mut self,
+        shrink: ShrinkGuard,
+        rows_before: BTreeMap<String, u64>,
+    ) -> Self {
+        self.shrink = shrink;
+        self.rows_before = rows_before;
+        self
     }
 }
 
@@ -68,17 +131,33 @@ impl RawSource for ParquetRawSource<'_> {
                 ));
             }
         }
+        let unreadable = |reason: String| PipelineError::BadContent {
+            uri: file.uri.clone(),
+            reason,
+            kind: QuarantineKind::Unreadable,
+        };
         let copy = self.lake.local_copy(file)?;
         let handle = File::open(copy.path()).map_err(|e| PipelineError::io(copy.path(), e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(handle)
-            .map_err(|e| bad(format!("not a readable Parquet file: {e}")))?
+        let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
+            .map_err(|e| unreadable(format!("not a readable Parquet file: {e}")))?;
+        if let Some(&before) = self.rows_before.get(&file.uri) {
+            let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+            if let Some(reason) = self.shrink.refusal(before, rows) {
+                return Err(PipelineError::BadContent {
+                    uri: file.uri.clone(),
+                    reason,
+                    kind: QuarantineKind::Shrunk,
+                });
+            }
+        }
+        let reader = builder
             .with_batch_size(READ_BATCH_ROWS)
             .build()
-            .map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;
+            .map_err(|e| unreadable(format!("not a readable Parquet file: {e}")))?;
         let mapping = ColumnMapping::new(&reader.schema());
         for required in ["request_id", "timestamp"] {
             if mapping.missing.contains(&required) {
-                return Err(bad(format!(
+                return Err(unreadable(format!(
                     "it has no {required} column, so no row can be keyed"
                 )));
             }
@@ -96,17 +175,20 @@ impl RawSource for ParquetRawSource<'_> {
         };
         // Decoding and typing run on their own thread, a couple of batches ahead of the
         // warehouse appends on this one: the two are the step's main costs.
-        let (mapping, lineage, bad) = (&mapping, &lineage, &bad);
+        let (mapping, lineage, unreadable) = (&mapping, &lineage, &unreadable);
         let rows = std::thread::scope(|scope| -> Result<i64> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(TypedBatch, i64)>>(2);
             scope.spawn(move || {
                 let mut row = 0i64;
                 for batch in reader {
                     let typed = batch
-                        .map_err(|e| bad(format!("corrupt data after row {row}: {e}")))
+                        .map_err(|e| unreadable(format!("corrupt data after row {row}: {e}")))
                         .and_then(|b| {
                             let n = b.num_rows() as i64;
-                            Ok((type_batch(&b, mapping, lineage, row)?, n))
+                            let typed = type_batch(&b, mapping, lineage, row).map_err(|e| {
+                                unreadable(format!("rows after {row} cannot be typed: {e}"))
+                            })?;
+                            Ok((typed, n))
                         });
                     let stop = typed.is_err();
                     if let Ok((_, n)) = &typed {
@@ -164,9 +246,59 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     for f in &skipped {
         tracing::info!(file = %f.uri, "unchanged since it was loaded; skipping");
     }
+    // An unreadable version stays out until a new one lands; a shrunk one is checked
+    // again against this run's limits (cheap: the row count is in the file's footer).
+    let quarantine = warehouse.quarantined(&uris)?;
+    let (held, mut changed): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| {
+        quarantine
+            .get(&f.uri)
+            .is_some_and(|q| q.is_version_of(f) && q.kind == QuarantineKind::Unreadable)
+    });
+    let mut quarantined: Vec<QuarantinedFile> = held
+        .iter()
+        .filter_map(|f| quarantine.get(&f.uri).cloned())
+        .collect();
+    for q in &quarantined {
+        tracing::warn!(file = %q.uri, reason = %q.reason, "still quarantined; a new version of it will load");
+    }
     let loaded_at = chrono::Utc::now().timestamp_micros();
-    let mut source = ParquetRawSource::new(lake.as_ref(), loaded_at);
-    let outcome = warehouse.load_raw(&changed, loaded_at, &mut source)?;
+    let rows_before: BTreeMap<String, u64> = ledger
+        .iter()
+        .map(|(uri, version)| (uri.clone(), version.rows))
+        .collect();
+    // One transaction for all files; a file whose content cannot be loaded is quarantined
+    // and the others are loaded again without it.
+    let (outcome, source) = loop {
+        let mut source = ParquetRawSource::new(lake.as_ref(), loaded_at)
+            .with_shrink_guard(config.shrink, rows_before.clone());
+        match warehouse.load_raw(&changed, loaded_at, &mut source) {
+            Ok(outcome) => break (outcome, source),
+            Err(PipelineError::BadContent { uri, reason, kind })
+                if changed.iter().any(|f| f.uri == uri) =>
+            {
+                let at = chrono::Utc::now().timestamp_micros();
+                let position = changed.iter().position(|f| f.uri == uri).unwrap_or(0);
+                let file = changed.remove(position);
+                warehouse.quarantine(&file, kind, &reason, at)?;
+                tracing::error!(file = %uri, %reason, "quarantined; loading the other files without it");
+                quarantined.push(QuarantinedFile {
+                    uri,
+                    size: file.size,
+                    checksum: file.checksum,
+                    kind,
+                    reason,
+                    quarantined_at: at,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let released: Vec<String> = changed
+        .iter()
+        .filter(|f| quarantine.contains_key(&f.uri))
+        .map(|f| f.uri.clone())
+        .collect();
+    warehouse.release_quarantine(&released)?;
     tracing::info!(
         files = changed.len(),
         rows = outcome.rows_written,
@@ -188,8 +320,40 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     summary.detail("rows_replaced", outcome.rows_replaced);
     summary.detail("affected_dates", &outcome.affected_dates);
     summary.detail("unknown_columns", &source.unknown_columns);
+    if !quarantined.is_empty() {
+        summary.status = Status::Partial;
+    }
+    summary.detail("files_quarantined", &quarantined);
     if let Some(jobs) = warehouse.job_log() {
         summary.detail("warehouse_jobs", jobs);
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shrink_guard_refuses_empty_and_drastically_smaller_versions() {
+        let guard = ShrinkGuard::default();
+        assert!(guard.refusal(1_000, 0).is_some());
+        assert!(guard.refusal(1_000, 499).is_some());
+        assert!(guard.refusal(1_000, 500).is_none());
+        assert!(guard.refusal(1_000, 2_000).is_none());
+        // Nothing loaded before (or an empty version before): nothing to lose.
+        assert!(guard.refusal(0, 0).is_none());
+        let strict = ShrinkGuard {
+            allow: false,
+            max_loss_pct: 0,
+        };
+        assert!(strict.refusal(10, 9).is_some());
+        let allowed = ShrinkGuard {
+            allow: true,
+            ..guard
+        };
+        assert!(allowed.refusal(1_000, 0).is_none());
+        let message = guard.refusal(1_000, 0).unwrap_or_default();
+        assert!(message.contains("--allow-shrink") && message.contains("1000"));
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use chrono::NaiveDate;
+
 use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::Result;
 use crate::lake::{open_lake, validate_suffix};
@@ -36,11 +38,27 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
 
     if let Some(from) = &config.from {
         let split = split_into_lake(from, lake.as_ref(), &config.suffix)?;
-        if !config.window.is_explicit()
-            && let (Some(first), Some(last)) = (split.days.first(), split.days.last())
-        {
-            // The historic load covers the whole range the file holds.
-            window = DateWindow::new(first.day, last.day)?;
+        if !config.window.is_explicit() {
+            let today = chrono::Utc::now().date_naive();
+            let (inside, outside): (Vec<_>, Vec<_>) = split
+                .days
+                .iter()
+                .partition(|d| plausible_event_day(d.day, today));
+            if let (Some(first), Some(last)) = (inside.first(), inside.last()) {
+                // The historic load covers the range the file holds.
+                window = DateWindow::new(first.day, last.day)?;
+            }
+            if !outside.is_empty() {
+                let days: Vec<String> = outside.iter().map(|d| d.day.to_string()).collect();
+                let rows: u64 = outside.iter().map(|d| d.rows).sum();
+                tracing::warn!(
+                    days = ?days,
+                    rows,
+                    "rows dated before 1990 or after tomorrow: landed in their daily files but \
+                     left out of the window; load them with an explicit window if they are real"
+                );
+                summary.detail("days_outside_window", days);
+            }
         }
         summary.counts.rows_read = split.rows;
         summary.detail("split", &split);
@@ -80,4 +98,27 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
         summary.detail("warehouse_jobs", jobs);
     }
     Ok(summary)
+}
+
+/// Whether a day can hold clickstream events: from 1990 (before the commercial web)
+/// to tomorrow (a clock a little ahead). A historic load's window spans only such days.
+fn plausible_event_day(day: NaiveDate, today: NaiveDate) -> bool {
+    let first = NaiveDate::from_ymd_opt(1990, 1, 1).unwrap_or(NaiveDate::MIN);
+    day >= first && day <= today + chrono::Days::new(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stray_days_do_not_stretch_a_historic_window() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 5).unwrap();
+        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        assert!(plausible_event_day(day(2024, 3, 1), today));
+        assert!(plausible_event_day(day(2026, 12, 6), today));
+        assert!(!plausible_event_day(day(2026, 12, 7), today));
+        assert!(!plausible_event_day(day(9999, 12, 31), today));
+        assert!(!plausible_event_day(day(1000, 1, 1), today));
+    }
 }

@@ -34,6 +34,53 @@ pub trait RawSource {
     ) -> Result<()>;
 }
 
+/// Why a file version was kept out of the loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuarantineKind {
+    /// Its content cannot be loaded: only a new version leaves quarantine.
+    Unreadable,
+    /// It holds far fewer rows than the version it would replace: each run checks it
+    /// again, so a new version, or a run that allows shrinking, leaves quarantine.
+    Shrunk,
+}
+
+impl QuarantineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuarantineKind::Unreadable => "unreadable",
+            QuarantineKind::Shrunk => "shrunk",
+        }
+    }
+
+    pub fn parse(name: &str) -> QuarantineKind {
+        match name {
+            "shrunk" => QuarantineKind::Shrunk,
+            _ => QuarantineKind::Unreadable,
+        }
+    }
+}
+
+/// A file version load-raw could not load, kept out of later loads until a new version
+/// of the file lands (or, when it shrank, a run allows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuarantinedFile {
+    pub uri: String,
+    pub size: u64,
+    pub checksum: String,
+    pub kind: QuarantineKind,
+    pub reason: String,
+    /// UTC microseconds.
+    pub quarantined_at: i64,
+}
+
+impl QuarantinedFile {
+    /// Whether the lake file is the version that was quarantined.
+    pub fn is_version_of(&self, file: &LakeFile) -> bool {
+        self.size == file.size && self.checksum == file.checksum
+    }
+}
+
 /// Outcome of a raw load.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RawLoadOutcome {
@@ -120,6 +167,21 @@ pub trait Warehouse: Send {
 
     /// What the file ledger recorded of these URIs, by URI (those it knows).
     fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, RecordedVersion>>;
+
+    /// Records a file version as quarantined, replacing an earlier entry of its URI.
+    fn quarantine(
+        &mut self,
+        file: &LakeFile,
+        kind: QuarantineKind,
+        reason: &str,
+        at: i64,
+    ) -> Result<()>;
+
+    /// The quarantine entries of these URIs, by URI (those that have one).
+    fn quarantined(&mut self, uris: &[String]) -> Result<BTreeMap<String, QuarantinedFile>>;
+
+    /// Forgets the quarantine entries of these URIs (a version of them loaded).
+    fn release_quarantine(&mut self, uris: &[String]) -> Result<()>;
 
     /// Replaces the raw rows of each file with what `source` reads, all files in one
     /// transaction (a failure leaves the warehouse unchanged), updating the ledger and

@@ -91,6 +91,54 @@ impl Backend {
         }
     }
 
+    /// The BigQuery warehouse itself, for what only it has (the feed's bounds).
+    pub fn open_bigquery(&self) -> ota_pipeline::warehouse::bigquery::BigQueryWarehouse {
+        self.try_open_bigquery("test", false)
+            .expect("open the BigQuery warehouse")
+    }
+
+    /// Opens the BigQuery warehouse as `step` would (writers take the dataset's lease).
+    pub fn try_open_bigquery(
+        &self,
+        step: &str,
+        read_only: bool,
+    ) -> ota_pipeline::Result<ota_pipeline::warehouse::bigquery::BigQueryWarehouse> {
+        let options = ota_pipeline::warehouse::bigquery::RunOptions {
+            step: step.into(),
+            run_id: None,
+            dry_run: false,
+        };
+        ota_pipeline::warehouse::bigquery::BigQueryWarehouse::open(&self.url, read_only, &options)
+    }
+
+    /// Runs GoogleSQL on the emulator, outside the pipeline (`{dataset}` is this
+    /// backend's dataset).
+    pub fn run_sql(&self, sql: &str) {
+        let dataset = self
+            .url
+            .split('/')
+            .nth(3)
+            .and_then(|d| d.split('?').next())
+            .expect("a bigquery:// URL")
+            .to_string();
+        let sql = sql.replace("{dataset}", &dataset);
+        let bq = env("OTA_BQ_ENDPOINT");
+        let rt = BlockingRuntime::new().expect("runtime");
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!(
+                    "{bq}/bigquery/v2/projects/{EMULATOR_PROJECT}/queries"
+                ))
+                .bearer_auth("emulator")
+                .json(&serde_json::json!({ "query": sql, "useLegacySql": false }))
+                .send()
+                .await
+                .expect("query");
+            let body: serde_json::Value = r.json().await.expect("query answer");
+            assert!(body.get("errors").is_none(), "{sql}: {body}");
+        });
+    }
+
     pub fn open(&self) -> Box<dyn Warehouse> {
         open_warehouse(
             &WarehouseArgs::url(self.url.clone()),

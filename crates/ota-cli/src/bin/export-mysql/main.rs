@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ota_pipeline::cli::{WarehouseArgs, WindowArgs, run_step};
-use ota_pipeline::mysql::{LoadMethod, MysqlConfig};
+use ota_pipeline::mysql::{DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig};
 use ota_pipeline::steps::{ExportConfig, export_mysql};
 
 #[derive(Parser)]
@@ -41,6 +41,10 @@ struct Cli {
     /// Seconds to wait for another export-mysql run on the same table.
     #[arg(long, env = "OTA_LOCK_TIMEOUT", default_value_t = 600)]
     lock_timeout: u64,
+    /// Seconds any one exchange with MySQL may take (connecting, a statement, a batch's
+    /// load) and a row or table lock may be waited for; past it the step fails.
+    #[arg(long, env = "OTA_MYSQL_TIMEOUT", default_value_t = DEFAULT_IO_TIMEOUT_SECS)]
+    mysql_timeout: u64,
     /// Re-sync every event date (not only the window's) to the warehouse exactly.
     #[arg(long)]
     full_refresh: bool,
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
             table: cli.mysql_table,
             load_method: cli.load_method,
             lock_timeout_secs: cli.lock_timeout,
+            io_timeout_secs: cli.mysql_timeout,
         },
         batch_rows: cli.batch_size,
         full_refresh: cli.full_refresh,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ota_pipeline::cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
-use ota_pipeline::steps::{LoadConfig, load_raw};
+use ota_pipeline::steps::{LoadConfig, ShrinkGuard, load_raw};
 
 #[derive(Parser)]
 #[command(name = "load-raw", version, about, long_about = None)]
@@ -16,6 +16,15 @@ struct Cli {
     lake: LakeArgs,
     #[command(flatten)]
     warehouse: WarehouseArgs,
+    /// Load re-delivered files even when they hold far fewer rows than the versions they
+    /// replace (by default such a file is refused and named).
+    #[arg(long, env = "OTA_ALLOW_SHRINK")]
+    allow_shrink: bool,
+    /// The largest share of its rows, in percent, a re-delivered file may lose before it
+    /// is refused; an empty file always is.
+    #[arg(long, env = "OTA_MAX_SHRINK_PCT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_shrink_pct: u8,
 }
 
 fn main() -> ExitCode {
@@ -24,6 +33,10 @@ fn main() -> ExitCode {
         window: cli.window,
         lake_url: cli.lake.lake_url,
         warehouse: cli.warehouse,
+        shrink: ShrinkGuard {
+            allow: cli.allow_shrink,
+            max_loss_pct: cli.max_shrink_pct,
+        },
     };
     run_step(|| load_raw(&config))
 }

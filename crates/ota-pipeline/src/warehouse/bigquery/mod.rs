@@ -16,7 +16,6 @@ mod staging;
 pub mod storage_read;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
@@ -24,10 +23,11 @@ use md5::{Digest, Md5};
 use serde_json::Value;
 
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, RawLoadOutcome, RawSource, StagedFiles, Warehouse,
+    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
+    RawLoadOutcome, RawSource, StagedFiles, Warehouse,
 };
 use crate::error::{PipelineError, Result};
-use crate::gcp::Credentials;
+use crate::gcp::{CredentialSource, Credentials};
 use crate::lake::gcs::GcsLake;
 use crate::lake::{Lake, LakeFile, RecordedVersion};
 use crate::window::DateWindow;
@@ -47,19 +47,28 @@ pub struct BigQueryWarehouse {
     url: String,
     jobs: Jobs,
     run_key: String,
+    /// Who holds the dataset's writer lease while this step writes (its run and step);
+    /// None for a read-only or dry run.
+    lease: Option<String>,
     /// The BigQuery account's token source for the Storage Read API.
     storage_credentials: Credentials,
 }
+
+/// How long a writer lease lasts: longer than any step runs (the DAG stops a task after
+/// 3 hours), so only a writer that died leaves one behind, and only until then.
+const LEASE_SECONDS: i64 = 4 * 3600;
 
 /// The change feed's start: 0001-01-01 in microseconds.
 const FEED_START_MICROS: i64 = -62_135_596_800_000_000;
 
 /// The names templates may use, rendered to qualified identifiers.
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 14] = [
+    "writer_lease",
     "raw_events",
     "raw_rejects",
     "raw_file_dates",
     "file_ledger",
+    "file_quarantine",
     "staged_runs",
     "staged_files",
     "staged_external",
@@ -120,23 +129,24 @@ impl BigQueryWarehouse {
             run_key: run_key.clone(),
             step: options.step.clone(),
         };
-        let jobs = Jobs::connect(
-            settings,
-            env(KEY_FILE_VAR).as_deref(),
-            env(ENDPOINT_VAR).as_deref(),
-        )?;
-        let storage_credentials = match env(KEY_FILE_VAR) {
-            Some(key) => jobs.runtime().block_on(Credentials::service_account(
-                Path::new(&key),
-                storage_read::BIGQUERY_SCOPE,
-            ))?,
-            None => Credentials::Emulator,
+        let source = CredentialSource::from_env(KEY_FILE_VAR, ENDPOINT_VAR)?;
+        let key_file = match &source {
+            CredentialSource::KeyFile(key) => Some(key.to_string_lossy().into_owned()),
+            CredentialSource::Emulator => None,
+        };
+        let jobs = Jobs::connect(settings, key_file.as_deref(), env(ENDPOINT_VAR).as_deref())?;
+        let storage_credentials = match source {
+            CredentialSource::KeyFile(key) => jobs.runtime().block_on(
+                Credentials::service_account(&key, storage_read::BIGQUERY_SCOPE),
+            )?,
+            CredentialSource::Emulator => Credentials::Emulator,
         };
         let mut warehouse = BigQueryWarehouse {
             url: url.to_string(),
             config,
             jobs,
             run_key,
+            lease: None,
             storage_credentials,
         };
         if !read_only {
@@ -144,6 +154,9 @@ impl BigQueryWarehouse {
             warehouse
                 .jobs
                 .query("schema", &schema, &[], Attach::ByInputs(&[]))?;
+            if !options.dry_run {
+                warehouse.take_lease()?;
+            }
         }
         Ok(warehouse)
     }
@@ -207,6 +220,186 @@ impl BigQueryWarehouse {
             ))
         })?;
         GcsLake::open(staging)
+    }
+}
+
+/// What one export reads of the change feed: the event dates changed at or after its
+/// offset, and the `changed_at` of the latest run that changed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedBounds {
+    pub dates: Vec<NaiveDate>,
+    /// UTC microseconds; changes after it belong to the next export.
+    pub upto: i64,
+}
+
+impl BigQueryWarehouse {
+    /// The feed's bounds after `at` (µs), None when nothing changed since.
+    pub fn feed_bounds(&mut self, at: i64) -> Result<Option<FeedBounds>> {
+        let rows = self.read(
+            "read_feed_dates",
+            sql::FEED_DATES,
+            &[Param::int64("at", at)],
+        )?;
+        let mut dates = Vec::with_capacity(rows.len());
+        let mut upto = i64::MIN;
+        for r in &rows {
+            dates.push(cell_date(r, 0)?);
+            upto = upto.max(cell_i64(r, 1)?);
+        }
+        Ok((!dates.is_empty()).then_some(FeedBounds { dates, upto }))
+    }
+
+    /// The change feed after `offset` (None: from the start) within `bounds`, as
+    /// [`Warehouse::stream_changes`] streams it.
+    pub fn stream_feed_within(
+        &mut self,
+        offset: Option<FeedOffset>,
+        bounds: &FeedBounds,
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        // From the beginning: 0001-01-01 and a key before every key.
+        let (at, key) = match offset {
+            Some(o) => (o.changed_at, o.event_key.to_vec()),
+            None => (FEED_START_MICROS, Vec::new()),
+        };
+        let text = self.render(&sql::CHANGES_AFTER, None);
+        let params = [
+            Param::dates("dates", bounds.dates.iter().copied()),
+            Param::int64("at", at),
+            Param::int64("upto", bounds.upto),
+            Param::string("key_hex", crate::hex::encode(&key)),
+        ];
+        self.stream_query("read_changes", &text, &params, true, batch_rows, sink)
+    }
+
+    /// Runs one query job and streams its ordered result. The result is read through the
+    /// Storage Read API as Arrow with a single stream (BigQuery keeps an ORDER BY
+    /// result's order for one stream), one batch in memory at a time; where the API
+    /// cannot read the result table, the job's result pages are read instead. With
+    /// `feed_order`, rows out of `(changed_at, event_key)` order stop the read.
+    fn stream_query(
+        &mut self,
+        name: &str,
+        text: &str,
+        params: &[Param],
+        feed_order: bool,
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        let batch_rows = batch_rows.max(1);
+        let Some((job_id, table)) = self.jobs.query_result_table(name, text, params)? else {
+            return Ok(());
+        };
+        if let Some(table) = table
+            && let Some(reader) =
+                storage_read::open(self.jobs.runtime(), &self.storage_credentials, &table)?
+        {
+            return stream_batches(reader, feed_order, batch_rows, sink);
+        }
+        let mut last = None;
+        let (mut rows, mut token) = self.jobs.page(&job_id, None, batch_rows)?;
+        loop {
+            for chunk in rows.chunks(batch_rows) {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let batch = change_batch(chunk)?;
+                if feed_order {
+                    check_order(&batch, &mut last)?;
+                }
+                if !sink(batch)? {
+                    return Ok(());
+                }
+            }
+            match token {
+                Some(t) => (rows, token) = self.jobs.page(&job_id, Some(t), batch_rows)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Takes the dataset's writer lease for this run's step, or fails naming who holds
+    /// it: stage-files, load-raw and dedup never interleave on one dataset.
+    fn take_lease(&mut self) -> Result<()> {
+        let holder = format!("{}/{}", self.run_key, self.jobs.settings().step);
+        let expires_at = chrono::Utc::now().timestamp_micros() + LEASE_SECONDS * 1_000_000;
+        let text = self.render(sql::TAKE_LEASE, None);
+        let params = [
+            Param::string("holder", holder.clone()),
+            Param::string("step", self.jobs.settings().step.clone()),
+            Param::int64("expires_at", expires_at),
+        ];
+        let taken = self
+            .jobs
+            .query("take_lease", &text, &params, Attach::Never)
+            .map_err(|e| {
+                // Two takers at once: BigQuery aborts one transaction.
+                PipelineError::Locked(format!(
+                    "could not take the writer lease of {}: {e}; another step is starting, try again",
+                    self.config.dataset
+                ))
+            })?;
+        let row = taken.as_ref().and_then(|r| r.rows.first());
+        match row.and_then(|r| cell_str(r, 0)) {
+            Some(h) if h == holder => {
+                self.lease = Some(holder);
+                Ok(())
+            }
+            other => {
+                let step = row.and_then(|r| cell_str(r, 1)).unwrap_or("?");
+                let until = row
+                    .and_then(|r| cell_i64(r, 2).ok())
+                    .and_then(chrono::DateTime::from_timestamp_micros)
+                    .map_or_else(|| "?".to_string(), |t| t.to_rfc3339());
+                Err(PipelineError::Locked(format!(
+                    "another writer holds dataset {}: {step} of run {} (lease until {until}); \
+                     try again when it has finished. A writer that died leaves its lease until \
+                     then; deleting its row from {} frees it sooner",
+                    self.config.dataset,
+                    other.unwrap_or("?"),
+                    self.config.table("writer_lease"),
+                )))
+            }
+        }
+    }
+
+    /// The @holder parameter of writing transactions (they fail unless it still holds
+    /// the lease).
+    fn holder_param(&self) -> Param {
+        Param::string("holder", self.lease.clone().unwrap_or_default())
+    }
+
+    /// Deletes the quarantine entries of `uris`. `at` makes each delete a job of its own:
+    /// a later delete of the same URIs in the same run must run, not re-attach.
+    fn delete_quarantine_entries(&mut self, uris: &[String], at: i64) -> Result<()> {
+        if uris.is_empty() {
+            return Ok(());
+        }
+        let text = self.render(sql::DELETE_QUARANTINE, None);
+        self.jobs.query(
+            "release_quarantine",
+            &text,
+            &[Param::strings("uris", uris.iter().cloned())],
+            Attach::ByInputs(&[at.to_string()]),
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for BigQueryWarehouse {
+    /// Gives the writer lease back (a step that dies keeps it until it expires).
+    fn drop(&mut self) {
+        if let Some(holder) = self.lease.take() {
+            let text = self.render(sql::RELEASE_LEASE, None);
+            let params = [Param::string("holder", holder)];
+            if let Err(e) = self
+                .jobs
+                .query("release_lease", &text, &params, Attach::Never)
+            {
+                tracing::warn!(error = %e, "could not give the writer lease back; it expires by itself");
+            }
+        }
     }
 }
 
@@ -330,10 +523,67 @@ impl Warehouse for BigQueryWarehouse {
                 checksum: cell_str(r, 3).unwrap_or_default().to_string(),
                 // Unknown (never in practice): the file is read again.
                 loaded_at: cell_i64(r, 4).unwrap_or(0),
+                rows: cell_i64(r, 5).unwrap_or(0).max(0) as u64,
             };
             out.insert(cell_str(r, 0).unwrap_or_default().to_string(), entry);
         }
         Ok(out)
+    }
+
+    fn quarantine(
+        &mut self,
+        file: &LakeFile,
+        kind: QuarantineKind,
+        reason: &str,
+        at: i64,
+    ) -> Result<()> {
+        self.delete_quarantine_entries(std::slice::from_ref(&file.uri), at)?;
+        let text = self.render(sql::INSERT_QUARANTINE, None);
+        self.jobs.query(
+            "quarantine_file",
+            &text,
+            &[
+                Param::string("uri", file.uri.clone()),
+                Param::string("day", file.day.to_string()),
+                Param::int64("size", file.size as i64),
+                Param::string("generation", file.generation.clone()),
+                Param::string("checksum", file.checksum.clone()),
+                Param::string("kind", kind.name().to_string()),
+                Param::string("reason", reason.to_string()),
+                Param::int64("at", at),
+            ],
+            Attach::ByInputs(&[]),
+        )?;
+        Ok(())
+    }
+
+    fn quarantined(&mut self, uris: &[String]) -> Result<BTreeMap<String, QuarantinedFile>> {
+        if uris.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let rows = self.read(
+            "read_quarantine",
+            sql::QUARANTINE_ENTRIES,
+            &[Param::strings("uris", uris.iter().cloned())],
+        )?;
+        let mut out = BTreeMap::new();
+        for r in &rows {
+            let uri = cell_str(r, 0).unwrap_or_default().to_string();
+            let entry = QuarantinedFile {
+                uri: uri.clone(),
+                size: cell_i64(r, 1)?.max(0) as u64,
+                checksum: cell_str(r, 2).unwrap_or_default().to_string(),
+                kind: QuarantineKind::parse(cell_str(r, 3).unwrap_or_default()),
+                reason: cell_str(r, 4).unwrap_or_default().to_string(),
+                quarantined_at: cell_i64(r, 5).unwrap_or(0),
+            };
+            out.insert(uri, entry);
+        }
+        Ok(out)
+    }
+
+    fn release_quarantine(&mut self, uris: &[String]) -> Result<()> {
+        self.delete_quarantine_entries(uris, chrono::Utc::now().timestamp_micros())
     }
 
     fn load_raw(
@@ -368,8 +618,13 @@ impl Warehouse for BigQueryWarehouse {
                 "-- load typed Parquet of {} file(s) into the work tables\n",
                 files.len()
             );
-            self.jobs
-                .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
+            let holder = self.holder_param();
+            self.jobs.query(
+                "load_replace_rows",
+                &replace,
+                &[holder],
+                Attach::ByInputs(&[]),
+            )?;
             return Ok(outcome);
         }
 
@@ -470,8 +725,13 @@ impl Warehouse for BigQueryWarehouse {
                 &format!("_ota_work_files_{tag}"),
             )?;
         }
-        self.jobs
-            .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
+        let holder = self.holder_param();
+        self.jobs.query(
+            "load_replace_rows",
+            &replace,
+            &[holder],
+            Attach::ByInputs(&[]),
+        )?;
         for uri in row_uris.iter().chain(&landed) {
             if let Err(e) = staging.delete(uri) {
                 tracing::warn!(uri = %uri, error = %e, "could not delete a staging file");
@@ -494,9 +754,12 @@ impl Warehouse for BigQueryWarehouse {
         let text = self.render(&sql::DEDUP, Some(&tag));
         // A retried dedup finds the merge of the same pending dates its first try started.
         let inputs: Vec<String> = pending.iter().map(|r| format!("{:?}", r)).collect();
-        let Some(result) = self
-            .jobs
-            .query("dedup_merge", &text, &[], Attach::ByInputs(&inputs))?
+        let Some(result) = self.jobs.query(
+            "dedup_merge",
+            &text,
+            &[self.holder_param()],
+            Attach::ByInputs(&inputs),
+        )?
         else {
             return Ok(outcome);
         };
@@ -524,81 +787,28 @@ impl Warehouse for BigQueryWarehouse {
         batch_rows: usize,
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        let batch_rows = batch_rows.max(1);
-        let (name, text, params) = match selection {
+        match selection {
             ChangeSelection::After(offset) => {
-                // From the beginning: 0001-01-01 and a key before every key.
-                let (at, key) = match offset {
-                    Some(o) => (o.changed_at, o.event_key.to_vec()),
-                    None => (FEED_START_MICROS, Vec::new()),
-                };
-                let dates = self.read(
-                    "read_feed_dates",
-                    sql::FEED_DATES,
-                    &[Param::int64("at", at)],
-                )?;
-                let dates: Vec<NaiveDate> = dates
-                    .iter()
-                    .map(|r| cell_date(r, 0))
-                    .collect::<Result<_>>()?;
-                if dates.is_empty() {
-                    return Ok(());
+                let at = offset.map_or(FEED_START_MICROS, |o| o.changed_at);
+                match self.feed_bounds(at)? {
+                    Some(bounds) => self.stream_feed_within(*offset, &bounds, batch_rows, sink),
+                    None => Ok(()),
                 }
-                (
-                    "read_changes",
-                    self.render(&sql::CHANGES_AFTER, None),
-                    vec![
-                        Param::dates("dates", dates),
-                        Param::int64("at", at),
-                        Param::string("key_hex", crate::hex::encode(&key)),
-                    ],
-                )
             }
             ChangeSelection::Dates(dates) => {
                 if dates.is_empty() {
                     return Ok(());
                 }
-                (
+                let text = self.render(&sql::ROWS_OF_DATES, None);
+                let params = [Param::dates("dates", dates.iter().copied())];
+                self.stream_query(
                     "read_rows_of_dates",
-                    self.render(&sql::ROWS_OF_DATES, None),
-                    vec![Param::dates("dates", dates.iter().copied())],
+                    &text,
+                    &params,
+                    false,
+                    batch_rows,
+                    sink,
                 )
-            }
-        };
-        // One query job; its ordered result is read through the Storage Read API as
-        // Arrow, one batch in memory at a time, re-cut to at most `batch_rows` rows.
-        // One query job. Its ordered result is read through the Storage Read API as
-        // Arrow with a single stream (BigQuery keeps an ORDER BY result's order for one
-        // stream), one batch in memory at a time; where the API cannot read the result
-        // table, the job's result pages are read instead.
-        let Some((job_id, table)) = self.jobs.query_result_table(name, &text, &params)? else {
-            return Ok(());
-        };
-        let feed_order = matches!(selection, ChangeSelection::After(_));
-        if let Some(table) = table
-            && let Some(reader) =
-                storage_read::open(self.jobs.runtime(), &self.storage_credentials, &table)?
-        {
-            return stream_batches(reader, feed_order, batch_rows, sink);
-        }
-        let mut last = None;
-        let (mut rows, mut token) = self.jobs.page(&job_id, None, batch_rows)?;
-        loop {
-            for chunk in rows.chunks(batch_rows) {
-                if chunk.is_empty() {
-                    continue;
-                }
-                let batch = change_batch(chunk)?;
-                if feed_order {
-                    check_order(&batch, &mut last)?;
-                }
-                if !sink(batch)? {
-                    return Ok(());
-                }
-            }
-            match token {
-                Some(t) => (rows, token) = self.jobs.page(&job_id, Some(t), batch_rows)?,
-                None => return Ok(()),
             }
         }
     }

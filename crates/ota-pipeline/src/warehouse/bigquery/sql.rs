@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS {{raw_file_dates}} (
 CREATE TABLE IF NOT EXISTS {{file_ledger}} (
   uri STRING NOT NULL, source_day DATE, size INT64, generation STRING, checksum STRING,
   ingested_at TIMESTAMP, loaded_at TIMESTAMP, rows_loaded INT64, rows_rejected INT64);
+CREATE TABLE IF NOT EXISTS {{writer_lease}} (
+  holder STRING NOT NULL, step STRING, acquired_at TIMESTAMP, expires_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS {{file_quarantine}} (
+  uri STRING NOT NULL, source_day DATE, size INT64, generation STRING, checksum STRING,
+  kind STRING, reason STRING, quarantined_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS {{staged_runs}} (
   staged_at INT64 NOT NULL, window_start DATE, window_end DATE);
 CREATE TABLE IF NOT EXISTS {{staged_files}} (
@@ -122,11 +127,13 @@ FROM {raw_file_dates} WHERE source_file IN UNNEST(@files) GROUP BY event_date";
 
 /// load-raw: replace the rows of the run's files with the work tables' rows, in one
 /// transaction, then drop the work tables. Deletes carry the source_day partition filter.
+/// Parameter: @holder, who must still hold the writer lease.
 pub static REPLACE_FILE_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "DECLARE files ARRAY<STRING> DEFAULT (SELECT ARRAY_AGG(uri) FROM {{work_files}});
 DECLARE file_days ARRAY<DATE> DEFAULT (SELECT ARRAY_AGG(DISTINCT source_day) FROM {{work_files}});
 BEGIN TRANSACTION;
+{lease_check}
 INSERT INTO {{dedup_pending_dates}} (event_date, queued_at)
   SELECT DISTINCT event_date, CURRENT_TIMESTAMP() FROM {{raw_file_dates}} WHERE source_file IN UNNEST(files);
 INSERT INTO {{dedup_pending_dates}} (event_date, queued_at)
@@ -145,7 +152,8 @@ COMMIT TRANSACTION;
 DROP TABLE {{work_rows}};
 DROP TABLE {{work_rejects}};
 DROP TABLE {{work_files}};",
-        cols = *TYPED_COLUMN_LIST
+        cols = *TYPED_COLUMN_LIST,
+        lease_check = LEASE_CHECK,
     )
 });
 
@@ -159,7 +167,7 @@ GROUP BY event_date ORDER BY 1";
 /// filters (the source days that hold those dates, from raw_file_dates, and the dates);
 /// the MERGE is scoped to the dates' range on the target and exactly to the dates for
 /// deletes. `changed_at` is strictly after every earlier run's. The last statement
-/// reports the run.
+/// reports the run. Parameter: @holder, who must still hold the writer lease.
 pub static DEDUP: LazyLock<String> = LazyLock::new(|| {
     let content_updates: Vec<String> = TYPED_COLUMNS
         .iter()
@@ -205,6 +213,7 @@ SET vanished = (SELECT COUNT(*) FROM {{dedup_events}}
   WHERE event_date BETWEEN lo AND hi AND event_date IN UNNEST(dates)
     AND event_key NOT IN (SELECT event_key FROM {{work_winners}}));
 BEGIN TRANSACTION;
+{lease_check}
 DELETE FROM {{dedup_tombstones}}
   WHERE event_date BETWEEN lo AND hi AND event_date IN UNNEST(dates)
     AND event_key IN (SELECT event_key FROM {{work_winners}});
@@ -234,20 +243,25 @@ SELECT UNIX_MICROS(run_changed_at), rows_read, winners, changed, vanished;",
         lineage = lineage_updates.join(", "),
         cols = *TYPED_COLUMN_LIST,
         values = insert_values.join(", "),
+        lease_check = LEASE_CHECK,
     )
 });
 
 /// The event dates that changed at or after a point of the feed (the partition filter
-/// of the change query). Parameter: @at (µs).
-pub const FEED_DATES: &str = "SELECT DISTINCT CAST(event_date AS STRING)
-FROM {dedup_run_dates} WHERE UNIX_MICROS(changed_at) >= @at";
+/// of the change query), each with the latest run that changed it: the feed is read up
+/// to the latest of those, so a dedup committing between this read and the change query
+/// is left whole for the next export. Parameter: @at (µs).
+pub const FEED_DATES: &str = "SELECT CAST(event_date AS STRING), UNIX_MICROS(MAX(changed_at))
+FROM {dedup_run_dates} WHERE UNIX_MICROS(changed_at) >= @at GROUP BY event_date";
 
-/// The change feed after `(changed_at, event_key)` within @dates: rows as upserts,
-/// tombstones as deletes, in offset order. Parameters: @dates, @at (µs), @key_hex.
+/// The change feed after `(changed_at, event_key)` up to @upto within @dates: rows as
+/// upserts, tombstones as deletes, in offset order. Parameters: @dates, @at and @upto
+/// (µs), @key_hex.
 pub static CHANGES_AFTER: LazyLock<String> = LazyLock::new(|| {
     // Compared as an integer and as lowercase hex (which orders like the bytes): exact on
     // every engine, where TIMESTAMP and BYTES parameters are not.
-    let after = "(UNIX_MICROS(changed_at) > @at OR (UNIX_MICROS(changed_at) = @at AND TO_HEX(event_key) > @key_hex))";
+    let after = "(UNIX_MICROS(changed_at) > @at OR (UNIX_MICROS(changed_at) = @at AND TO_HEX(event_key) > @key_hex)) \
+AND UNIX_MICROS(changed_at) <= @upto";
     format!(
         "SELECT 'U' AS op, UNIX_MICROS(changed_at) AS changed_at, {cols} FROM {{dedup_events}}
 WHERE event_date IN UNNEST(@dates) AND {after}
@@ -308,4 +322,32 @@ pub const CREATE_STAGED_EXTERNAL: &str =
     "EXECUTE IMMEDIATE FORMAT(\"\"\"CREATE OR REPLACE EXTERNAL TABLE {staged_external}
 OPTIONS (format = 'PARQUET', uris = %T)\"\"\", @uris)";
 
-pub const LEDGER_ENTRIES: &str = "SELECT uri, size, generation, checksum, UNIX_MICROS(loaded_at) FROM {file_ledger} WHERE uri IN UNNEST(@uris)";
+pub const LEDGER_ENTRIES: &str = "SELECT uri, size, generation, checksum, UNIX_MICROS(loaded_at), \
+COALESCE(rows_loaded, 0) + COALESCE(rows_rejected, 0) FROM {file_ledger} WHERE uri IN UNNEST(@uris)";
+
+pub const DELETE_QUARANTINE: &str = "DELETE FROM {file_quarantine} WHERE uri IN UNNEST(@uris)";
+pub const INSERT_QUARANTINE: &str = "INSERT INTO {file_quarantine} \
+(uri, source_day, size, generation, checksum, kind, reason, quarantined_at) \
+VALUES (@uri, CAST(@day AS DATE), @size, @generation, @checksum, @kind, @reason, TIMESTAMP_MICROS(@at))";
+pub const QUARANTINE_ENTRIES: &str = "SELECT uri, size, checksum, kind, reason, \
+UNIX_MICROS(quarantined_at) FROM {file_quarantine} WHERE uri IN UNNEST(@uris)";
+
+/// First statement of every writing transaction: fails it (and so rolls it back) unless
+/// @holder still holds the writer lease. Parameter: @holder.
+pub const LEASE_CHECK: &str = "SELECT ERROR(CONCAT('this run (', @holder, ') no longer holds the writer lease of the dataset; nothing was written')) \
+WHERE NOT EXISTS (SELECT 1 FROM {writer_lease} WHERE holder = @holder AND expires_at > CURRENT_TIMESTAMP());";
+
+/// The dataset's writer lease: one writing step (stage-files, load-raw, dedup) at a time.
+/// Taken when @holder holds it already or no other holder's lease is running; the last
+/// statement says who holds it now. Two takers racing both write the table in a
+/// transaction, and BigQuery aborts one of them. Parameters: @holder, @step, @expires_at
+/// (µs).
+pub const TAKE_LEASE: &str = "BEGIN TRANSACTION;
+DELETE FROM {writer_lease} WHERE expires_at <= CURRENT_TIMESTAMP() OR holder = @holder;
+INSERT INTO {writer_lease} (holder, step, acquired_at, expires_at)
+  SELECT @holder, @step, CURRENT_TIMESTAMP(), TIMESTAMP_MICROS(@expires_at)
+  WHERE NOT EXISTS (SELECT 1 FROM {writer_lease} WHERE holder != @holder);
+COMMIT TRANSACTION;
+SELECT holder, step, UNIX_MICROS(expires_at) FROM {writer_lease} ORDER BY expires_at DESC LIMIT 1";
+
+pub const RELEASE_LEASE: &str = "DELETE FROM {writer_lease} WHERE holder = @holder";

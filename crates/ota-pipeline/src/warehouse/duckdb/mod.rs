@@ -17,8 +17,8 @@ use duckdb::{Connection, params};
 
 use super::key_order::{KeyBuckets, KeySlice, key_slices};
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, RawLoadOutcome, RawSource,
-    StagedFiles, Warehouse, add_to_checksum, binary_at,
+    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
+    RawLoadOutcome, RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
 };
 use crate::error::{PipelineError, Result};
 use crate::lake::{LakeFile, RecordedVersion};
@@ -745,6 +745,7 @@ impl Warehouse for DuckDbWarehouse {
                         checksum: r.get(3)?,
                         // Unknown (never in practice): the file is read again.
                         loaded_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                        rows: r.get::<_, i64>(5)?.max(0) as u64,
                     })
                 })
                 .map_err(db_err("reading the file ledger"))?;
@@ -756,6 +757,72 @@ impl Warehouse for DuckDbWarehouse {
             }
         }
         Ok(out)
+    }
+
+    fn quarantine(
+        &mut self,
+        file: &LakeFile,
+        kind: QuarantineKind,
+        reason: &str,
+        at: i64,
+    ) -> Result<()> {
+        self.in_transaction("quarantining a file", |conn| {
+            let e = || db_err("quarantining a file");
+            conn.execute(sql::DELETE_QUARANTINE_ENTRY, params![file.uri])
+                .map_err(e())?;
+            conn.execute(
+                sql::INSERT_QUARANTINE_ENTRY,
+                params![
+                    file.uri,
+                    file.day.to_string(),
+                    file.size as i64,
+                    file.generation,
+                    file.checksum,
+                    kind.name(),
+                    reason,
+                    at
+                ],
+            )
+            .map_err(e())?;
+            Ok(())
+        })
+    }
+
+    fn quarantined(&mut self, uris: &[String]) -> Result<BTreeMap<String, QuarantinedFile>> {
+        let e = || db_err("reading the file quarantine");
+        let mut stmt = self
+            .conn
+            .prepare(sql::SELECT_QUARANTINE_ENTRY)
+            .map_err(e())?;
+        let mut out = BTreeMap::new();
+        for uri in uris {
+            let rows = stmt
+                .query_map(params![uri], |r| {
+                    Ok(QuarantinedFile {
+                        uri: r.get(0)?,
+                        size: r.get::<_, i64>(1)?.max(0) as u64,
+                        checksum: r.get(2)?,
+                        kind: QuarantineKind::parse(&r.get::<_, String>(3)?),
+                        reason: r.get(4)?,
+                        quarantined_at: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                    })
+                })
+                .map_err(e())?;
+            for entry in rows {
+                out.insert(uri.clone(), entry.map_err(e())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn release_quarantine(&mut self, uris: &[String]) -> Result<()> {
+        self.in_transaction("releasing quarantined files", |conn| {
+            for uri in uris {
+                conn.execute(sql::DELETE_QUARANTINE_ENTRY, params![uri])
+                    .map_err(db_err("releasing quarantined files"))?;
+            }
+            Ok(())
+        })
     }
 
     fn load_raw(

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS raw_rejects (
 CREATE TABLE IF NOT EXISTS file_ledger (
     uri VARCHAR NOT NULL, source_day DATE, size BIGINT, generation VARCHAR, checksum VARCHAR,
     ingested_at TIMESTAMP, loaded_at TIMESTAMP, rows_loaded BIGINT, rows_rejected BIGINT);
+CREATE TABLE IF NOT EXISTS file_quarantine (
+    uri VARCHAR NOT NULL, source_day DATE, size BIGINT, generation VARCHAR, checksum VARCHAR,
+    kind VARCHAR, reason VARCHAR, quarantined_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS staged_window (window_start DATE, window_end DATE, staged_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS staged_files (
     uri VARCHAR NOT NULL, source_day DATE, size BIGINT, generation VARCHAR, checksum VARCHAR,
@@ -71,8 +74,14 @@ pub const SELECT_STAGED_WINDOW: &str =
     "SELECT window_start::VARCHAR, window_end::VARCHAR FROM staged_window LIMIT 1";
 pub const SELECT_STAGED_FILES: &str = "SELECT uri, source_day::VARCHAR, size, generation, checksum, epoch_us(ingested_at) FROM staged_files ORDER BY source_day, uri";
 
-pub const SELECT_LEDGER_ENTRY: &str =
-    "SELECT uri, size, generation, checksum, epoch_us(loaded_at) FROM file_ledger WHERE uri = ?";
+pub const SELECT_LEDGER_ENTRY: &str = "SELECT uri, size, generation, checksum, epoch_us(loaded_at), \
+     COALESCE(rows_loaded, 0) + COALESCE(rows_rejected, 0) FROM file_ledger WHERE uri = ?";
+pub const DELETE_QUARANTINE_ENTRY: &str = "DELETE FROM file_quarantine WHERE uri = ?";
+pub const INSERT_QUARANTINE_ENTRY: &str =
+    "INSERT INTO file_quarantine VALUES (?, ?::DATE, ?, ?, ?, ?, ?, make_timestamp(?))";
+pub const SELECT_QUARANTINE_ENTRY: &str = "SELECT uri, size, checksum, kind, reason, \
+     epoch_us(quarantined_at) FROM file_quarantine WHERE uri = ?";
+
 pub const DELETE_LEDGER_ENTRY: &str = "DELETE FROM file_ledger WHERE uri = ?";
 pub const INSERT_LEDGER_ENTRY: &str = "INSERT INTO file_ledger VALUES (?, ?::DATE, ?, ?, ?, make_timestamp(?), make_timestamp(?), ?, ?)";
 
