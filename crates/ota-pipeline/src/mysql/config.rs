@@ -211,7 +211,9 @@ pub fn mask_url(url: &str) -> String {
     };
     let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
     // The password may be repeated anywhere, a parameter of the query included.
-    let query = query.map(|q| format!("?{}", redact(q, url))).unwrap_or_default();
+    let query = query
+        .map(|q| format!("?{}", redact(q, url)))
+        .unwrap_or_default();
     format!("{scheme}{user}:***@{host}{query}")
 }
 
