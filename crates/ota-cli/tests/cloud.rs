@@ -269,7 +269,7 @@ fn dry_run_prints_statements_and_changes_nothing() {
 
 #[test]
 #[ignore = "needs the GCS and BigQuery emulators: scripts/with-emulators.sh"]
-fn a_corrupt_object_fails_load_raw_clearly_and_loses_nothing() {
+fn a_corrupt_object_is_quarantined_clearly_and_loses_nothing() {
     let env = cloud_env("bad");
     let window = stage_generated(&env, "5", "2024-05-01", "2", "100");
     let window: Vec<&str> = window.iter().map(String::as_str).collect();
@@ -284,8 +284,10 @@ fn a_corrupt_object_fails_load_raw_clearly_and_loses_nothing() {
     let lake = ota_pipeline::lake::open_lake(&env.lake_url()).expect("lake");
     lake.put_file("20240502_OTA.parquet", &bad).expect("upload");
     env.run("stage-files", &window).ok();
+    // The file is quarantined, the others load: a partial run (exit 3).
     let failed = env.run("load-raw", &window);
-    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    assert_eq!(failed.summary()["status"], "partial");
     assert!(
         failed.stderr.contains("20240502_OTA.parquet") && failed.stderr.contains("Parquet"),
         "the error names the file and what is wrong: {}",

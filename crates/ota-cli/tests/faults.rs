@@ -73,7 +73,6 @@ fn assert_never_printed(run: &Run, secret: &str, what: &str) {
 }
 
 #[test]
-#[ignore = "open in issue 22: a malformed-URL case still prints the password"]
 fn no_step_ever_prints_the_mysql_password() {
     let env = Env::new();
     env.generate("2024-01-01", 2, 300);
@@ -244,7 +243,6 @@ fn reconcile_is_clean(env: &Env) {
 }
 
 #[test]
-#[ignore = "open in issue 22: the stalling proxy test hangs"]
 fn a_connection_that_stops_answering_mid_batch_fails_within_the_timeout() {
     let env = Env::new();
     env.generate("2024-01-01", 3, 400);

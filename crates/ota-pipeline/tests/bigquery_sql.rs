@@ -13,10 +13,16 @@ fn config() -> BigQueryConfig {
     BigQueryConfig::parse("bigquery://ota-prod/events?location=EU&staging=gs://bkt/s").unwrap()
 }
 
+/// A template rendered for a run: its work tables and its lease token.
+fn rendered(template: &str) -> String {
+    let c = config();
+    render(&c, template, Some("0123456789ab"))
+        .replace("{lease_token}", &c.table("_ota_lease_0123456789ab"))
+}
+
 /// Every generated template, rendered for a run.
 fn templates() -> Vec<(&'static str, String)> {
-    let c = config();
-    let r = |t: &str| render(&c, t, Some("0123456789ab"));
+    let r = rendered;
     let staged_insert = format!(
         "{}{}",
         sql::INSERT_STAGED_FILES_HEAD,
@@ -45,6 +51,10 @@ fn templates() -> Vec<(&'static str, String)> {
         ("insert_quarantine", r(sql::INSERT_QUARANTINE)),
         ("delete_quarantine", r(sql::DELETE_QUARANTINE)),
         ("create_staged_external", r(sql::CREATE_STAGED_EXTERNAL)),
+        ("write_lease_token", r(sql::WRITE_LEASE_TOKEN)),
+        ("take_lease", r(sql::TAKE_LEASE)),
+        ("release_lease", r(sql::RELEASE_LEASE)),
+        ("drop_lease_token", r(sql::DROP_LEASE_TOKEN)),
     ]
 }
 
@@ -120,7 +130,7 @@ fn partitioned_tables_are_always_read_and_written_through_a_partition_filter() {
 
 #[test]
 fn dedup_merge_is_scoped_to_the_affected_dates_on_both_sides() {
-    let text = render(&config(), &sql::DEDUP, Some("0123456789ab"));
+    let text = rendered(&sql::DEDUP);
     let stmts = statements("dedup", &text);
     let merge = stmts
         .iter()

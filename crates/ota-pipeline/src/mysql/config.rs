@@ -83,16 +83,21 @@ impl SslMode {
         }
     }
 
-    fn parse(value: &str) -> Result<SslMode> {
+    /// The mode a URL's `ssl-mode` names; the error names the URL masked.
+    fn parse(value: &str, url: &str) -> Result<SslMode> {
         match value.to_ascii_lowercase().replace('_', "-").as_str() {
             "disabled" => Ok(SslMode::Disabled),
             "preferred" => Ok(SslMode::Preferred),
             "required" => Ok(SslMode::Required),
             "verify-ca" => Ok(SslMode::VerifyCa),
             "verify-identity" => Ok(SslMode::VerifyIdentity),
-            other => Err(PipelineError::Config(format!(
-                "MySQL URL: ssl-mode {other:?} is not one of disabled, preferred, required, \
-                 verify-ca, verify-identity"
+            other => Err(PipelineError::Config(redact(
+                &format!(
+                    "MySQL URL {}: ssl-mode {other:?} is not one of disabled, preferred, \
+                     required, verify-ca, verify-identity",
+                    mask_url(url)
+                ),
+                url,
             ))),
         }
     }
@@ -128,7 +133,9 @@ impl ConnectionSettings {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match name {
-                "ssl-mode" | "ssl_mode" | "sslmode" => ssl_mode = SslMode::parse(value)?,
+                "ssl-mode" | "ssl_mode" | "sslmode" => {
+                    ssl_mode = SslMode::parse(value, &config.url)?
+                }
                 "ssl-ca" | "ssl_ca" => ssl_ca = Some(PathBuf::from(percent_decode(value))),
                 _ => driver_params.push(pair),
             }

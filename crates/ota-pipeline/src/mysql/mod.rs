@@ -302,7 +302,13 @@ impl MysqlTarget {
             self.conn
                 .set_infile_handler(async move { Ok(stream::iter(chunks).boxed()) });
             let statement = sql::load_data(load.table, load.names, load.on_duplicate);
-            match self.conn.query_drop(statement).await {
+            let loaded = tokio::time::timeout(self.io_timeout, self.conn.query_drop(statement))
+                .await
+                .map_err(|_| PipelineError::Timeout {
+                    context: format!("MySQL while {context} with LOAD DATA LOCAL INFILE"),
+                    secs: self.io_timeout.as_secs(),
+                })?;
+            match loaded {
                 Ok(()) => return self.fail_on_warnings(context).await,
                 Err(e) if self.method == LoadMethod::Auto && refuses_local_infile(&e) => {
                     tracing::warn!(error = %e, "the server refuses LOAD DATA LOCAL INFILE; falling back to multi-row INSERT");
@@ -388,8 +394,12 @@ impl MysqlTarget {
         let deleted = match self.apply_in_transaction(batch, upserts, tombstones).await {
             Ok(deleted) => deleted,
             Err(e) => {
-                // Nothing of the batch stays; the offset has not moved.
-                let _ = self.conn.query_drop("ROLLBACK").await;
+                // Nothing of the batch stays; the offset has not moved. A session that
+                // stopped answering is not waited on again: the server rolls back when
+                // it drops it.
+                if !matches!(e, PipelineError::Timeout { .. }) {
+                    self.rollback().await;
+                }
                 return Err(e);
             }
         };

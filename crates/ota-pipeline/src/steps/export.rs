@@ -66,7 +66,12 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         } else {
             export(config, warehouse, &mut target, &mut summary).await
         };
-        // Always release the lock; the first error wins.
+        // Always release the lock; the first error wins. A session that stopped
+        // answering is dropped, not waited on: the server frees its lock with it.
+        if matches!(result, Err(PipelineError::Timeout { .. })) {
+            drop(target);
+            return result;
+        }
         let closed = target.close().await;
         result.and(closed)
     })?;

@@ -50,6 +50,10 @@ pub struct BigQueryWarehouse {
     /// Who holds the dataset's writer lease while this step writes (its run and step);
     /// None for a read-only or dry run.
     lease: Option<String>,
+    /// The run's lease token table (see `sql::WRITE_LEASE_TOKEN`), fully qualified, and
+    /// whether this step wrote it.
+    lease_token: String,
+    lease_token_written: bool,
     /// The BigQuery account's token source for the Storage Read API.
     storage_credentials: Credentials,
 }
@@ -57,6 +61,14 @@ pub struct BigQueryWarehouse {
 /// How long a writer lease lasts: longer than any step runs (the DAG stops a task after
 /// 3 hours), so only a writer that died leaves one behind, and only until then.
 const LEASE_SECONDS: i64 = 4 * 3600;
+
+/// The lease token of a dry run (see `render`).
+const DRY_RUN_LEASE_TOKEN: &str = "(SELECT CAST(NULL AS STRING) AS holder)";
+
+/// Who holds a writer lease: the run and its step.
+fn lease_holder(run_key: &str, step: &str) -> String {
+    format!("{run_key}/{step}")
+}
 
 /// The change feed's start: 0001-01-01 in microseconds.
 const FEED_START_MICROS: i64 = -62_135_596_800_000_000;
@@ -141,12 +153,22 @@ impl BigQueryWarehouse {
             )?,
             CredentialSource::Emulator => Credentials::Emulator,
         };
+        let lease_token = {
+            let mut h = Md5::new();
+            h.update(lease_holder(&run_key, &options.step).as_bytes());
+            config.table(&format!(
+                "_ota_lease_{}",
+                crate::hex::encode(&h.finalize()[..6])
+            ))
+        };
         let mut warehouse = BigQueryWarehouse {
             url: url.to_string(),
             config,
             jobs,
             run_key,
             lease: None,
+            lease_token,
+            lease_token_written: false,
             storage_credentials,
         };
         if !read_only {
@@ -171,7 +193,14 @@ impl BigQueryWarehouse {
     }
 
     fn render(&self, template: &str, work_tag: Option<&str>) -> String {
-        render(&self.config, template, work_tag)
+        // A dry run takes no lease and writes no token; its scripts still have to
+        // validate, so the token reads as a one-row table of no holder.
+        let token = if self.jobs.settings().dry_run {
+            DRY_RUN_LEASE_TOKEN
+        } else {
+            &self.lease_token
+        };
+        render(&self.config, template, work_tag).replace("{lease_token}", token)
     }
 
     /// A query whose result the step needs to decide what to do: it runs even in a dry
@@ -322,17 +351,21 @@ impl BigQueryWarehouse {
     /// Takes the dataset's writer lease for this run's step, or fails naming who holds
     /// it: stage-files, load-raw and dedup never interleave on one dataset.
     fn take_lease(&mut self) -> Result<()> {
-        let holder = format!("{}/{}", self.run_key, self.jobs.settings().step);
+        let holder = lease_holder(&self.run_key, &self.jobs.settings().step);
         let expires_at = chrono::Utc::now().timestamp_micros() + LEASE_SECONDS * 1_000_000;
-        let text = self.render(sql::TAKE_LEASE, None);
         let params = [
             Param::string("holder", holder.clone()),
             Param::string("step", self.jobs.settings().step.clone()),
             Param::int64("expires_at", expires_at),
         ];
+        let token = self.render(sql::WRITE_LEASE_TOKEN, None);
+        self.lease_token_written = true;
+        self.jobs
+            .query("lease_token", &token, &params, Attach::Never)?;
+        let text = self.render(sql::TAKE_LEASE, None);
         let taken = self
             .jobs
-            .query("take_lease", &text, &params, Attach::Never)
+            .query("take_lease", &text, &[], Attach::Never)
             .map_err(|e| {
                 // Two takers at once: BigQuery aborts one transaction.
                 PipelineError::Locked(format!(
@@ -364,12 +397,6 @@ impl BigQueryWarehouse {
         }
     }
 
-    /// The @holder parameter of writing transactions (they fail unless it still holds
-    /// the lease).
-    fn holder_param(&self) -> Param {
-        Param::string("holder", self.lease.clone().unwrap_or_default())
-    }
-
     /// Deletes the quarantine entries of `uris`. `at` makes each delete a job of its own:
     /// a later delete of the same URIs in the same run must run, not re-attach.
     fn delete_quarantine_entries(&mut self, uris: &[String], at: i64) -> Result<()> {
@@ -388,7 +415,8 @@ impl BigQueryWarehouse {
 }
 
 impl Drop for BigQueryWarehouse {
-    /// Gives the writer lease back (a step that dies keeps it until it expires).
+    /// Gives the writer lease back and drops the lease token (a step that dies keeps the
+    /// lease until it expires; the token table expires by itself too).
     fn drop(&mut self) {
         if let Some(holder) = self.lease.take() {
             let text = self.render(sql::RELEASE_LEASE, None);
@@ -398,6 +426,15 @@ impl Drop for BigQueryWarehouse {
                 .query("release_lease", &text, &params, Attach::Never)
             {
                 tracing::warn!(error = %e, "could not give the writer lease back; it expires by itself");
+            }
+        }
+        if std::mem::take(&mut self.lease_token_written) {
+            let text = self.render(sql::DROP_LEASE_TOKEN, None);
+            if let Err(e) = self
+                .jobs
+                .query("drop_lease_token", &text, &[], Attach::Never)
+            {
+                tracing::warn!(error = %e, "could not drop the lease token; it expires by itself");
             }
         }
     }
@@ -618,13 +655,8 @@ impl Warehouse for BigQueryWarehouse {
                 "-- load typed Parquet of {} file(s) into the work tables\n",
                 files.len()
             );
-            let holder = self.holder_param();
-            self.jobs.query(
-                "load_replace_rows",
-                &replace,
-                &[holder],
-                Attach::ByInputs(&[]),
-            )?;
+            self.jobs
+                .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
             return Ok(outcome);
         }
 
@@ -725,13 +757,8 @@ impl Warehouse for BigQueryWarehouse {
                 &format!("_ota_work_files_{tag}"),
             )?;
         }
-        let holder = self.holder_param();
-        self.jobs.query(
-            "load_replace_rows",
-            &replace,
-            &[holder],
-            Attach::ByInputs(&[]),
-        )?;
+        self.jobs
+            .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
         for uri in row_uris.iter().chain(&landed) {
             if let Err(e) = staging.delete(uri) {
                 tracing::warn!(uri = %uri, error = %e, "could not delete a staging file");
@@ -754,12 +781,9 @@ impl Warehouse for BigQueryWarehouse {
         let text = self.render(&sql::DEDUP, Some(&tag));
         // A retried dedup finds the merge of the same pending dates its first try started.
         let inputs: Vec<String> = pending.iter().map(|r| format!("{:?}", r)).collect();
-        let Some(result) = self.jobs.query(
-            "dedup_merge",
-            &text,
-            &[self.holder_param()],
-            Attach::ByInputs(&inputs),
-        )?
+        let Some(result) = self
+            .jobs
+            .query("dedup_merge", &text, &[], Attach::ByInputs(&inputs))?
         else {
             return Ok(outcome);
         };

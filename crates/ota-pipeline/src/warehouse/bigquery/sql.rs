@@ -127,7 +127,7 @@ FROM {raw_file_dates} WHERE source_file IN UNNEST(@files) GROUP BY event_date";
 
 /// load-raw: replace the rows of the run's files with the work tables' rows, in one
 /// transaction, then drop the work tables. Deletes carry the source_day partition filter.
-/// Parameter: @holder, who must still hold the writer lease.
+/// The transaction fails unless the run still holds the writer lease.
 pub static REPLACE_FILE_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "DECLARE files ARRAY<STRING> DEFAULT (SELECT ARRAY_AGG(uri) FROM {{work_files}});
@@ -167,7 +167,7 @@ GROUP BY event_date ORDER BY 1";
 /// filters (the source days that hold those dates, from raw_file_dates, and the dates);
 /// the MERGE is scoped to the dates' range on the target and exactly to the dates for
 /// deletes. `changed_at` is strictly after every earlier run's. The last statement
-/// reports the run. Parameter: @holder, who must still hold the writer lease.
+/// reports the run. Fails unless the run still holds the writer lease.
 pub static DEDUP: LazyLock<String> = LazyLock::new(|| {
     let content_updates: Vec<String> = TYPED_COLUMNS
         .iter()
@@ -333,21 +333,30 @@ pub const QUARANTINE_ENTRIES: &str = "SELECT uri, size, checksum, kind, reason, 
 UNIX_MICROS(quarantined_at) FROM {file_quarantine} WHERE uri IN UNNEST(@uris)";
 
 /// First statement of every writing transaction: fails it (and so rolls it back) unless
-/// @holder still holds the writer lease. Parameter: @holder.
-pub const LEASE_CHECK: &str = "SELECT ERROR(CONCAT('this run (', @holder, ') no longer holds the writer lease of the dataset; nothing was written')) \
-WHERE NOT EXISTS (SELECT 1 FROM {writer_lease} WHERE holder = @holder AND expires_at > CURRENT_TIMESTAMP());";
+/// the run's holder (in its lease token table) still holds the writer lease.
+pub const LEASE_CHECK: &str = "SELECT ERROR(CONCAT('this run (', t.holder, ') no longer holds the writer lease of the dataset; nothing was written')) \
+FROM {lease_token} AS t WHERE NOT EXISTS \
+(SELECT 1 FROM {writer_lease} AS l WHERE l.holder = t.holder AND l.expires_at > CURRENT_TIMESTAMP());";
+
+/// The run's lease token: a one-row table naming who asks for the writer lease, so the
+/// scripts below read the holder from a table, not a parameter. Parameters: @holder,
+/// @step, @expires_at (µs).
+pub const WRITE_LEASE_TOKEN: &str = "CREATE OR REPLACE TABLE {lease_token} \
+OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 5 HOUR)) \
+AS SELECT @holder AS holder, @step AS step, TIMESTAMP_MICROS(@expires_at) AS expires_at";
 
 /// The dataset's writer lease: one writing step (stage-files, load-raw, dedup) at a time.
-/// Taken when @holder holds it already or no other holder's lease is running; the last
-/// statement says who holds it now. Two takers racing both write the table in a
-/// transaction, and BigQuery aborts one of them. Parameters: @holder, @step, @expires_at
-/// (µs).
+/// Taken when the token's holder holds it already or no other holder's lease is running;
+/// the last statement says who holds it now. Two takers racing both write the table in a
+/// transaction, and BigQuery aborts one of them.
 pub const TAKE_LEASE: &str = "BEGIN TRANSACTION;
-DELETE FROM {writer_lease} WHERE expires_at <= CURRENT_TIMESTAMP() OR holder = @holder;
+DELETE FROM {writer_lease}
+  WHERE expires_at <= CURRENT_TIMESTAMP() OR holder IN (SELECT holder FROM {lease_token});
 INSERT INTO {writer_lease} (holder, step, acquired_at, expires_at)
-  SELECT @holder, @step, CURRENT_TIMESTAMP(), TIMESTAMP_MICROS(@expires_at)
-  WHERE NOT EXISTS (SELECT 1 FROM {writer_lease} WHERE holder != @holder);
+  SELECT holder, step, CURRENT_TIMESTAMP(), expires_at FROM {lease_token}
+  WHERE NOT EXISTS (SELECT 1 FROM {writer_lease});
 COMMIT TRANSACTION;
 SELECT holder, step, UNIX_MICROS(expires_at) FROM {writer_lease} ORDER BY expires_at DESC LIMIT 1";
 
 pub const RELEASE_LEASE: &str = "DELETE FROM {writer_lease} WHERE holder = @holder";
+pub const DROP_LEASE_TOKEN: &str = "DROP TABLE IF EXISTS {lease_token}";
