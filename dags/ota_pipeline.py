@@ -196,6 +196,15 @@ def task_timeout() -> timedelta:
     return timedelta(minutes=int(minutes))
 
 
+def task_retries() -> int:
+    """How many times a failed step is tried again (env ``OTA_TASK_RETRIES``, default 2),
+    with exponential back-off from one minute."""
+    retries = os.environ.get("OTA_TASK_RETRIES", "2").strip()
+    if not retries.isdigit():
+        raise ValueError(f"OTA_TASK_RETRIES must be a whole number, not {retries!r}")
+    return int(retries)
+
+
 def make_task(dag: DAG, step: str, extra: list[str] | None = None):
     """One step as an operator of the configured runner."""
     command = step_command(step, extra)
@@ -203,7 +212,7 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
         "task_id": step,
         "dag": dag,
         "execution_timeout": task_timeout(),
-        "retries": 2,
+        "retries": task_retries(),
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=15),

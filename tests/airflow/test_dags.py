@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from pathlib import Path
 
 import pytest
 from conftest import REPO, airflow
@@ -215,13 +214,18 @@ def test_a_hostile_param_reaches_the_binary_as_one_literal_argument(pipeline):
     pwned = pipeline.root / "pwned"
     hostile = f"x'; touch {pwned}; echo '"
     dashed = "--reconcile"
+    # Each value fails stage-files: no retries, so the failed run ends at once.
+    env = {**pipeline.env, "OTA_TASK_RETRIES": "0", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
+    output = []
     for value in (hostile, f'x" $(touch {pwned}) "', dashed):
         proc = airflow(
-            "dags", "test", "ota_historic_load", "-c", json.dumps({"source_file": value}), env=pipeline.env, check=False
+            "dags", "test", "ota_historic_load", "-c", json.dumps({"source_file": value}), env=env, check=False
         )
         assert proc.returncode != 0, value
         assert not pwned.exists(), value
-    logs = "\n".join(p.read_text(errors="replace") for p in (Path(os.environ["AIRFLOW_HOME"]) / "logs").rglob("*.log"))
-    # stage-files named the value as the file it could not read.
+        output.append(proc.stdout + proc.stderr)
+    # `dags test` prints the task logs: stage-files named each value as the file it could
+    # not read, and took `--reconcile` as a path, not a flag.
+    logs = "\n".join(output)
     assert f"x'; touch {pwned}; echo '" in logs
     assert "--reconcile" in logs and "unexpected argument" not in logs
