@@ -48,6 +48,7 @@ PLAIN_SETTINGS = (
     "OTA_BQ_ENDPOINT",
     "OTA_BQ_STORAGE_ENDPOINT",
     "OTA_BQ_MAX_BYTES",
+    "OTA_BQ_JOB_TIMEOUT",
     "RUST_LOG",
 )
 # Settings that carry credentials: hidden from the UI (DockerOperator private_environment).

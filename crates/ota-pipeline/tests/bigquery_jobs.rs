@@ -1,15 +1,31 @@
 //! BigQuery jobs against bqemulator (under `scripts/with-emulators.sh`): a retried run
 //! re-attaches to its jobs instead of running them twice, reads always run anew, and a
 //! failed job is retried under a new id; tables read as Arrow through the Storage Read
-//! API (the emulator's gRPC endpoint).
+//! API (the emulator's gRPC endpoint). Behind a faulty proxy: a job poll answered 503
+//! is tried again, and a job that never finishes fails at its deadline and is cancelled.
 
 mod backends;
+mod faulty_http;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use faulty_http::{Fault, FaultyHttpProxy};
 
 use backends::{EMULATOR_PROJECT, create_bucket_and_dataset};
-use ota_pipeline::warehouse::bigquery::client::{Attach, JobSettings, Jobs};
+use ota_pipeline::warehouse::bigquery::client::{Attach, DEFAULT_JOB_TIMEOUT, JobSettings, Jobs};
 
 fn jobs(run_key: &str, max_bytes_billed: Option<i64>) -> Jobs {
     let endpoint = std::env::var("OTA_BQ_ENDPOINT").expect("OTA_BQ_ENDPOINT");
+    jobs_at(&endpoint, run_key, max_bytes_billed, DEFAULT_JOB_TIMEOUT)
+}
+
+fn jobs_at(
+    endpoint: &str,
+    run_key: &str,
+    max_bytes_billed: Option<i64>,
+    job_timeout: Duration,
+) -> Jobs {
     Jobs::connect(
         JobSettings {
             project: EMULATOR_PROJECT.into(),
@@ -18,9 +34,10 @@ fn jobs(run_key: &str, max_bytes_billed: Option<i64>) -> Jobs {
             dry_run: false,
             run_key: run_key.into(),
             step: "test".into(),
+            job_timeout,
         },
         None,
-        Some(&endpoint),
+        Some(endpoint),
     )
     .expect("connect")
 }
@@ -162,4 +179,60 @@ fn tables_are_read_as_arrow_through_the_storage_read_api() {
     assert!(col("n").is_null(0));
     assert_eq!(array_value_to_string(col("i"), 0).expect("i"), "7");
     assert!(reader.next_batch().expect("end").is_none());
+}
+
+#[test]
+#[ignore = "needs the BigQuery emulator: scripts/with-emulators.sh"]
+fn a_job_poll_answered_503_is_tried_again() {
+    let endpoint = std::env::var("OTA_BQ_ENDPOINT").expect("OTA_BQ_ENDPOINT");
+    // The first two reads of a job's state fail as a busy BigQuery would.
+    let proxy = FaultyHttpProxy::start(&endpoint, |method, path, faulted| {
+        if method == "GET" && path.contains("/jobs/") && faulted < 2 {
+            Fault::Unavailable
+        } else {
+            Fault::Pass
+        }
+    });
+    let mut jobs = jobs_at(&proxy.endpoint, "run-503", None, DEFAULT_JOB_TIMEOUT);
+    let result = jobs
+        .query("answer", "SELECT 42", &[], Attach::Never)
+        .expect("the query succeeds after the failed polls")
+        .expect("result");
+    assert_eq!(result.rows[0][0].as_str(), Some("42"));
+    assert_eq!(proxy.faulted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+#[ignore = "needs the BigQuery emulator: scripts/with-emulators.sh"]
+fn a_job_that_never_finishes_fails_at_its_deadline_and_is_cancelled() {
+    let endpoint = std::env::var("OTA_BQ_ENDPOINT").expect("OTA_BQ_ENDPOINT");
+    // Every poll says the job is still running.
+    let proxy = FaultyHttpProxy::start(&endpoint, |method, path, _| {
+        if method == "GET" && path.contains("/jobs/") {
+            Fault::Rewrite {
+                from: "\"DONE\"".into(),
+                to: "\"RUNNING\"".into(),
+            }
+        } else {
+            Fault::Pass
+        }
+    });
+    let mut jobs = jobs_at(&proxy.endpoint, "run-stuck", None, Duration::from_secs(2));
+    let started = Instant::now();
+    let err = jobs
+        .query("stuck", "SELECT 1", &[], Attach::Never)
+        .expect_err("the job never finishes")
+        .to_string();
+    let took = started.elapsed();
+    assert!(
+        err.contains("within 2 s") && err.contains("cancelled"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let seen = proxy.seen.lock().expect("seen").clone();
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("POST") && r.contains("/cancel")),
+        "the job was not cancelled: {seen:?}"
+    );
 }

@@ -1,5 +1,8 @@
 //! The GCS lake against fake-gcs-server (run by `scripts/with-emulators.sh`, which sets
-//! OTA_GCS_ENDPOINT inside a network namespace with no way out).
+//! OTA_GCS_ENDPOINT inside a network namespace with no way out). A download cut off
+//! halfway (through a faulty proxy) is tried again.
+
+mod faulty_http;
 
 use std::path::Path;
 
@@ -217,4 +220,49 @@ fn a_missing_bucket_is_a_clear_error() {
         .to_string();
     assert!(err.contains("gs://no-such-bucket-here/x/202403"), "{err}");
     assert!(err.contains("404"), "{err}");
+}
+
+#[test]
+#[ignore = "needs the GCS emulator: scripts/with-emulators.sh"]
+fn a_download_cut_off_halfway_is_tried_again() {
+    use std::sync::atomic::Ordering;
+
+    let b = bucket("ota-cut");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    let bytes = content(3 << 20, 7);
+    write(&f, &bytes);
+    let lake = GcsLake::open(&format!("gs://{b}")).unwrap();
+    lake.put_file("20240301_OTA.parquet", &f).unwrap();
+
+    // The first download of the object's content is cut off halfway.
+    let proxy = faulty_http::FaultyHttpProxy::start(&endpoint(), |method, path, faulted| {
+        if method == "GET" && path.contains("alt=media") && faulted == 0 {
+            faulty_http::Fault::CutBodyHalfway
+        } else {
+            faulty_http::Fault::Pass
+        }
+    });
+    let http = ota_pipeline::gcp::http_client().unwrap();
+    let client = GcsClient::new(http, &proxy.endpoint, Credentials::Emulator);
+    let rt = BlockingRuntime::new().unwrap();
+    let dest = dir.path().join("copy");
+    rt.block_on(async {
+        let meta = client
+            .get(&b, "20240301_OTA.parquet")
+            .await
+            .unwrap()
+            .expect("the object");
+        client.download(&meta, &b, &dest).await.unwrap();
+    });
+    assert_eq!(proxy.faulted.load(Ordering::SeqCst), 1);
+    let media_gets = proxy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("alt=media"))
+        .count();
+    assert_eq!(media_gets, 2, "one cut off, one whole");
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
 }

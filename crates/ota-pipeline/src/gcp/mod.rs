@@ -204,6 +204,7 @@ pub fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(20))
         .timeout(std::time::Duration::from_secs(600))
+        .tcp_keepalive(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| PipelineError::Config(format!("cannot build the HTTP client: {e}")))
 }
@@ -230,6 +231,21 @@ where
     }
 }
 
+/// Whether a response body broke off mid-transfer (a reset or closed connection), which
+/// reqwest reports as a body error, possibly inside a decode error.
+pub fn body_cut_off(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_body)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Why one HTTP request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -245,7 +261,9 @@ impl RequestError {
     pub fn is_transient(&self) -> bool {
         match self {
             RequestError::Http(h) => h.is_transient(),
-            RequestError::Transport(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+            RequestError::Transport(e) => {
+                e.is_connect() || e.is_timeout() || e.is_request() || body_cut_off(e)
+            }
             RequestError::Pipeline(_) => false,
         }
     }

@@ -131,7 +131,20 @@ pub struct JobSettings {
     /// determines the job id, so a retried task finds the job its first try started.
     pub run_key: String,
     pub step: String,
+    /// How long one job may run (OTA_BQ_JOB_TIMEOUT): BigQuery stops it then
+    /// (`jobTimeoutMs`), and the step stops waiting for it shortly after.
+    pub job_timeout: Duration,
 }
+
+/// The default of `JobSettings::job_timeout`: the DAG's task timeout.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
+/// How long past its timeout a job is still waited for (BigQuery's own stop takes a
+/// while): a quarter of the timeout, between 1 s and a minute.
+fn job_timeout_grace(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+/// Tries of one API call that fails transiently (HTTP 429/5xx, a dropped connection).
+const API_TRIES: u32 = 6;
 
 /// Whether a job may be re-attached to by a retried run.
 #[derive(Debug, Clone, Copy)]
@@ -197,6 +210,17 @@ fn bq_err(context: impl Into<String>) -> impl FnOnce(BQError) -> PipelineError {
     }
 }
 
+/// A failure worth another try: BigQuery busy or failing inside, or the connection lost.
+fn is_transient(e: &BQError) -> bool {
+    match e {
+        BQError::ResponseError { error } => matches!(error.error.code, 429 | 500 | 502 | 503 | 504),
+        BQError::RequestError(e) => {
+            e.is_connect() || e.is_timeout() || e.is_request() || crate::gcp::body_cut_off(e)
+        }
+        _ => false,
+    }
+}
+
 fn response_code(e: &BQError) -> Option<i64> {
     match e {
         BQError::ResponseError { error } => Some(error.error.code),
@@ -228,6 +252,7 @@ impl Jobs {
         let runtime = BlockingRuntime::new()?;
         let client = runtime.block_on(async {
             let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
+            builder.with_client(crate::gcp::http_client()?);
             if let Some(endpoint) = endpoint {
                 builder.with_v2_base_url(format!("{}/bigquery/v2", endpoint.trim_end_matches('/')));
             }
@@ -475,6 +500,8 @@ impl Jobs {
                 }
             }
         }
+        let mut configuration = configuration;
+        configuration.job_timeout_ms = Some(self.settings.job_timeout.as_millis().to_string());
         if !reattached {
             let job = Job {
                 configuration: Some(configuration),
@@ -496,11 +523,15 @@ impl Jobs {
             reattached,
         });
         let mut delay = Duration::from_millis(100);
+        let deadline = std::time::Instant::now()
+            + self.settings.job_timeout
+            + job_timeout_grace(self.settings.job_timeout);
         loop {
-            let client = &self.client;
             let job = self
-                .runtime
-                .block_on(client.job().get_job(&project, &id, Some(&location)))
+                .retrying(|jobs| {
+                    jobs.runtime
+                        .block_on(jobs.client.job().get_job(&project, &id, Some(&location)))
+                })
                 .map_err(bq_err(format!("waiting for {name} ({id})")))?;
             let done = job
                 .status
@@ -523,18 +554,54 @@ impl Jobs {
                 }
                 return Ok((id, job));
             }
+            if std::time::Instant::now() >= deadline {
+                let cancel = self.runtime.block_on(self.client.job().cancel_job(
+                    &project,
+                    &id,
+                    Some(&location),
+                ));
+                if let Err(e) = cancel {
+                    tracing::warn!(job = %id, error = %e, "could not cancel the job");
+                }
+                return Err(PipelineError::Timeout {
+                    context: format!("BigQuery job {name} ({id}); it was cancelled"),
+                    secs: self.settings.job_timeout.as_secs(),
+                });
+            }
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
+    /// Runs one API call, again after a transient failure (with back-off from 1 s).
+    fn retrying<T>(
+        &self,
+        mut call: impl FnMut(&Self) -> std::result::Result<T, BQError>,
+    ) -> std::result::Result<T, BQError> {
+        let mut delay = Duration::from_secs(1);
+        let mut tries = 1;
+        loop {
+            match call(self) {
+                Err(e) if tries < API_TRIES && is_transient(&e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "BigQuery call failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(32));
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn get_job(&self, id: &str) -> Result<Option<Job>> {
-        let client = &self.client;
-        match self.runtime.block_on(client.job().get_job(
-            &self.settings.project,
-            id,
-            Some(&self.settings.location),
-        )) {
+        let looked_up = self.retrying(|jobs| {
+            jobs.runtime.block_on(jobs.client.job().get_job(
+                &jobs.settings.project,
+                id,
+                Some(&jobs.settings.location),
+            ))
+        });
+        match looked_up {
             Ok(job) => Ok(Some(job)),
             Err(e) if response_code(&e) == Some(404) => Ok(None),
             Err(e) => Err(bq_err(format!("looking up job {id}"))(e)),
@@ -624,6 +691,7 @@ mod tests {
             dry_run: false,
             run_key: "r".into(),
             step: "s".into(),
+            job_timeout: DEFAULT_JOB_TIMEOUT,
         };
         let params = [Param::strings("uris", ["gs://a/b".to_string()])];
         let config = query_configuration(&settings, "SELECT 1", &params);

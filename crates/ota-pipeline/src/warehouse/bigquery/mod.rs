@@ -39,6 +39,7 @@ use staging::{StagingFile, files_batch, rejects_batch, with_utc_timestamps};
 pub const KEY_FILE_VAR: &str = "OTA_BQ_KEY_FILE";
 pub const ENDPOINT_VAR: &str = "OTA_BQ_ENDPOINT";
 pub const MAX_BYTES_VAR: &str = "OTA_BQ_MAX_BYTES";
+pub const JOB_TIMEOUT_VAR: &str = "OTA_BQ_JOB_TIMEOUT";
 /// Staged-file parameters per INSERT job.
 const STAGED_FILES_PER_JOB: usize = 500;
 
@@ -133,6 +134,20 @@ impl BigQueryWarehouse {
                     std::process::id()
                 )
             });
+        let job_timeout = env(JOB_TIMEOUT_VAR)
+            .map(|v| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .map(std::time::Duration::from_secs)
+                    .ok_or_else(|| {
+                        PipelineError::Config(format!(
+                            "{JOB_TIMEOUT_VAR}={v:?} must be a positive number of seconds"
+                        ))
+                    })
+            })
+            .transpose()?
+            .unwrap_or(client::DEFAULT_JOB_TIMEOUT);
         let settings = JobSettings {
             project: config.project.clone(),
             location: config.location.clone(),
@@ -140,6 +155,7 @@ impl BigQueryWarehouse {
             dry_run: options.dry_run,
             run_key: run_key.clone(),
             step: options.step.clone(),
+            job_timeout,
         };
         let source = CredentialSource::from_env(KEY_FILE_VAR, ENDPOINT_VAR)?;
         let key_file = match &source {
