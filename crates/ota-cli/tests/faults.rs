@@ -574,11 +574,20 @@ fn with_timestamps(
     batches: Vec<arrow::array::RecordBatch>,
     f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef,
 ) -> Vec<arrow::array::RecordBatch> {
+    with_column(batches, "timestamp", f)
+}
+
+/// Every batch of a file with its column `name` rebuilt by `f` (which may change its type).
+fn with_column(
+    batches: Vec<arrow::array::RecordBatch>,
+    name: &str,
+    f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef,
+) -> Vec<arrow::array::RecordBatch> {
     use arrow::datatypes::{Field, Schema};
     batches
         .into_iter()
         .map(|b| {
-            let idx = b.schema().index_of("timestamp").expect("timestamp");
+            let idx = b.schema().index_of(name).expect("column");
             let mut columns = b.columns().to_vec();
             columns[idx] = f(&columns[idx]);
             let fields: Vec<Field> = b
@@ -763,6 +772,67 @@ fn epoch_timestamps_in_seconds_or_milliseconds_land_on_their_day_not_in_1970() {
         ))[0];
         assert!(on_day > 100, "{day}: {on_day} rows on their own day");
     }
+    reconcile_is_clean(&env);
+}
+
+/// A text column as raw bytes (Parquet BYTE_ARRAY without the UTF-8 annotation), with
+/// the first value of the first batch made invalid UTF-8 when `corrupt`.
+fn as_bytes(corrupt: bool) -> impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef {
+    use arrow::array::{AsArray, BinaryArray};
+    let first = std::sync::atomic::AtomicBool::new(corrupt);
+    move |column| {
+        let text = column.as_string::<i32>();
+        let values: Vec<Option<Vec<u8>>> = text
+            .iter()
+            .map(|v| {
+                v.map(|v| {
+                    let mut bytes = v.as_bytes().to_vec();
+                    if first.swap(false, Ordering::SeqCst) {
+                        bytes.push(0xff);
+                    }
+                    bytes
+                })
+            })
+            .collect();
+        Arc::new(BinaryArray::from_iter(values))
+    }
+}
+
+#[test]
+fn a_key_value_that_is_not_utf8_rejects_its_row_not_the_file() {
+    let env = Env::new();
+    env.generate("2024-01-01", 2, 300);
+    let window = ["--start-date", "2024-01-01", "--end-date", "2024-01-02"];
+    let file = env.file("2024-01-02");
+    let original = common::read_parquet(&file);
+    for step in ["stage-files", "load-raw"] {
+        env.run(step, &window).ok();
+    }
+    let load = |batches: Vec<arrow::array::RecordBatch>| {
+        replace_file(&file, &with_column(batches, "request_id", as_bytes(false)));
+        env.run("stage-files", &window).ok();
+        env.run("load-raw", &window).ok().summary()
+    };
+    // request_id as bytes, all valid: the day loads as it did as text.
+    let clean = load(original.clone());
+    // One request_id is not UTF-8: that row alone is rejected, the file loads.
+    replace_file(&file, &with_column(original, "request_id", as_bytes(true)));
+    env.run("stage-files", &window).ok();
+    let corrupt = env.run("load-raw", &window).ok().summary();
+    assert_eq!(corrupt["status"], "ok", "{corrupt}");
+    let count = |s: &serde_json::Value, what: &str| s["counts"][what].as_u64().unwrap_or(0);
+    assert_eq!(
+        count(&corrupt, "rejected"),
+        count(&clean, "rejected") + 1,
+        "{clean}\n{corrupt}"
+    );
+    assert_eq!(
+        count(&corrupt, "rows_written"),
+        count(&clean, "rows_written") - 1,
+        "{clean}\n{corrupt}"
+    );
+    env.run("dedup", &window).ok();
+    env.run("export-mysql", &[]).ok();
     reconcile_is_clean(&env);
 }
 

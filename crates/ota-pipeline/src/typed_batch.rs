@@ -36,7 +36,7 @@ pub struct Lineage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RejectedRow {
     pub source_row: i64,
-    pub reason: &'static str,
+    pub reason: String,
     pub request_id: Option<String>,
     pub raw_timestamp: Option<String>,
 }
@@ -111,12 +111,13 @@ pub fn type_batch(
 ) -> Result<TypedBatch> {
     let n = batch.num_rows();
     let mut typed = Vec::with_capacity(SOURCE_COLUMNS.len());
+    let mut problems = RowProblems::new(n);
     for (col, idx) in SOURCE_COLUMNS.iter().zip(&mapping.indices) {
         let source = match idx {
             Some(i) => batch.column(*i).clone(),
             None => arrow::array::new_null_array(&DataType::Utf8, n),
         };
-        typed.push(type_column(col.name, col.kind, &source)?);
+        typed.push(type_column(col.name, col.kind, &source, &mut problems)?);
     }
 
     let mut keys = BinaryBuilder::with_capacity(n, n * 16);
@@ -132,10 +133,12 @@ pub fn type_batch(
     };
 
     for row in 0..n {
-        let reason = if request_id.is_null(row) || request_id.value(row).trim().is_empty() {
-            Some("missing request_id")
+        let reason = if let Some(problem) = problems.0[row].take() {
+            Some(problem)
+        } else if request_id.is_null(row) || request_id.value(row).trim().is_empty() {
+            Some("missing request_id".to_string())
         } else if ts.is_null(row) {
-            Some("unusable timestamp")
+            Some("unusable timestamp".to_string())
         } else {
             None
         };
@@ -292,11 +295,60 @@ fn push_opt<const N: usize>(buf: &mut Vec<u8>, v: Option<[u8; N]>) {
     }
 }
 
-/// Any array as text (numbers print as numbers), for the text-based rules.
-fn as_text(name: &str, source: &ArrayRef) -> Result<StringArray> {
-    let utf8 = cast(source, &DataType::Utf8)
-        .map_err(|e| PipelineError::arrow(format!("reading column {name} as text"), e))?;
-    Ok(utf8.as_string::<i32>().clone())
+/// Why rows of a batch cannot be typed: the first problem found in each row.
+struct RowProblems(Vec<Option<String>>);
+
+impl RowProblems {
+    fn new(rows: usize) -> Self {
+        RowProblems(vec![None; rows])
+    }
+
+    fn note(&mut self, row: usize, why: impl FnOnce() -> String) {
+        if self.0[row].is_none() {
+            self.0[row] = Some(why());
+        }
+    }
+}
+
+/// Any array as text (numbers print as numbers), for the text-based rules. A value that
+/// cannot be read as text (bytes that are not UTF-8, a type with no text form) is NULL,
+/// and its row is noted in `problems`: the row is rejected, never loaded without it.
+fn as_text(name: &str, source: &ArrayRef, problems: &mut RowProblems) -> StringArray {
+    let bytes: Option<Vec<Option<&[u8]>>> = match source.data_type() {
+        DataType::Binary => Some(source.as_binary::<i32>().iter().collect()),
+        DataType::LargeBinary => Some(source.as_binary::<i64>().iter().collect()),
+        DataType::BinaryView => Some(source.as_binary_view().iter().collect()),
+        DataType::FixedSizeBinary(_) => Some(source.as_fixed_size_binary().iter().collect()),
+        _ => None,
+    };
+    if let Some(bytes) = bytes {
+        return bytes
+            .into_iter()
+            .enumerate()
+            .map(|(row, v)| {
+                let v = v?;
+                let text = std::str::from_utf8(v).ok();
+                if text.is_none() {
+                    problems.note(row, || format!("{name} is not valid UTF-8"));
+                }
+                text
+            })
+            .collect();
+    }
+    match cast(source, &DataType::Utf8) {
+        Ok(utf8) => utf8.as_string::<i32>().clone(),
+        Err(_) => {
+            for row in (0..source.len()).filter(|r| source.is_valid(*r)) {
+                problems.note(row, || {
+                    format!(
+                        "{name} is of type {}, which has no text form",
+                        source.data_type()
+                    )
+                });
+            }
+            StringArray::new_null(source.len())
+        }
+    }
 }
 
 /// Reads an integer-typed Arrow array as Option<i64> values.
@@ -335,11 +387,16 @@ fn floats_of(source: &ArrayRef) -> Option<Vec<Option<f64>>> {
     })
 }
 
-fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedValues> {
+fn type_column(
+    name: &str,
+    kind: ColumnKind,
+    source: &ArrayRef,
+    problems: &mut RowProblems,
+) -> Result<TypedValues> {
     let n = source.len();
     let dt = source.data_type();
     Ok(match kind {
-        ColumnKind::Text => TypedValues::Text(as_text(name, source)?),
+        ColumnKind::Text => TypedValues::Text(as_text(name, source, problems)),
         ColumnKind::Integer => {
             let mut b = Int64Builder::with_capacity(n);
             if let Some(ints) = integers_of(source) {
@@ -353,7 +410,7 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
             } else if matches!(dt, DataType::Boolean | DataType::Null) {
                 b.append_nulls(n);
             } else {
-                let text = as_text(name, source)?;
+                let text = as_text(name, source, problems);
                 b.extend(text.iter().map(|v| v.and_then(typing::parse_integer_text)));
             }
             TypedValues::Integer(b.finish())
@@ -367,7 +424,7 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
             } else if matches!(dt, DataType::Boolean | DataType::Null) {
                 b.append_nulls(n);
             } else {
-                let text = as_text(name, source)?;
+                let text = as_text(name, source, problems);
                 b.extend(text.iter().map(|v| v.and_then(typing::parse_float_text)));
             }
             TypedValues::Float(b.finish())
@@ -383,13 +440,13 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
                     _ => None,
                 }));
             } else {
-                let text = as_text(name, source)?;
+                let text = as_text(name, source, problems);
                 b.extend(text.iter().map(|v| v.and_then(typing::parse_permission)));
             }
             TypedValues::Boolean(b.finish())
         }
         ColumnKind::Price => {
-            let raw = as_text(name, source)?;
+            let raw = as_text(name, source, problems);
             let mut b = Decimal128Builder::with_capacity(n);
             if let Some(floats) = floats_of(source) {
                 b.extend(
@@ -418,9 +475,9 @@ fn type_column(name: &str, kind: ColumnKind, source: &ArrayRef) -> Result<TypedV
                 DataType::Timestamp(_, Some(_)) => {
                     let ints = cast(source, &DataType::Int64)
                         .map_err(|e| PipelineError::arrow(format!("reading column {name}"), e))?;
-                    as_text(name, &ints)?
+                    as_text(name, &ints, problems)
                 }
-                _ => as_text(name, source)?,
+                _ => as_text(name, source, problems),
             };
             let micros = event_micros(source)?;
             TypedValues::Timestamp { micros, raw }
@@ -479,10 +536,12 @@ pub fn event_micros(source: &ArrayRef) -> Result<TimestampMicrosecondArray> {
             .into_iter()
             .map(|v| v.and_then(typing::epoch_integer_micros))
             .collect(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => as_text("timestamp", source)?
-            .iter()
-            .map(|v| v.and_then(typing::parse_timestamp_text))
-            .collect(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            { as_text("timestamp", source, &mut RowProblems::new(n)) }
+                .iter()
+                .map(|v| v.and_then(typing::parse_timestamp_text))
+                .collect()
+        }
         _ => vec![None; n],
     };
     Ok(TimestampMicrosecondArray::from(
@@ -514,6 +573,50 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         RecordBatch::try_new(Arc::new(schema), cols.into_iter().map(|(_, a)| a).collect()).unwrap()
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_or_has_no_text_form_rejects_its_row_only() {
+        use arrow::array::{BinaryArray, StructArray};
+
+        let ts = 1_704_067_200_000_000_000_i64; // ns
+        let request_ids: Vec<Option<&[u8]>> = vec![Some(b"r1"), Some(b"r\xff2"), Some(b"r3")];
+        // A struct column (no text form) where the funnel id belongs.
+        let inner: ArrayRef = Arc::new(Int64Array::from(vec![0, 0, 1]));
+        let funnels = StructArray::try_new(
+            vec![arrow::datatypes::Field::new("id", DataType::Int64, false)].into(),
+            vec![inner],
+            Some(vec![false, false, true].into()),
+        )
+        .unwrap();
+        let b = batch(vec![
+            (
+                "request_id",
+                Arc::new(BinaryArray::from(request_ids)) as ArrayRef,
+            ),
+            ("funnel_id", Arc::new(funnels)),
+            ("timestamp", Arc::new(Int64Array::from(vec![ts, ts, ts]))),
+        ]);
+        let out = type_batch(&b, &ColumnMapping::new(&b.schema()), &lineage(), 0).unwrap();
+        assert_eq!(out.rows.num_rows(), 1);
+        let rows = &out.rows;
+        let request_id = rows.column(rows.schema().index_of("request_id").unwrap());
+        assert_eq!(request_id.as_string::<i32>().value(0), "r1");
+        let reasons: Vec<_> = out
+            .rejected
+            .iter()
+            .map(|r| (r.source_row, r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (1, "request_id is not valid UTF-8"),
+                (
+                    2,
+                    "funnel_id is of type Struct(\"id\": non-null Int64), which has no text form"
+                ),
+            ]
+        );
     }
 
     #[test]
@@ -558,7 +661,7 @@ mod tests {
         let reasons: Vec<_> = out
             .rejected
             .iter()
-            .map(|r| (r.source_row, r.reason))
+            .map(|r| (r.source_row, r.reason.as_str()))
             .collect();
         assert_eq!(
             reasons,

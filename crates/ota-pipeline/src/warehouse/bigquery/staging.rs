@@ -125,7 +125,7 @@ pub(super) fn rejects_batch(
             rejects.iter().map(|r| r.source_row),
         )),
         Arc::new(StringArray::from_iter_values(
-            rejects.iter().map(|r| r.reason),
+            rejects.iter().map(|r| r.reason.as_str()),
         )),
         Arc::new(StringArray::from_iter(
             rejects.iter().map(|r| r.request_id.as_deref()),
