@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ota-pipeline/target
 OTA_MYSQL_URL ?= mysql://root@127.0.0.1:3306/ota
 export OTA_MYSQL_URL
 
-.PHONY: build demo test bench lint fmt image up down
+.PHONY: build demo test bench chaos lint fmt image up down
 
 build:
 	cargo build --release -p ota-cli --bins
@@ -17,6 +17,14 @@ demo:
 ## The tests: unit tests plus end-to-end runs against the real MySQL/MariaDB server.
 test:
 	scripts/test.sh
+
+## The fault harness: kill -9 at random points, overlapping runs, a cut MySQL connection
+## and hostile input, each followed by a re-run and --reconcile; prints the README table.
+## CHAOS_SEED, CHAOS_KILLS (per step), CHAOS_OVERLAPS, CHAOS_CUTS, CHAOS_BUDGET_SECS.
+chaos:
+	cargo build -q -p ota-cli --bins -p ota-chaos
+	$(CARGO_TARGET_DIR)/debug/ota-chaos --bin-dir $(CARGO_TARGET_DIR)/debug \
+	  --server-url $${OTA_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}
 
 lint:
 	cargo fmt --all -- --check

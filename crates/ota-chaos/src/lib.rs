@@ -1,0 +1,216 @@
+//! The fault harness behind `make chaos`: runs the step binaries on the embedded default
+//! against a real MySQL/MariaDB server and hurts them — `kill -9` at random points,
+//! two runs of a step at once, the MySQL connection cut mid-export, hostile input. After
+//! each fault the window is run again; then `export-mysql --reconcile` must find no drift,
+//! MySQL must hold no duplicate key, and the export offset must never have moved back.
+//! At the end the serving table is compared row by row with a clean run over the same
+//! lake: rows missing or different there are lost, extra keys are duplicated.
+
+pub mod proxy;
+pub mod world;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use world::{HarnessError, World};
+
+/// What `make chaos` runs.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// Folder of the step binaries and ota-gen.
+    pub bin_dir: std::path::PathBuf,
+    /// Server URL without a database (`mysql://root@127.0.0.1:3306`); the harness makes
+    /// and drops databases of its own.
+    pub server_url: String,
+    /// Seeds every random choice: the same seed tries the same points.
+    pub seed: u64,
+    /// `kill -9` tries per step.
+    pub kills_per_step: u32,
+    /// Overlapping-run tries per step.
+    pub overlaps_per_step: u32,
+    /// Connection cuts during export-mysql.
+    pub cuts: u32,
+    /// Days and rows per day of the generated lake.
+    pub days: u32,
+    pub rows_per_day: u64,
+    /// Faults stop being tried once this much time has passed (checks still run).
+    pub budget: Duration,
+}
+
+/// One row of the harness's table.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultOutcome {
+    pub fault: String,
+    pub tries: u32,
+    /// Tries after which the re-run and `--reconcile` were clean.
+    pub recovered: u32,
+    /// Rows of the clean run missing or different in MySQL at the end.
+    pub lost_rows: u64,
+    /// Keys MySQL holds more than once at the end.
+    pub duplicated_rows: u64,
+    /// Problems seen (a failed re-run, drift, an offset that moved back).
+    pub problems: Vec<String>,
+}
+
+impl FaultOutcome {
+    pub fn clean(&self) -> bool {
+        self.recovered == self.tries
+            && self.lost_rows == 0
+            && self.duplicated_rows == 0
+            && self.problems.is_empty()
+    }
+}
+
+/// A small seeded generator (xorshift64*): the harness needs reproducible choices only.
+#[derive(Debug, Clone)]
+pub struct Dice(u64);
+
+impl Dice {
+    pub fn new(seed: u64) -> Self {
+        Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn roll(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A duration in [0, max).
+    pub fn within(&mut self, max: Duration) -> Duration {
+        let micros = max.as_micros().max(1) as u64;
+        Duration::from_micros(self.roll() % micros)
+    }
+}
+
+/// The writing steps, in pipeline order.
+pub const STEPS: [&str; 4] = ["stage-files", "load-raw", "dedup", "export-mysql"];
+
+/// Runs every fault of `config` and returns the table's rows.
+pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
+    let started = Instant::now();
+    let mut dice = Dice::new(config.seed);
+    let mut outcomes = Vec::new();
+    let in_budget = || started.elapsed() < config.budget;
+
+    for step in STEPS {
+        let mut world = World::new(config, &format!("kill_{}", step.replace('-', "_")))?;
+        let mut outcome = FaultOutcome::new(format!("kill -9 {step}"));
+        world.prepare()?;
+        let took = world.timed_run_until(step)?;
+        // A try counts when the step was killed while running; a point past its end is
+        // drawn again (at most three draws per try).
+        let mut i = 0;
+        while outcome.tries < config.kills_per_step && i < 3 * config.kills_per_step {
+            if !in_budget() {
+                break;
+            }
+            world.change_one_day(i)?;
+            world.run_before(step)?;
+            let after = dice.within(took.mul_f64(1.1) + Duration::from_millis(10));
+            let killed = world.kill_after(step, after)?;
+            let clean = world.recover(&mut outcome, false)?;
+            outcome.count(killed, clean);
+            i += 1;
+        }
+        world.finish(&mut outcome)?;
+        outcomes.push(outcome);
+    }
+
+    for step in STEPS {
+        let mut world = World::new(config, &format!("overlap_{}", step.replace('-', "_")))?;
+        let mut outcome = FaultOutcome::new(format!("two {step} at once"));
+        world.prepare()?;
+        for i in 0..config.overlaps_per_step {
+            if !in_budget() {
+                break;
+            }
+            world.change_one_day(i)?;
+            world.run_before(step)?;
+            let before = outcome.problems.len();
+            world.overlap(step, &mut outcome)?;
+            let clean = world.recover(&mut outcome, false)? && outcome.problems.len() == before;
+            outcome.count(true, clean);
+        }
+        world.finish(&mut outcome)?;
+        outcomes.push(outcome);
+    }
+
+    {
+        let mut world = World::new(config, "cut")?;
+        let mut outcome = FaultOutcome::new("MySQL connection cut mid-export".into());
+        world.prepare()?;
+        let mut i = 0;
+        while outcome.tries < config.cuts && i < 3 * config.cuts {
+            if !in_budget() {
+                break;
+            }
+            world.change_one_day(i)?;
+            world.run_before("export-mysql")?;
+            let after_bytes = 2_000 + dice.roll() % 200_000;
+            let cut = world.export_through_cut(after_bytes)?;
+            let clean = world.recover(&mut outcome, false)?;
+            outcome.count(cut, clean);
+            i += 1;
+        }
+        world.finish(&mut outcome)?;
+        outcomes.push(outcome);
+    }
+
+    {
+        let mut world = World::new(config, "hostile")?;
+        let mut outcome = FaultOutcome::new("hostile input catalogue".into());
+        world.prepare()?;
+        for (i, hostile) in world::HOSTILE_INPUTS.iter().enumerate() {
+            let i = i as u32;
+            let quarantined = world.plant(*hostile, i)?;
+            let mut clean = world.recover(&mut outcome, quarantined)?;
+            if quarantined {
+                // The day's next good version loads in its place.
+                world.heal(i)?;
+                clean &= world.recover(&mut outcome, false)?;
+            }
+            outcome.count(true, clean);
+        }
+        world.finish(&mut outcome)?;
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+impl FaultOutcome {
+    /// Counts a try (when the fault really struck) and whether it recovered.
+    fn count(&mut self, struck: bool, clean: bool) {
+        if struck {
+            self.tries += 1;
+            self.recovered += u32::from(clean);
+        }
+    }
+
+    fn new(fault: String) -> Self {
+        FaultOutcome {
+            fault,
+            tries: 0,
+            recovered: 0,
+            lost_rows: 0,
+            duplicated_rows: 0,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// The table `make chaos` prints (Markdown, for the README).
+pub fn table(outcomes: &[FaultOutcome]) -> String {
+    let mut out = String::from(
+        "| fault | tries | recovered | lost rows | duplicated rows |\n|---|---:|---:|---:|---:|\n",
+    );
+    for o in outcomes {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            o.fault, o.tries, o.recovered, o.lost_rows, o.duplicated_rows
+        ));
+    }
+    out
+}
