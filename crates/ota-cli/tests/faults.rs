@@ -293,6 +293,45 @@ fn a_connection_that_stops_answering_mid_batch_fails_within_the_timeout() {
     reconcile_is_clean(&env);
 }
 
+/// Another MySQL session holding a lock (taken by `take`, given back by `release`) until
+/// [`SessionLock::release`].
+struct SessionLock {
+    release_tx: std::sync::mpsc::Sender<()>,
+    holder: thread::JoinHandle<()>,
+}
+
+impl SessionLock {
+    fn hold(url: &str, take: &'static [&'static str], release: &'static str) -> Self {
+        let url = url.to_string();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let opts = mysql_async::Opts::from_url(&url).expect("url");
+                let mut conn = mysql_async::Conn::new(opts).await.expect("connect");
+                for statement in take {
+                    conn.query_drop(*statement).await.expect("take the lock");
+                }
+                locked_tx.send(()).expect("signal");
+                let _ = release_rx.recv();
+                conn.query_drop(release).await.expect("release the lock");
+                let _ = conn.disconnect().await;
+            });
+        });
+        locked_rx.recv().expect("lock taken");
+        SessionLock { release_tx, holder }
+    }
+
+    fn release(self) {
+        self.release_tx.send(()).expect("release");
+        self.holder.join().expect("lock holder");
+    }
+}
+
 #[test]
 fn a_table_locked_by_another_session_fails_the_export_within_the_timeout() {
     let env = Env::new();
@@ -307,27 +346,11 @@ fn a_table_locked_by_another_session_fails_the_export_within_the_timeout() {
         env.run(step, &window).ok();
     }
     let offset = env.offset();
-    let url = env.mysql_url.clone();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let opts = mysql_async::Opts::from_url(&url).expect("url");
-            let mut conn = mysql_async::Conn::new(opts).await.expect("connect");
-            conn.query_drop("LOCK TABLES ota_events WRITE")
-                .await
-                .expect("lock");
-            locked_tx.send(()).expect("signal");
-            let _ = release_rx.recv();
-            conn.query_drop("UNLOCK TABLES").await.expect("unlock");
-            let _ = conn.disconnect().await;
-        });
-    });
-    locked_rx.recv().expect("table locked");
+    let lock = SessionLock::hold(
+        &env.mysql_url,
+        &["LOCK TABLES ota_events WRITE"],
+        "UNLOCK TABLES",
+    );
     let started = Instant::now();
     let run = {
         let mut cmd = std::process::Command::new(common::bin("export-mysql"));
@@ -337,8 +360,7 @@ fn a_table_locked_by_another_session_fails_the_export_within_the_timeout() {
         Run::from(cmd.output().expect("export"))
     };
     let took = started.elapsed();
-    release_tx.send(()).expect("release");
-    holder.join().expect("lock holder");
+    lock.release();
     assert_eq!(run.code, 1, "stderr: {}", run.stderr);
     assert!(
         run.stderr.contains("Lock wait timeout") || run.stderr.contains("within 2 s"),
@@ -925,38 +947,21 @@ fn a_resync_cut_short_between_its_upserts_and_deletes_keeps_nothing_of_itself() 
 
     // Another session holds the stale row: the re-sync's upserts go through, its delete
     // waits for the lock and gives up after --mysql-timeout.
-    let url = env.mysql_url.clone();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let opts = mysql_async::Opts::from_url(&url).expect("url");
-            let mut conn = mysql_async::Conn::new(opts).await.expect("connect");
-            conn.query_drop("START TRANSACTION").await.expect("begin");
-            conn.query_drop(
-                "SELECT * FROM ota_events WHERE event_date = '2024-01-01' \
-                 AND event_key = UNHEX(MD5('stale')) FOR UPDATE",
-            )
-            .await
-            .expect("lock the stale row");
-            locked_tx.send(()).expect("signal");
-            let _ = release_rx.recv();
-            conn.query_drop("ROLLBACK").await.expect("release");
-            let _ = conn.disconnect().await;
-        });
-    });
-    locked_rx.recv().expect("row locked");
+    let lock = SessionLock::hold(
+        &env.mysql_url,
+        &[
+            "START TRANSACTION",
+            "SELECT * FROM ota_events WHERE event_date = '2024-01-01' \
+             AND event_key = UNHEX(MD5('stale')) FOR UPDATE",
+        ],
+        "ROLLBACK",
+    );
     let day = ["--start-date", "2024-01-01", "--end-date", "2024-01-01"];
     let run = env.run(
         "export-mysql",
         &[&day[..], &["--mysql-timeout", "2"]].concat(),
     );
-    release_tx.send(()).expect("release");
-    holder.join().expect("lock holder");
+    lock.release();
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("re-syncing"), "{}", run.stderr);
     assert_eq!(
