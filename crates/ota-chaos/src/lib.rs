@@ -6,7 +6,9 @@
 //! At the end the serving table is compared row by row with a clean run over the same
 //! lake: rows missing or different there are lost, extra keys are duplicated.
 
+pub mod disk;
 pub mod proxy;
+pub mod server;
 pub mod world;
 
 use std::time::{Duration, Instant};
@@ -31,11 +33,29 @@ pub struct ChaosConfig {
     pub overlaps_per_step: u32,
     /// Connection cuts during export-mysql.
     pub cuts: u32,
+    /// MySQL server crashes (and restarts) during export-mysql, on a server of the
+    /// harness's own.
+    pub restarts: u32,
+    /// Runs of the window on a disk that fills up under the DuckDB file and spill dir.
+    pub disk_fulls: u32,
     /// Days and rows per day of the generated lake.
     pub days: u32,
     pub rows_per_day: u64,
     /// Faults stop being tried once this much time has passed (checks still run).
     pub budget: Duration,
+    /// Runs the steps on a gs:// lake and a BigQuery warehouse on these emulators
+    /// instead of the embedded default (the clean run stays embedded: the two backends
+    /// must agree). The MySQL connection cut, the server crash and the disk-full faults
+    /// are embedded-only.
+    pub emulators: Option<Emulators>,
+}
+
+/// Where the GCS and BigQuery emulators answer (scripts/with-emulators.sh).
+#[derive(Debug, Clone)]
+pub struct Emulators {
+    pub gcs_endpoint: String,
+    pub bq_endpoint: String,
+    pub project: String,
 }
 
 /// One row of the harness's table.
@@ -51,6 +71,9 @@ pub struct FaultOutcome {
     pub duplicated_rows: u64,
     /// Problems seen (a failed re-run, drift, an offset that moved back).
     pub problems: Vec<String>,
+    /// Why the fault could not be tried here (no MariaDB server binary, no right to
+    /// mount a tmpfs).
+    pub skipped: Option<String>,
 }
 
 impl FaultOutcome {
@@ -85,6 +108,9 @@ impl Dice {
     }
 }
 
+/// The most free space a disk-full try leaves: less than one changed day's load writes.
+const DISK_FULL_HEADROOM: u64 = 3 << 20;
+
 /// The writing steps, in pipeline order.
 pub const STEPS: [&str; 4] = ["stage-files", "load-raw", "dedup", "export-mysql"];
 
@@ -111,7 +137,7 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
             world.run_before(step)?;
             let after = dice.within(took.mul_f64(1.1) + Duration::from_millis(10));
             let killed = world.kill_after(step, after)?;
-            let clean = world.recover(&mut outcome, false)?;
+            let clean = world.recover_from(step, &mut outcome)?;
             outcome.count(killed, clean);
             i += 1;
         }
@@ -138,7 +164,9 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
         outcomes.push(outcome);
     }
 
-    {
+    // The MySQL faults below and the disk under DuckDB do not depend on the warehouse:
+    // they are tried on the embedded default only.
+    if config.emulators.is_none() {
         let mut world = World::new(config, "cut")?;
         let mut outcome = FaultOutcome::new("MySQL connection cut mid-export".into());
         world.prepare()?;
@@ -151,11 +179,63 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
             world.run_before("export-mysql")?;
             let after_bytes = 2_000 + dice.roll() % 200_000;
             let cut = world.export_through_cut(after_bytes)?;
-            let clean = world.recover(&mut outcome, false)?;
+            let clean = world.recover_from("export-mysql", &mut outcome)?;
             outcome.count(cut, clean);
             i += 1;
         }
         world.finish(&mut outcome)?;
+        outcomes.push(outcome);
+    }
+
+    if config.emulators.is_none() {
+        let mut outcome = FaultOutcome::new("MySQL server crashed and restarted mid-export".into());
+        let mut world = World::new(config, "restart")?;
+        match world.use_private_server() {
+            Ok(()) => {
+                world.prepare()?;
+                let took = world.timed_run_until("export-mysql")?;
+                let mut i = 0;
+                while outcome.tries < config.restarts && i < 3 * config.restarts {
+                    if !in_budget() {
+                        break;
+                    }
+                    world.change_one_day(i)?;
+                    world.run_before("export-mysql")?;
+                    let after = dice.within(took.mul_f64(1.1) + Duration::from_millis(10));
+                    let struck = world.export_through_restart(after)?;
+                    let clean = world.recover_from("export-mysql", &mut outcome)?;
+                    outcome.count(struck, clean);
+                    i += 1;
+                }
+                world.finish(&mut outcome)?;
+            }
+            Err(e) => outcome.skipped = Some(e.to_string()),
+        }
+        outcomes.push(outcome);
+    }
+
+    if config.emulators.is_none() {
+        let mut outcome = FaultOutcome::new("disk full under the DuckDB file and spill dir".into());
+        let mut world = World::new(config, "disk_full")?;
+        match world.use_small_disk() {
+            Ok(()) => {
+                world.prepare()?;
+                let mut i = 0;
+                while outcome.tries < config.disk_fulls && i < 4 * config.disk_fulls {
+                    if !in_budget() {
+                        break;
+                    }
+                    world.change_one_day(i)?;
+                    let headroom = dice.roll() % DISK_FULL_HEADROOM;
+                    let struck = world.run_on_full_disk(headroom, &mut outcome)?;
+                    let clean = world.recover(&mut outcome, false)?;
+                    outcome.count(struck, clean);
+                    i += 1;
+                }
+                world.finish(&mut outcome)?;
+            }
+            Err(e) => outcome.skipped = Some(e.to_string()),
+        }
         outcomes.push(outcome);
     }
 
@@ -197,6 +277,7 @@ impl FaultOutcome {
             lost_rows: 0,
             duplicated_rows: 0,
             problems: Vec::new(),
+            skipped: None,
         }
     }
 }
@@ -207,10 +288,13 @@ pub fn table(outcomes: &[FaultOutcome]) -> String {
         "| fault | tries | recovered | lost rows | duplicated rows |\n|---|---:|---:|---:|---:|\n",
     );
     for o in outcomes {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            o.fault, o.tries, o.recovered, o.lost_rows, o.duplicated_rows
-        ));
+        match &o.skipped {
+            Some(why) => out.push_str(&format!("| {} | skipped: {why} | | | |\n", o.fault)),
+            None => out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                o.fault, o.tries, o.recovered, o.lost_rows, o.duplicated_rows
+            )),
+        }
     }
     out
 }

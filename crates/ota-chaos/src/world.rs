@@ -7,13 +7,20 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, StringArray, StructArray,
+};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use mysql_async::prelude::Queryable;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::disk::SmallDisk;
+use crate::server::PrivateServer;
 use crate::{ChaosConfig, FaultOutcome, STEPS};
+
+/// The small disk's size while no fault is tried: room for everything.
+const DISK_ROOM: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -29,6 +36,10 @@ pub enum HarnessError {
     },
     #[error("{0}")]
     Step(String),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
     #[error("{context}: {source}")]
     Data {
         context: String,
@@ -63,16 +74,23 @@ pub enum Hostile {
     NonUtf8Key,
     /// Epoch timestamps in milliseconds instead of nanoseconds.
     EpochMillis,
+    /// Epoch timestamps in seconds instead of nanoseconds.
+    EpochSeconds,
+    /// request_id as a struct, a type with no text form: every row of the day is
+    /// rejected, which re-delivers a loaded day as empty (refused as shrunk).
+    WrongTypedKey,
     /// A day's file overwritten with bytes that are not Parquet (quarantined).
     CorruptFile,
     /// A loaded day re-delivered with no rows (refused as shrunk).
     EmptyRedelivery,
 }
 
-pub const HOSTILE_INPUTS: [Hostile; 5] = [
+pub const HOSTILE_INPUTS: [Hostile; 7] = [
     Hostile::SqlShapedText,
     Hostile::NonUtf8Key,
     Hostile::EpochMillis,
+    Hostile::EpochSeconds,
+    Hostile::WrongTypedKey,
     Hostile::CorruptFile,
     Hostile::EmptyRedelivery,
 ];
@@ -94,6 +112,20 @@ const SQL_SHAPED: [&str; 12] = [
 ];
 
 pub struct World {
+    // Dropped before `dir`: the disk is unmounted and the server stopped before their
+    // folders are removed.
+    disk: Option<SmallDisk>,
+    server: Option<PrivateServer>,
+    warehouse: PathBuf,
+    /// TMPDIR of the steps (where key-order spill files go), when not the system's.
+    tmpdir: Option<PathBuf>,
+    /// The gs:// lake and BigQuery warehouse the steps use instead of the local lake
+    /// folder and DuckDB file, on the emulators; the local folder stays the source of
+    /// every delivery (and of the clean run).
+    cloud: Option<Cloud>,
+    /// The run id the steps get (OTA_RUN_ID): each delivery starts a new run, and a
+    /// re-run after a fault retries the same run, as an Airflow task retry does.
+    run: std::cell::Cell<u32>,
     bin_dir: PathBuf,
     seed: u64,
     days: u32,
@@ -120,6 +152,12 @@ impl World {
             .build()
             .map_err(io("tokio runtime"))?;
         let world = World {
+            disk: None,
+            server: None,
+            warehouse: dir.path().join("warehouse.duckdb"),
+            tmpdir: None,
+            cloud: None,
+            run: std::cell::Cell::new(0),
             bin_dir: config.bin_dir.clone(),
             seed: config.seed,
             days: config.days.max(1),
@@ -132,6 +170,10 @@ impl World {
         };
         world.server(&format!("DROP DATABASE IF EXISTS `{}`", world.db))?;
         world.server(&format!("DROP DATABASE IF EXISTS `{}_ref`", world.db))?;
+        let mut world = world;
+        if let Some(emulators) = &config.emulators {
+            world.cloud = Some(Cloud::create(&world.rt, emulators, tag)?);
+        }
         Ok(world)
     }
 
@@ -141,7 +183,7 @@ impl World {
 
     fn mysql_url(&self, db: &str) -> String {
         match self.server_url.split_once('?') {
-            Some((base, query)) => format!("{base}/{db}?{query}"),
+            Some((base, query)) => format!("{}/{db}?{query}", base.trim_end_matches('/')),
             None => format!("{}/{db}", self.server_url),
         }
     }
@@ -175,14 +217,38 @@ impl World {
     }
 
     fn step(&self, step: &str) -> Command {
-        let mut cmd = self.command(
-            step,
-            &self.lake(),
-            &self.dir.path().join("warehouse.duckdb"),
-            &self.db,
-        );
+        let mut cmd = self.command(step, &self.lake(), &self.warehouse, &self.db);
+        if let Some(tmpdir) = &self.tmpdir {
+            cmd.env("TMPDIR", tmpdir);
+        }
+        if let Some(cloud) = &self.cloud {
+            cmd.env("OTA_LAKE_URL", &cloud.lake_url)
+                .env("OTA_WAREHOUSE_URL", &cloud.warehouse_url);
+        }
+        cmd.env("OTA_RUN_ID", self.run_id());
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    /// Moves this world's MySQL database to a server of its own (before `prepare`), so
+    /// the server can be crashed and restarted.
+    pub fn use_private_server(&mut self) -> Result<()> {
+        let server = PrivateServer::start(self.dir.path())?;
+        self.server_url = server.url();
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Moves the DuckDB file, its temp dir and the steps' TMPDIR to a small disk of its
+    /// own (before `prepare`).
+    pub fn use_small_disk(&mut self) -> Result<()> {
+        let disk = SmallDisk::mount(&self.dir.path().join("disk"), DISK_ROOM)?;
+        let tmpdir = disk.path().join("tmp");
+        std::fs::create_dir_all(&tmpdir).map_err(io("the small disk's tmp dir"))?;
+        self.warehouse = disk.path().join("warehouse.duckdb");
+        self.tmpdir = Some(tmpdir);
+        self.disk = Some(disk);
+        Ok(())
     }
 
     fn output(&self, mut cmd: Command, what: &str) -> Result<Output> {
@@ -212,7 +278,25 @@ impl World {
         Ok(())
     }
 
+    fn run_id(&self) -> String {
+        format!("chaos_{}_{}", std::process::id(), self.run.get())
+    }
+
+    /// Hands a file of the local lake to the steps' lake (uploads it on the emulators).
+    fn deliver(&self, name: &str) -> Result<()> {
+        let Some(cloud) = &self.cloud else {
+            return Ok(());
+        };
+        use ota_pipeline::lake::Lake;
+        let lake = ota_pipeline::lake::gcs::GcsLake::open(&cloud.lake_url)
+            .map_err(data("opening the gs:// lake"))?;
+        lake.put_file(name, &self.lake().join(name))
+            .map_err(data(format!("uploading {name}")))?;
+        Ok(())
+    }
+
     fn generate(&self, seed: u64, start: &str, days: u32) -> Result<()> {
+        self.run.set(self.run.get() + 1);
         let out = Command::new(self.bin_dir.join("ota-gen"))
             .args(["--seed", &seed.to_string(), "--start", start])
             .args(["--days", &days.to_string()])
@@ -225,6 +309,9 @@ impl World {
                 "ota-gen failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
+        }
+        for day in 0..days {
+            self.deliver(&day_file(&chrono_day(start, day)))?;
         }
         Ok(())
     }
@@ -278,12 +365,15 @@ impl World {
     /// Two runs of `step` at once: each finishes, or fails saying another run holds
     /// the lock; never both fail.
     pub fn overlap(&self, step: &str, outcome: &mut FaultOutcome) -> Result<()> {
-        let spawn = || -> Result<Child> {
+        // Two runs (two DAG runs, say), so neither can take over the other's lease.
+        let spawn = |run: &str| -> Result<Child> {
             let mut cmd = self.step(step);
-            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            cmd.env("OTA_RUN_ID", format!("{}_{run}", self.run_id()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
             cmd.spawn().map_err(io(format!("starting {step}")))
         };
-        let (a, b) = (spawn()?, spawn()?);
+        let (a, b) = (spawn("a")?, spawn("b")?);
         let outputs = [
             a.wait_with_output().map_err(io("waiting"))?,
             b.wait_with_output().map_err(io("waiting"))?,
@@ -327,31 +417,114 @@ impl World {
         Ok(proxy.was_cut() && !status.success())
     }
 
+    /// Runs the window with the small disk just `headroom` bytes above what is in use,
+    /// then gives it room again; says whether a step failed. A step that fails must say
+    /// that the disk is full, and must not panic.
+    pub fn run_on_full_disk(&self, headroom: u64, outcome: &mut FaultOutcome) -> Result<bool> {
+        let disk = self
+            .disk
+            .as_ref()
+            .ok_or_else(|| HarnessError::Step("this world has no small disk".into()))?;
+        disk.resize(disk.used()? + headroom)?;
+        let mut failed = None;
+        for step in STEPS {
+            let out = self.output(self.step(step), step)?;
+            if !out.status.success() {
+                failed = Some((step, out));
+                break;
+            }
+        }
+        disk.resize(DISK_ROOM)?;
+        let Some((step, out)) = failed else {
+            return Ok(false);
+        };
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let names_disk = ["no space", "disk is full", "disk full", "out of space"]
+            .iter()
+            .any(|s| err.contains(s));
+        if !names_disk || err.contains("panicked") || out.status.code() != Some(1) {
+            outcome.problems.push(format!(
+                "{step} on a full disk exited {:?} without saying so clearly: {}",
+                out.status.code(),
+                err.trim()
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Starts export-mysql and crashes and restarts the MySQL server after `after`,
+    /// unless the export ended before; says whether the crash struck a running export.
+    pub fn export_through_restart(&mut self, after: Duration) -> Result<bool> {
+        let mut cmd = self.step("export-mysql");
+        cmd.env("OTA_MYSQL_TIMEOUT", "10")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(io("starting export-mysql"))?;
+        let deadline = Instant::now() + after;
+        while Instant::now() < deadline {
+            if child.try_wait().map_err(io("waiting"))?.is_some() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let server = self
+            .server
+            .as_mut()
+            .ok_or_else(|| HarnessError::Step("this world has no private server".into()))?;
+        let running = child.try_wait().map_err(io("waiting"))?.is_none();
+        server.crash_and_restart()?;
+        let status = child.wait().map_err(io("waiting on export-mysql"))?;
+        Ok(running && !status.success())
+    }
+
     /// Plants one hostile input in the lake.
     pub fn plant(&self, hostile: Hostile, i: u32) -> Result<bool> {
-        let day = chrono_day(START, i % self.days);
-        let path = self
-            .lake()
-            .join(format!("{}_OTA.parquet", day.replace('-', "")));
+        let name = day_file(&chrono_day(START, i % self.days));
+        let path = self.lake().join(&name);
         // A fresh version of the day first, so every plant is a new delivery.
         self.change_one_day(i)?;
-        let batches = read_parquet(&path)?;
+        let quarantined = self.plant_in(&path, hostile)?;
+        self.deliver(&name)?;
+        Ok(quarantined)
+    }
+
+    fn plant_in(&self, path: &Path, hostile: Hostile) -> Result<bool> {
+        let batches = read_parquet(path)?;
         match hostile {
-            Hostile::SqlShapedText => write_parquet(&path, &map_columns(batches, sql_shaped)?)?,
+            Hostile::SqlShapedText => write_parquet(path, &map_columns(batches, sql_shaped)?)?,
             Hostile::NonUtf8Key => write_parquet(
-                &path,
+                path,
                 &map_columns(batches, |name, col| {
                     (name == "request_id").then(|| non_utf8(col)).flatten()
                 })?,
             )?,
             Hostile::EpochMillis => write_parquet(
-                &path,
+                path,
                 &map_columns(batches, |name, col| {
-                    (name == "timestamp").then(|| millis(col)).flatten()
+                    (name == "timestamp")
+                        .then(|| scaled(col, 1_000_000))
+                        .flatten()
                 })?,
             )?,
+            Hostile::EpochSeconds => write_parquet(
+                path,
+                &map_columns(batches, |name, col| {
+                    (name == "timestamp")
+                        .then(|| scaled(col, 1_000_000_000))
+                        .flatten()
+                })?,
+            )?,
+            Hostile::WrongTypedKey => {
+                write_parquet(
+                    path,
+                    &map_columns(batches, |name, col| {
+                        (name == "request_id").then(|| as_struct(col))
+                    })?,
+                )?;
+                return Ok(true);
+            }
             Hostile::CorruptFile => {
-                std::fs::write(&path, b"PAR1 this is not a parquet file PAR1")
+                std::fs::write(path, b"PAR1 this is not a parquet file PAR1")
                     .map_err(io("writing a corrupt file"))?;
                 return Ok(true);
             }
@@ -360,7 +533,7 @@ impl World {
                     .first()
                     .map(|b| b.schema())
                     .ok_or_else(|| HarnessError::Step("an empty generated file".into()))?;
-                write_parquet(&path, &[RecordBatch::new_empty(schema)])?;
+                write_parquet(path, &[RecordBatch::new_empty(schema)])?;
                 return Ok(true);
             }
         }
@@ -371,6 +544,19 @@ impl World {
     pub fn heal(&self, i: u32) -> Result<()> {
         let day = chrono_day(START, i % self.days);
         self.generate(self.seed + 5000 + u64::from(i), &day, 1)
+    }
+
+    /// After a fault that struck `step`: `step` and the steps after it again in the same
+    /// run (as Airflow retries a task, then runs its downstream), then [`Self::recover`].
+    /// On BigQuery the retry also takes over the writer lease its killed try left.
+    pub fn recover_from(&mut self, step: &str, outcome: &mut FaultOutcome) -> Result<bool> {
+        for s in STEPS.iter().skip_while(|s| **s != step) {
+            if let Err(e) = self.run_ok(s, &[]) {
+                outcome.problems.push(format!("retry: {e}"));
+                return Ok(false);
+            }
+        }
+        self.recover(outcome, false)
     }
 
     /// After a fault: the window again, then `--reconcile`, the duplicate-key and the
@@ -527,6 +713,61 @@ impl Drop for World {
     }
 }
 
+/// The lake's file name of a `YYYY-MM-DD` day.
+fn day_file(day: &str) -> String {
+    format!("{}_OTA.parquet", day.replace('-', ""))
+}
+
+/// A bucket and a dataset of one world's own on the emulators.
+struct Cloud {
+    lake_url: String,
+    warehouse_url: String,
+}
+
+impl Cloud {
+    fn create(
+        rt: &tokio::runtime::Runtime,
+        emulators: &crate::Emulators,
+        tag: &str,
+    ) -> Result<Self> {
+        let id = format!("{tag}_{}", std::process::id());
+        let bucket = format!("ota-chaos-{}", id.replace('_', "-"));
+        let dataset = format!("ota_chaos_{id}");
+        let project = &emulators.project;
+        let http = reqwest::Client::new();
+        rt.block_on(async {
+            let bucket_made = http
+                .post(format!("{}/storage/v1/b", emulators.gcs_endpoint))
+                .json(&serde_json::json!({ "name": bucket }))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            let dataset_made = http
+                .post(format!(
+                    "{}/bigquery/v2/projects/{project}/datasets",
+                    emulators.bq_endpoint
+                ))
+                .bearer_auth("emulator")
+                .json(&serde_json::json!({
+                    "datasetReference": { "projectId": project, "datasetId": dataset },
+                    "location": "US"
+                }))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            bucket_made.and(dataset_made)
+        })
+        .map_err(data("creating a bucket and a dataset on the emulators"))?;
+        Ok(Cloud {
+            lake_url: format!("gs://{bucket}/daily"),
+            // The emulator cannot create external tables over GCS URIs.
+            warehouse_url: format!(
+                "bigquery://{project}/{dataset}?staging=gs://{bucket}/staging&external_table=false"
+            ),
+        })
+    }
+}
+
 /// `YYYY-MM-DD` `days` after `start`.
 fn chrono_day(start: &str, days: u32) -> String {
     chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
@@ -639,12 +880,16 @@ fn non_utf8(column: &ArrayRef) -> Option<ArrayRef> {
     Some(Arc::new(values))
 }
 
-/// int64 epoch nanoseconds as milliseconds.
-fn millis(column: &ArrayRef) -> Option<ArrayRef> {
+/// int64 epoch nanoseconds divided by `by` (milliseconds, seconds).
+fn scaled(column: &ArrayRef, by: i64) -> Option<ArrayRef> {
     let ns = column.as_primitive_opt::<Int64Type>()?;
     Some(Arc::new(
-        ns.iter()
-            .map(|v| v.map(|v| v / 1_000_000))
-            .collect::<Int64Array>(),
+        ns.iter().map(|v| v.map(|v| v / by)).collect::<Int64Array>(),
     ))
+}
+
+/// A column wrapped in a one-field struct.
+fn as_struct(column: &ArrayRef) -> ArrayRef {
+    let field = Arc::new(Field::new("value", column.data_type().clone(), true));
+    Arc::new(StructArray::from(vec![(field, column.clone())]))
 }

@@ -1,12 +1,14 @@
 //! A short run of the fault harness (the `make chaos` table with a few tries of each
 //! fault): every fault strikes, and after each the pipeline recovers with nothing lost
 //! or duplicated. Uses the step binaries of this workspace's target dir (built by the
-//! workspace's test run) and the MySQL/MariaDB server at OTA_TEST_MYSQL_URL.
+//! workspace's test run) and the MySQL/MariaDB server at OTA_TEST_MYSQL_URL; the server
+//! crash needs the MariaDB server binaries (the harness starts a server of its own), the
+//! full disk needs root (it mounts a tmpfs).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ota_chaos::{ChaosConfig, run, table};
+use ota_chaos::{ChaosConfig, Emulators, FaultOutcome, run, table};
 
 /// target/<profile>: the test runs from target/<profile>/deps.
 fn bin_dir() -> PathBuf {
@@ -32,9 +34,8 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-#[test]
-fn every_fault_strikes_and_the_pipeline_recovers_without_loss_or_duplicates() {
-    let config = ChaosConfig {
+fn short_run(emulators: Option<Emulators>) -> ChaosConfig {
+    ChaosConfig {
         bin_dir: bin_dir(),
         server_url: std::env::var("OTA_TEST_MYSQL_URL")
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
@@ -42,15 +43,47 @@ fn every_fault_strikes_and_the_pipeline_recovers_without_loss_or_duplicates() {
         kills_per_step: 2,
         overlaps_per_step: 1,
         cuts: 1,
+        restarts: 1,
+        disk_fulls: 1,
         days: 2,
         rows_per_day: 400,
         budget: Duration::from_secs(300),
-    };
-    let outcomes = run(&config).expect("the harness runs");
-    let printed = table(&outcomes);
-    assert_eq!(outcomes.len(), 10, "{printed}");
-    for o in &outcomes {
+        emulators,
+    }
+}
+
+fn assert_every_fault_struck_and_recovered(outcomes: &[FaultOutcome], faults: usize) {
+    let printed = table(outcomes);
+    assert_eq!(outcomes.len(), faults, "{printed}");
+    for o in outcomes {
+        assert_eq!(o.skipped, None, "{} was skipped:\n{printed}", o.fault);
         assert!(o.tries > 0, "{} never struck:\n{printed}", o.fault);
         assert!(o.clean(), "{}: {:?}\n{printed}", o.fault, o.problems);
     }
+}
+
+#[test]
+#[ignore = "needs the GCS and BigQuery emulators: scripts/with-emulators.sh"]
+fn on_bigquery_every_fault_strikes_and_the_pipeline_recovers() {
+    let env = |var: &str| {
+        std::env::var(var)
+            .unwrap_or_else(|_| panic!("{var} is not set: run under scripts/with-emulators.sh"))
+    };
+    let config = ChaosConfig {
+        kills_per_step: 1,
+        ..short_run(Some(Emulators {
+            gcs_endpoint: env("OTA_GCS_ENDPOINT"),
+            bq_endpoint: env("OTA_BQ_ENDPOINT"),
+            project: "ota-test".into(),
+        }))
+    };
+    let outcomes = run(&config).expect("the harness runs");
+    // kill -9 and two at once for each step, and the hostile catalogue.
+    assert_every_fault_struck_and_recovered(&outcomes, 9);
+}
+
+#[test]
+fn every_fault_strikes_and_the_pipeline_recovers_without_loss_or_duplicates() {
+    let outcomes = run(&short_run(None)).expect("the harness runs");
+    assert_every_fault_struck_and_recovered(&outcomes, 12);
 }
