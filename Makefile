@@ -18,13 +18,18 @@ demo:
 test:
 	scripts/test.sh
 
-## The fault harness: kill -9 at random points, overlapping runs, a cut MySQL connection
-## and hostile input, each followed by a re-run and --reconcile; prints the README table.
-## CHAOS_SEED, CHAOS_KILLS (per step), CHAOS_OVERLAPS, CHAOS_CUTS, CHAOS_BUDGET_SECS.
+## The fault harness (README "Under faults"): kill -9 at random points, overlapping runs,
+## a cut MySQL connection, a crashed MySQL server, a full disk under DuckDB and hostile
+## input, each followed by a re-run and --reconcile; then the BigQuery cases (kill -9,
+## overlapping runs, hostile input) on the emulators. Prints the README tables. Needs root
+## for the full disk (it mounts a tmpfs). CHAOS_SEED, CHAOS_KILLS (per step),
+## CHAOS_OVERLAPS, CHAOS_CUTS, CHAOS_RESTARTS, CHAOS_DISK_FULLS, CHAOS_BUDGET_SECS.
+CHAOS = $(CARGO_TARGET_DIR)/debug/ota-chaos --bin-dir $(CARGO_TARGET_DIR)/debug
 chaos:
 	cargo build -q -p ota-cli --bins -p ota-chaos
-	$(CARGO_TARGET_DIR)/debug/ota-chaos --bin-dir $(CARGO_TARGET_DIR)/debug \
-	  --server-url $${OTA_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}
+	$(CHAOS) --server-url $${OTA_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}
+	scripts/with-emulators.sh $(CHAOS) --on-emulators --kills-per-step 3 \
+	  --overlaps-per-step 2 --budget-secs 90
 
 lint:
 	cargo fmt --all -- --check

@@ -41,7 +41,7 @@ pub struct ChaosConfig {
     /// Days and rows per day of the generated lake.
     pub days: u32,
     pub rows_per_day: u64,
-    /// Faults stop being tried once this much time has passed (checks still run).
+    /// The time trying faults may take, shared among them (checks after each still run).
     pub budget: Duration,
     /// Runs the steps on a gs:// lake and a BigQuery warehouse on these emulators
     /// instead of the embedded default (the clean run stays embedded: the two backends
@@ -108,6 +108,48 @@ impl Dice {
     }
 }
 
+/// The time faults may take, shared out in proportion to the tries each plans: a fault
+/// may start tries until its share, counted from the start of the run, has passed, so a
+/// fault done early leaves its time to the next ones and none is starved by those before.
+struct Budget {
+    started: Instant,
+    total: Duration,
+    /// Planned tries of each fault, in run order.
+    weights: Vec<u32>,
+    current: usize,
+}
+
+impl Budget {
+    fn new(total: Duration, weights: Vec<u32>) -> Self {
+        Budget {
+            started: Instant::now(),
+            total,
+            weights,
+            current: 0,
+        }
+    }
+
+    fn next_fault(&mut self) {
+        self.current += 1;
+    }
+
+    /// Whether the current fault may start another try: its first always (every fault in
+    /// the table struck at least once), the next ones while its share lasts.
+    fn open(&self, tries: u32) -> bool {
+        if tries == 0 {
+            return true;
+        }
+        let all: u32 = self.weights.iter().sum();
+        let through: u32 = self.weights.iter().take(self.current).sum();
+        let share = if all == 0 {
+            1.0
+        } else {
+            f64::from(through) / f64::from(all)
+        };
+        self.started.elapsed() < self.total.mul_f64(share)
+    }
+}
+
 /// The most free space a disk-full try leaves: less than one changed day's load writes.
 const DISK_FULL_HEADROOM: u64 = 3 << 20;
 
@@ -116,12 +158,18 @@ pub const STEPS: [&str; 4] = ["stage-files", "load-raw", "dedup", "export-mysql"
 
 /// Runs every fault of `config` and returns the table's rows.
 pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
-    let started = Instant::now();
     let mut dice = Dice::new(config.seed);
     let mut outcomes = Vec::new();
-    let in_budget = || started.elapsed() < config.budget;
+    let mut weights = vec![config.kills_per_step; STEPS.len()];
+    weights.extend([config.overlaps_per_step; STEPS.len()]);
+    if config.emulators.is_none() {
+        weights.extend([config.cuts, config.restarts, config.disk_fulls]);
+    }
+    weights.push(world::HOSTILE_INPUTS.len() as u32);
+    let mut budget = Budget::new(config.budget, weights);
 
     for step in STEPS {
+        budget.next_fault();
         let mut world = World::new(config, &format!("kill_{}", step.replace('-', "_")))?;
         let mut outcome = FaultOutcome::new(format!("kill -9 {step}"));
         world.prepare()?;
@@ -130,7 +178,7 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
         // drawn again (at most three draws per try).
         let mut i = 0;
         while outcome.tries < config.kills_per_step && i < 3 * config.kills_per_step {
-            if !in_budget() {
+            if !budget.open(outcome.tries) {
                 break;
             }
             world.change_one_day(i)?;
@@ -146,11 +194,12 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
     }
 
     for step in STEPS {
+        budget.next_fault();
         let mut world = World::new(config, &format!("overlap_{}", step.replace('-', "_")))?;
         let mut outcome = FaultOutcome::new(format!("two {step} at once"));
         world.prepare()?;
         for i in 0..config.overlaps_per_step {
-            if !in_budget() {
+            if !budget.open(outcome.tries) {
                 break;
             }
             world.change_one_day(i)?;
@@ -167,12 +216,13 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
     // The MySQL faults below and the disk under DuckDB do not depend on the warehouse:
     // they are tried on the embedded default only.
     if config.emulators.is_none() {
+        budget.next_fault();
         let mut world = World::new(config, "cut")?;
         let mut outcome = FaultOutcome::new("MySQL connection cut mid-export".into());
         world.prepare()?;
         let mut i = 0;
         while outcome.tries < config.cuts && i < 3 * config.cuts {
-            if !in_budget() {
+            if !budget.open(outcome.tries) {
                 break;
             }
             world.change_one_day(i)?;
@@ -188,6 +238,7 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
     }
 
     if config.emulators.is_none() {
+        budget.next_fault();
         let mut outcome = FaultOutcome::new("MySQL server crashed and restarted mid-export".into());
         let mut world = World::new(config, "restart")?;
         match world.use_private_server() {
@@ -196,7 +247,7 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
                 let took = world.timed_run_until("export-mysql")?;
                 let mut i = 0;
                 while outcome.tries < config.restarts && i < 3 * config.restarts {
-                    if !in_budget() {
+                    if !budget.open(outcome.tries) {
                         break;
                     }
                     world.change_one_day(i)?;
@@ -215,6 +266,7 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
     }
 
     if config.emulators.is_none() {
+        budget.next_fault();
         let mut outcome = FaultOutcome::new("disk full under the DuckDB file and spill dir".into());
         let mut world = World::new(config, "disk_full")?;
         match world.use_small_disk() {
@@ -222,7 +274,7 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
                 world.prepare()?;
                 let mut i = 0;
                 while outcome.tries < config.disk_fulls && i < 4 * config.disk_fulls {
-                    if !in_budget() {
+                    if !budget.open(outcome.tries) {
                         break;
                     }
                     world.change_one_day(i)?;

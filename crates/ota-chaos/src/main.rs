@@ -47,8 +47,9 @@ struct Cli {
     days: u32,
     #[arg(long, default_value_t = 2_000)]
     rows_per_day: u64,
-    /// Seconds after which no new fault is tried.
-    #[arg(long, env = "CHAOS_BUDGET_SECS", default_value_t = 600)]
+    /// Seconds the faults may take, shared among them by planned tries: each stops being
+    /// tried once its share has passed (a fault done early leaves its time to the next).
+    #[arg(long, env = "CHAOS_BUDGET_SECS", default_value_t = 420)]
     budget_secs: u64,
 }
 
