@@ -276,6 +276,59 @@ fn three_days_end_to_end_then_a_rerun_changes_nothing() {
 }
 
 #[test]
+fn long_steps_log_progress_with_totals_and_rate_and_keep_the_summary_last() {
+    let env = Env::new();
+    env.generate("2024-01-01", 3, 3_000);
+    env.run("stage-files", &W3).ok();
+    let fast = [("OTA_PROGRESS_SECS", "0.000001")];
+    let load = env.run_with("load-raw", &[], &fast).ok();
+    let read = num(&load.summary(), &["counts", "rows_read"]);
+    assert!(
+        load.stderr.contains("progress: ") && load.stderr.contains("rows/s, ETA "),
+        "periodic lines with a rate and the time left:\n{}",
+        load.stderr
+    );
+    assert!(
+        load.stderr.contains(&format!(
+            "done: {read} rows typed and appended of {read} (100.0%)"
+        )),
+        "a closing line with the exact total:\n{}",
+        load.stderr
+    );
+    env.run("dedup", &[]).ok();
+    let export = env.run_with("export-mysql", &[], &fast).ok();
+    let applied = num(&export.summary(), &["counts", "rows_read"]);
+    assert!(
+        export
+            .stderr
+            .contains(&format!("done: {applied} change rows applied, ")),
+        "{}",
+        export.stderr
+    );
+    // A backfill re-sync knows its total: the warehouse rows of the dates it re-syncs.
+    env.mysql(async |c| {
+        use mysql_async::prelude::Queryable;
+        c.query_drop("DELETE FROM ota_events")
+            .await
+            .expect("delete")
+    });
+    let backfill = env.run_with("export-mysql", &W3, &fast).ok();
+    assert!(
+        backfill.stderr.contains("rows re-synced of ") && backfill.stderr.contains("(100.0%)"),
+        "{}",
+        backfill.stderr
+    );
+    let off = env
+        .run_with("load-raw", &[], &[("OTA_PROGRESS_SECS", "0")])
+        .ok();
+    assert!(
+        !off.stderr.contains("rows typed and appended"),
+        "{}",
+        off.stderr
+    );
+}
+
+#[test]
 fn run_order_does_not_matter() {
     let all_at_once = Env::new();
     all_at_once.generate("2024-01-01", 3, 1_500);

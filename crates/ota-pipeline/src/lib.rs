@@ -14,6 +14,7 @@ pub mod generate;
 pub mod hex;
 pub mod lake;
 pub mod mysql;
+pub mod progress;
 pub mod split;
 pub mod steps;
 pub mod summary;

@@ -148,7 +148,13 @@ impl Env {
 
     /// Runs a step binary with this environment's settings.
     pub fn run(&self, name: &str, args: &[&str]) -> Run {
+        self.run_with(name, args, &[])
+    }
+
+    /// The same, with more environment variables.
+    pub fn run_with(&self, name: &str, args: &[&str], vars: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(bin(name));
+        cmd.envs(vars.iter().copied());
         cmd.args(args)
             .env("OTA_LAKE_URL", self.lake_url())
             .env("OTA_WAREHOUSE_URL", self.warehouse_url())

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::{PipelineError, Result};
 use crate::mysql::{MysqlConfig, MysqlTarget, split_changes};
+use crate::progress::Progress;
 use crate::summary::{Status, StepSummary};
 use crate::warehouse::{
     Access, ChangeSelection, DateChecksum, FeedOffset, Warehouse, open_warehouse,
@@ -296,8 +297,10 @@ async fn resync(
     warehouse: Box<dyn Warehouse>,
     target: &mut MysqlTarget,
     dates: &[NaiveDate],
+    warehouse_rows: u64,
 ) -> Result<(u64, u64, u64, u64)> {
     target.begin_resync().await?;
+    let mut progress = Progress::new("export-mysql", "rows re-synced", Some(warehouse_rows));
     let mut reader = WarehouseReader::spawn(
         warehouse,
         ChangeSelection::Dates(dates.to_vec()),
@@ -310,8 +313,10 @@ async fn resync(
         upserted += target.apply_resync(&batch).await?;
         batches += 1;
         rows += batch.num_rows() as u64;
+        progress.advance(batch.num_rows() as u64);
     }
     reader.finish()?;
+    progress.finish();
     let deleted = target.delete_unknown(dates).await?;
     target.commit_resync().await?;
     Ok((upserted, deleted, batches, rows))
@@ -334,6 +339,8 @@ async fn export(
         config.batch_rows,
         |batch| Ok((split_changes(&batch)?, batch)),
     );
+    // The feed's length is not known before it has been read: rows and rate, no ETA.
+    let mut progress = Progress::new("export-mysql", "change rows applied", None);
     while let Some(batch) = reader.next().await {
         let (changes, batch) = batch?;
         let next = last_offset(&batch)
@@ -347,9 +354,11 @@ async fn export(
         deleted += d;
         batches += 1;
         rows += batch.num_rows() as u64;
-        tracing::info!(batch = batches, rows = batch.num_rows(), "batch committed");
+        tracing::debug!(batch = batches, rows = batch.num_rows(), "batch committed");
+        progress.advance(batch.num_rows() as u64);
     }
     let mut warehouse = reader.finish()?;
+    progress.finish();
 
     let staged = warehouse.staged_files()?;
     let mut resynced = Vec::new();
@@ -364,7 +373,11 @@ async fn export(
             .collect();
         if !drifting.is_empty() {
             tracing::info!(dates = ?drifting, "re-syncing event dates that differ from the warehouse");
-            let outcome = resync(config, warehouse, target, &drifting).await;
+            let warehouse_rows = drifting
+                .iter()
+                .map(|d| wh.get(d).map_or(0, |c| c.rows))
+                .sum();
+            let outcome = resync(config, warehouse, target, &drifting, warehouse_rows).await;
             let (u, d, b, r) = match outcome {
                 Ok(counts) => counts,
                 Err(e) => {

@@ -10,6 +10,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::{PipelineError, Result};
 use crate::lake::{Lake, LakeFile, open_lake};
+use crate::progress::{Progress, estimated_total};
 use crate::summary::{Status, StepSummary};
 use crate::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
 use crate::warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource, open_warehouse};
@@ -77,6 +78,12 @@ pub struct ParquetRawSource<'a> {
     rows_before: BTreeMap<String, u64>,
     pub rows_read: u64,
     pub unknown_columns: BTreeSet<String>,
+    progress: Progress,
+    /// Bytes of all the files this load reads, and rows and bytes of those opened so far:
+    /// the total rows are estimated from them until every footer has been read.
+    bytes_to_read: u64,
+    rows_opened: u64,
+    bytes_opened: u64,
 }
 
 impl<'a> ParquetRawSource<'a> {
@@ -91,7 +98,23 @@ impl<'a> ParquetRawSource<'a> {
             rows_before: BTreeMap::new(),
             rows_read: 0,
             unknown_columns: BTreeSet::new(),
+            progress: Progress::with_period("load-raw", "rows", None, None),
+            bytes_to_read: 0,
+            rows_opened: 0,
+            bytes_opened: 0,
         }
+    }
+
+    /// Logs progress through `files` (rows done of the total, rate, time left).
+    pub fn with_progress(mut self, files: &[LakeFile]) -> Self {
+        self.progress = Progress::new("load-raw", "rows typed and appended", None);
+        self.bytes_to_read = files.iter().map(|f| f.size).sum();
+        self
+    }
+
+    /// Logs the closing progress line.
+    pub fn finish_progress(&self) {
+        self.progress.finish();
     }
 
     /// Refuses versions that lose more rows than `shrink` allows, against the row counts
@@ -150,6 +173,13 @@ impl RawSource for ParquetRawSource<'_> {
                 });
             }
         }
+        self.rows_opened += builder.metadata().file_metadata().num_rows().max(0) as u64;
+        self.bytes_opened += file.size;
+        self.progress.set_total(estimated_total(
+            self.rows_opened,
+            self.bytes_opened,
+            self.bytes_to_read.saturating_sub(self.bytes_opened),
+        ));
         let reader = builder
             .with_batch_size(READ_BATCH_ROWS)
             .build()
@@ -176,6 +206,7 @@ impl RawSource for ParquetRawSource<'_> {
         // Decoding and typing run on their own thread, a couple of batches ahead of the
         // warehouse appends on this one: the two are the step's main costs.
         let (mapping, lineage, unreadable) = (&mapping, &lineage, &unreadable);
+        let progress = &mut self.progress;
         let rows = std::thread::scope(|scope| -> Result<i64> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(TypedBatch, i64)>>(2);
             scope.spawn(move || {
@@ -205,6 +236,7 @@ impl RawSource for ParquetRawSource<'_> {
                 let (typed, n) = typed?;
                 sink(typed)?;
                 rows += n;
+                progress.advance(n as u64);
             }
             Ok(rows)
         })?;
@@ -270,7 +302,8 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     // and the others are loaded again without it.
     let (outcome, source) = loop {
         let mut source = ParquetRawSource::new(lake.as_ref(), loaded_at)
-            .with_shrink_guard(config.shrink, rows_before.clone());
+            .with_shrink_guard(config.shrink, rows_before.clone())
+            .with_progress(&changed);
         match warehouse.load_raw(&changed, loaded_at, &mut source) {
             Ok(outcome) => break (outcome, source),
             Err(PipelineError::BadContent { uri, reason, kind })
@@ -299,6 +332,7 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
         .map(|f| f.uri.clone())
         .collect();
     warehouse.release_quarantine(&released)?;
+    source.finish_progress();
     tracing::info!(
         files = changed.len(),
         rows = outcome.rows_written,
