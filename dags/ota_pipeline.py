@@ -49,6 +49,7 @@ PLAIN_SETTINGS = (
     "OTA_BQ_STORAGE_ENDPOINT",
     "OTA_BQ_MAX_BYTES",
     "OTA_BQ_JOB_TIMEOUT",
+    "OTA_PROGRESS_SECS",
     "RUST_LOG",
 )
 # Settings that carry credentials: hidden from the UI (DockerOperator private_environment).
