@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use faulty_http::{Fault, FaultyHttpProxy};
 
 use backends::{EMULATOR_PROJECT, create_bucket_and_dataset};
+use ota_pipeline::gcp::{BlockingRuntime, Credentials};
 use ota_pipeline::warehouse::bigquery::client::{Attach, DEFAULT_JOB_TIMEOUT, JobSettings, Jobs};
 
 fn jobs(run_key: &str, max_bytes_billed: Option<i64>) -> Jobs {
@@ -27,6 +28,7 @@ fn jobs_at(
     job_timeout: Duration,
 ) -> Jobs {
     Jobs::connect(
+        BlockingRuntime::new().expect("runtime"),
         JobSettings {
             project: EMULATOR_PROJECT.into(),
             location: "US".into(),
@@ -36,7 +38,7 @@ fn jobs_at(
             step: "test".into(),
             job_timeout,
         },
-        None,
+        Credentials::Emulator,
         Some(endpoint),
     )
     .expect("connect")

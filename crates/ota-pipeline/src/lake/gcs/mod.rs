@@ -17,14 +17,22 @@ use super::{
     Lake, LakeFile, LocalCopy, ObjectVersion, PutOutcome, RecordedVersions, day_of_file_name,
 };
 use crate::error::{PipelineError, Result};
-use crate::gcp::{BlockingRuntime, Credentials, RequestError, http_client};
+use crate::gcp::{BlockingRuntime, CredentialVars, Credentials, RequestError, http_client};
 use crate::window::DateWindow;
 use client::{GcsClient, ObjectMeta};
 
 /// Key file of the GCS service account.
 pub const KEY_FILE_VAR: &str = "OTA_GCS_KEY_FILE";
+/// The GCS service account's key as JSON (from an Airflow connection, say).
+pub const KEY_JSON_VAR: &str = "OTA_GCS_KEY_JSON";
 /// Endpoint override, for an emulator (`http://127.0.0.1:4443`).
 pub const ENDPOINT_VAR: &str = "OTA_GCS_ENDPOINT";
+/// Where GCS credentials come from; none set: Application Default Credentials.
+pub const CREDENTIAL_VARS: CredentialVars = CredentialVars {
+    key_file: KEY_FILE_VAR,
+    key_json: KEY_JSON_VAR,
+    endpoint: ENDPOINT_VAR,
+};
 /// Local scratch folder for downloads and split outputs (default: the system temp dir).
 pub const SCRATCH_VAR: &str = "OTA_SCRATCH_DIR";
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -109,8 +117,7 @@ impl GcsLake {
     pub fn open(url: &str) -> Result<Self> {
         let location = GcsLocation::parse(url)?;
         let runtime = BlockingRuntime::new()?;
-        let credentials =
-            runtime.block_on(Credentials::from_env(KEY_FILE_VAR, ENDPOINT_VAR, SCOPE))?;
+        let credentials = runtime.block_on(Credentials::from_env(CREDENTIAL_VARS, SCOPE))?;
         let endpoint = std::env::var(ENDPOINT_VAR)
             .ok()
             .filter(|v| !v.is_empty())

@@ -22,7 +22,7 @@ use md5::{Digest, Md5};
 use serde_json::Value;
 
 use crate::error::{PipelineError, Result};
-use crate::gcp::{BlockingRuntime, EMULATOR_TOKEN};
+use crate::gcp::{BlockingRuntime, Credentials};
 
 /// A named, typed query parameter (`@name`).
 #[derive(Debug, Clone)]
@@ -184,14 +184,17 @@ pub struct Jobs {
     pub records: Vec<JobRecord>,
 }
 
-/// A token for emulators.
+/// The client's tokens come from the step's credentials (an account, or the emulator's
+/// fixed token).
 #[derive(Clone)]
-struct EmulatorAuth;
+struct StepAuth(Credentials);
 
 #[async_trait::async_trait]
-impl Authenticator for EmulatorAuth {
+impl Authenticator for StepAuth {
     async fn access_token(&self) -> std::result::Result<String, BQError> {
-        Ok(EMULATOR_TOKEN.to_string())
+        self.0.token().await.map_err(|e| {
+            BQError::InvalidServiceAccountAuthenticator(std::io::Error::other(e.to_string()))
+        })
     }
 }
 
@@ -245,34 +248,21 @@ fn job_id_part(text: &str) -> String {
 impl Jobs {
     /// Connects with the BigQuery account's key file, or to an emulator at `endpoint`.
     pub fn connect(
+        runtime: BlockingRuntime,
         settings: JobSettings,
-        key_file: Option<&str>,
+        credentials: Credentials,
         endpoint: Option<&str>,
     ) -> Result<Jobs> {
-        let runtime = BlockingRuntime::new()?;
         let client = runtime.block_on(async {
             let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
             builder.with_client(crate::gcp::http_client()?);
             if let Some(endpoint) = endpoint {
                 builder.with_v2_base_url(format!("{}/bigquery/v2", endpoint.trim_end_matches('/')));
             }
-            match (key_file, endpoint) {
-                (Some(key), _) => builder
-                    .build_from_service_account_key_file(key)
-                    .await
-                    .map_err(|e| {
-                        PipelineError::Config(format!(
-                            "cannot use the BigQuery key file {key}: {e}"
-                        ))
-                    }),
-                (None, Some(_)) => builder
-                    .build_from_authenticator(Arc::new(EmulatorAuth))
-                    .await
-                    .map_err(bq_err("connecting to the BigQuery emulator")),
-                (None, None) => Err(PipelineError::Config(
-                    "OTA_BQ_KEY_FILE must name the BigQuery service-account key file (or OTA_BQ_ENDPOINT an emulator)".into(),
-                )),
-            }
+            builder
+                .build_from_authenticator(Arc::new(StepAuth(credentials)))
+                .await
+                .map_err(bq_err("connecting to BigQuery"))
         })?;
         Ok(Jobs {
             client,

@@ -27,7 +27,7 @@ use super::{
     RawLoadOutcome, RawSource, StagedFiles, Warehouse,
 };
 use crate::error::{PipelineError, Result};
-use crate::gcp::{CredentialSource, Credentials};
+use crate::gcp::{CredentialVars, Credentials};
 use crate::lake::gcs::GcsLake;
 use crate::lake::{Lake, LakeFile, RecordedVersion};
 use crate::window::DateWindow;
@@ -38,6 +38,14 @@ use staging::{StagingFile, files_batch, rejects_batch, with_utc_timestamps};
 
 pub const KEY_FILE_VAR: &str = "OTA_BQ_KEY_FILE";
 pub const ENDPOINT_VAR: &str = "OTA_BQ_ENDPOINT";
+/// The BigQuery service account's key as JSON (from an Airflow connection, say).
+pub const KEY_JSON_VAR: &str = "OTA_BQ_KEY_JSON";
+/// Where BigQuery credentials come from; none set: Application Default Credentials.
+pub const CREDENTIAL_VARS: CredentialVars = CredentialVars {
+    key_file: KEY_FILE_VAR,
+    key_json: KEY_JSON_VAR,
+    endpoint: ENDPOINT_VAR,
+};
 pub const MAX_BYTES_VAR: &str = "OTA_BQ_MAX_BYTES";
 pub const JOB_TIMEOUT_VAR: &str = "OTA_BQ_JOB_TIMEOUT";
 /// Staged-file parameters per INSERT job.
@@ -157,18 +165,19 @@ impl BigQueryWarehouse {
             step: options.step.clone(),
             job_timeout,
         };
-        let source = CredentialSource::from_env(KEY_FILE_VAR, ENDPOINT_VAR)?;
-        let key_file = match &source {
-            CredentialSource::KeyFile(key) => Some(key.to_string_lossy().into_owned()),
-            CredentialSource::Emulator => None,
-        };
-        let jobs = Jobs::connect(settings, key_file.as_deref(), env(ENDPOINT_VAR).as_deref())?;
-        let storage_credentials = match source {
-            CredentialSource::KeyFile(key) => jobs.runtime().block_on(
-                Credentials::service_account(&key, storage_read::BIGQUERY_SCOPE),
-            )?,
-            CredentialSource::Emulator => Credentials::Emulator,
-        };
+        let runtime = crate::gcp::BlockingRuntime::new()?;
+        let credentials = runtime.block_on(Credentials::from_env(
+            CREDENTIAL_VARS,
+            storage_read::BIGQUERY_SCOPE,
+        ))?;
+        let jobs = Jobs::connect(
+            runtime,
+            settings,
+            credentials.clone(),
+            env(ENDPOINT_VAR).as_deref(),
+        )?;
+        // The Storage Read API takes the same account and scope.
+        let storage_credentials = credentials;
         let lease_token = {
             let mut h = Md5::new();
             h.update(lease_holder(&run_key, &options.step).as_bytes());
