@@ -11,13 +11,24 @@ Runner (env ``OTA_TASK_RUNNER``): ``docker`` (default) runs each step in the pip
 image with DockerOperator; ``local`` runs the same command line with BashOperator, the
 binaries on PATH and settings from the ``OTA_*`` environment (tests, machines without
 Docker). One function builds the command line for both.
+
+Credentials come from Airflow connections, resolved when a task runs and handed to the
+step privately (DockerOperator ``private_environment``; the local runner's process
+environment), never rendered into a template field or an XCom: MySQL from a MySQL
+connection (``OTA_MYSQL_CONN_ID``, default ``mysql_default``), the GCS and BigQuery keys
+from two Google Cloud connections (``OTA_GCS_CONN_ID``, ``OTA_BQ_CONN_ID``, default
+``google_cloud_default``). A connection that does not exist falls back to the
+environment (``OTA_MYSQL_URL``, the key files); a Google connection without a key leaves
+the binaries to Application Default Credentials (workload identity).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 try:  # Airflow 3
     from airflow.sdk import DAG, Param
@@ -54,6 +65,12 @@ PLAIN_SETTINGS = (
 )
 # Settings that carry credentials: hidden from the UI (DockerOperator private_environment).
 SECRET_SETTINGS = ("OTA_MYSQL_URL",)
+# Airflow connections of the credentials: env variable naming the id -> default id.
+CONNECTION_IDS = {
+    "OTA_MYSQL_CONN_ID": "mysql_default",
+    "OTA_GCS_CONN_ID": "google_cloud_default",
+    "OTA_BQ_CONN_ID": "google_cloud_default",
+}
 # Service-account key files: host path variable -> path inside the container.
 KEY_FILES = {
     "OTA_GCS_KEY_FILE": "/run/secrets/gcs-key.json",
@@ -189,6 +206,87 @@ def argv_env(command: list[str]) -> tuple[str, dict[str, str]]:
     return line, dict(zip(names, command))
 
 
+def connection_id(variable: str) -> str:
+    """The Airflow connection id ``variable`` names (or its default)."""
+    return os.environ.get(variable, "").strip() or CONNECTION_IDS[variable]
+
+
+def get_connection(conn_id: str):
+    """The Airflow connection ``conn_id``, or None when none is defined."""
+    from airflow.sdk import Connection
+
+    try:
+        return Connection.get(conn_id)
+    except Exception as error:  # AirflowNotFoundException; its module moved between versions
+        if type(error).__name__ == "AirflowNotFoundException":
+            return None
+        raise
+
+
+def mysql_url(conn) -> str:
+    """A MySQL connection as the URL the binaries take (``ssl_mode`` extra -> ssl-mode)."""
+    user = quote(conn.login or "", safe="")
+    password = f":{quote(conn.password, safe='')}" if conn.password else ""
+    auth = f"{user}{password}@" if user or password else ""
+    url = f"mysql://{auth}{conn.host or '127.0.0.1'}:{conn.port or 3306}/{quote(conn.schema or '', safe='')}"
+    ssl_mode = (conn.extra_dejson or {}).get("ssl_mode")
+    return f"{url}?ssl-mode={quote(str(ssl_mode), safe='')}" if ssl_mode else url
+
+
+def google_key(conn) -> str | None:
+    """The service-account key JSON of a Google Cloud connection (``keyfile_dict``, or the
+    file ``key_path`` names on the worker), or None: Application Default Credentials."""
+    extra = conn.extra_dejson or {}
+
+    def field(name: str):
+        return extra.get(name) or extra.get(f"extra__google_cloud_platform__{name}")
+
+    keyfile_dict = field("keyfile_dict")
+    if keyfile_dict:
+        return keyfile_dict if isinstance(keyfile_dict, str) else json.dumps(keyfile_dict)
+    key_path = field("key_path")
+    if key_path:
+        with open(key_path, encoding="utf-8") as key_file:
+            return key_file.read()
+    return None
+
+
+def uses_google(service: str, settings: dict[str, str]) -> bool:
+    """Whether the step talks to the real GCS (``gcs``) or BigQuery (``bq``): a gs:// lake or
+    bigquery:// warehouse with no emulator endpoint (an emulator must never get a key)."""
+    if service == "gcs":
+        url, endpoint = settings.get("OTA_LAKE_URL", ""), settings.get("OTA_GCS_ENDPOINT")
+        return url.startswith("gs://") and not endpoint
+    url, endpoint = settings.get("OTA_WAREHOUSE_URL", ""), settings.get("OTA_BQ_ENDPOINT")
+    return url.startswith("bigquery://") and not endpoint
+
+
+def step_secrets() -> dict[str, str]:
+    """At run time: the credentials the step gets, from the Airflow connections, masked in
+    the task logs. Missing connections leave the environment's settings in place."""
+    from airflow.sdk.log import mask_secret
+
+    secrets = {}
+    mysql = get_connection(connection_id("OTA_MYSQL_CONN_ID"))
+    if mysql is not None:
+        secrets["OTA_MYSQL_URL"] = mysql_url(mysql)
+    elif os.environ.get("OTA_MYSQL_URL"):
+        secrets["OTA_MYSQL_URL"] = os.environ["OTA_MYSQL_URL"]
+    for service, variable, key_var in (
+        ("gcs", "OTA_GCS_CONN_ID", "OTA_GCS_KEY_JSON"),
+        ("bq", "OTA_BQ_CONN_ID", "OTA_BQ_KEY_JSON"),
+    ):
+        if not uses_google(service, dict(os.environ)):
+            continue
+        conn = get_connection(connection_id(variable))
+        key = google_key(conn) if conn is not None else None
+        if key:
+            secrets[key_var] = key
+    for value in secrets.values():
+        mask_secret(value)
+    return secrets
+
+
 def task_timeout() -> timedelta:
     """How long one step may run before Airflow stops it (env ``OTA_TASK_TIMEOUT_MINUTES``,
     default 180): a hung step fails and retries instead of holding the DAG run forever."""
@@ -207,6 +305,37 @@ def task_retries() -> int:
     return int(retries)
 
 
+@functools.cache
+def local_operator():
+    """BashOperator that adds the step's credentials to its process environment when it
+    runs (after templates were rendered and recorded, so they never show in the UI)."""
+    try:
+        from airflow.providers.standard.operators.bash import BashOperator
+    except ImportError:  # Airflow 2.10 without the standard provider
+        from airflow.operators.bash import BashOperator
+
+    class StepBashOperator(BashOperator):
+        def execute(self, context):
+            self.env = {**(self.env or {}), **step_secrets()}
+            return super().execute(context)
+
+    return StepBashOperator
+
+
+@functools.cache
+def docker_operator():
+    """DockerOperator that adds the step's credentials to its private environment when it
+    runs (never a template field, never shown in the UI)."""
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    class StepDockerOperator(DockerOperator):
+        def execute(self, context):
+            self._private_environment = {**(self._private_environment or {}), **step_secrets()}
+            return super().execute(context)
+
+    return StepDockerOperator
+
+
 def make_task(dag: DAG, step: str, extra: list[str] | None = None):
     """One step as an operator of the configured runner."""
     command = step_command(step, extra)
@@ -220,16 +349,10 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
         "max_retry_delay": timedelta(minutes=15),
     }
     if task_runner() == "local":
-        try:
-            from airflow.providers.standard.operators.bash import BashOperator
-        except ImportError:  # Airflow 2.10 without the standard provider
-            from airflow.operators.bash import BashOperator
-
         # The summary is the last line of stdout, so it becomes the XCom.
         line, env = argv_env(command)
-        return BashOperator(bash_command=line, env=env, append_env=True, **common)
+        return local_operator()(bash_command=line, env=env, append_env=True, **common)
 
-    from airflow.providers.docker.operators.docker import DockerOperator
     from docker.types import Mount
 
     environment = {k: os.environ[k] for k in PLAIN_SETTINGS if os.environ.get(k)}
@@ -243,7 +366,7 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
     data_dir = os.environ.get("OTA_DATA_DIR")
     if data_dir:
         mounts.append(Mount(source=data_dir, target="/data", type="bind"))
-    return DockerOperator(
+    return docker_operator()(
         image=os.environ.get("OTA_IMAGE", "ota-pipeline:latest"),
         command=command,
         environment=environment,
