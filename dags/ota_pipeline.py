@@ -287,6 +287,64 @@ def step_secrets() -> dict[str, str]:
     return secrets
 
 
+def without_auth(url: str) -> str:
+    """A URL without user, password and query (an Asset URI must carry no credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def step_assets() -> dict[str, object]:
+    """The data each step reads and writes, as Airflow Assets, so other DAGs can be
+    scheduled on fresh data: the lake's daily files, the raw and deduplicated warehouse
+    tables, and the MySQL serving table. URIs come from the settings, without credentials;
+    names are fixed (``ota_lake``, ``ota_raw_events``, ``ota_dedup_events``, ``ota_events``)."""
+    from airflow.sdk import Asset
+
+    lake = os.environ.get("OTA_LAKE_URL", "file:///data/lake")
+    warehouse = without_auth(os.environ.get("OTA_WAREHOUSE_URL", "duckdb:///data/warehouse.duckdb")).rstrip("/")
+    mysql = without_auth(
+        os.environ.get("OTA_MYSQL_ASSET_URL") or os.environ.get("OTA_MYSQL_URL") or "mysql://mysql:3306/ota"
+    )
+    table = os.environ.get("OTA_MYSQL_TABLE", "ota_events")
+    return {
+        "lake": Asset(name="ota_lake", uri=without_auth(lake), group="ota"),
+        "raw": Asset(name="ota_raw_events", uri=f"{warehouse}/raw_events", group="ota"),
+        "dedup": Asset(name="ota_dedup_events", uri=f"{warehouse}/dedup_events", group="ota"),
+        "mysql": Asset(name="ota_events", uri=f"{mysql.rstrip('/')}/{table}", group="ota"),
+    }
+
+
+# What each step reads (inlets) and writes (outlets), by step_assets() key.
+LINEAGE = {
+    "stage_files": (["lake"], []),
+    "load_raw": (["lake"], ["raw"]),
+    "dedup": (["raw"], ["dedup"]),
+    "export_mysql": (["dedup"], ["mysql"]),
+}
+
+
+def pool() -> str:
+    """The Airflow pool every step of both DAGs runs in (env ``OTA_POOL``, default
+    ``ota_pipeline``, one slot): two DAG runs never write the warehouse at once."""
+    return os.environ.get("OTA_POOL", "").strip() or "ota_pipeline"
+
+
+def on_failure(context) -> None:
+    """Failure hook: calls the ``module:function`` that ``OTA_ON_FAILURE`` names (a
+    notifier of your own, say) with the task's context; nothing when unset."""
+    target = os.environ.get("OTA_ON_FAILURE", "").strip()
+    if not target:
+        return
+    import importlib
+
+    module_name, _, function = target.partition(":")
+    getattr(importlib.import_module(module_name), function or "notify")(context)
+
+
 def task_timeout() -> timedelta:
     """How long one step may run before Airflow stops it (env ``OTA_TASK_TIMEOUT_MINUTES``,
     default 180): a hung step fails and retries instead of holding the DAG run forever."""
@@ -339,9 +397,15 @@ def docker_operator():
 def make_task(dag: DAG, step: str, extra: list[str] | None = None):
     """One step as an operator of the configured runner."""
     command = step_command(step, extra)
+    assets = step_assets()
+    inlets, outlets = LINEAGE[step]
     common = {
         "task_id": step,
         "dag": dag,
+        "pool": pool(),
+        "inlets": [assets[a] for a in inlets],
+        "outlets": [assets[a] for a in outlets],
+        "on_failure_callback": on_failure,
         "execution_timeout": task_timeout(),
         "retries": task_retries(),
         "retry_delay": timedelta(minutes=1),

@@ -52,6 +52,8 @@ def airflow(*args: str, env: dict | None = None, check: bool = True, timeout: in
 @pytest.fixture(scope="session", autouse=True)
 def metadata_db():
     airflow("db", "migrate")
+    # The pool the DAGs' steps share (OTA_POOL): one slot, one writer of the warehouse.
+    airflow("pools", "set", "ota_pipeline", "1", "OTA pipeline steps: one at a time")
     yield
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 

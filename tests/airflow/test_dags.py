@@ -306,3 +306,42 @@ def test_mysql_credentials_come_from_an_airflow_connection(pipeline):
         subprocess.run(
             ["mariadb", "-h127.0.0.1", "-uroot", "-e", f"DROP USER IF EXISTS '{user}'@'127.0.0.1'"], check=False
         )
+
+
+def test_steps_declare_assets_share_one_pool_and_call_the_failure_hook(tmp_path, monkeypatch):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    env = {
+        "OTA_LAKE_URL": "gs://lake-bucket/daily",
+        "OTA_WAREHOUSE_URL": "bigquery://proj/ds",
+        "OTA_MYSQL_URL": "mysql://ota:s3cret@mysql:3306/ota",
+    }
+    dags = load_dags("docker", env)
+    for dag in dags.values():
+        serialized = json.dumps(DagSerialization.to_dict(dag))
+        assert "s3cret" not in serialized
+        for name in (
+            "gs://lake-bucket/daily",
+            "bigquery://proj/ds/raw_events",
+            "bigquery://proj/ds/dedup_events",
+            "mysql://mysql:3306/ota/ota_events",
+        ):
+            assert name in serialized, name
+        outlets = {t: [a.name for a in dag.get_task(t).outlets] for t in ("load_raw", "dedup", "export_mysql")}
+        assert outlets == {
+            "load_raw": ["ota_raw_events"],
+            "dedup": ["ota_dedup_events"],
+            "export_mysql": ["ota_events"],
+        }
+        assert [a.name for a in dag.get_task("dedup").inlets] == ["ota_raw_events"]
+        assert {dag.get_task(t).pool for t in ("stage_files", "load_raw", "dedup", "export_mysql")} == {"ota_pipeline"}
+
+    # The failure hook calls the function OTA_ON_FAILURE names.
+    (tmp_path / "ota_notify.py").write_text("CALLS = []\ndef notify(context):\n    CALLS.append(context['task_id'])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("OTA_ON_FAILURE", "ota_notify:notify")
+    module = dag_module()
+    module.on_failure({"task_id": "load_raw"})
+    import ota_notify
+
+    assert ota_notify.CALLS == ["load_raw"]
