@@ -300,8 +300,9 @@ def without_auth(url: str) -> str:
 def step_assets() -> dict[str, object]:
     """The data each step reads and writes, as Airflow Assets, so other DAGs can be
     scheduled on fresh data: the lake's daily files, the raw and deduplicated warehouse
-    tables, and the MySQL serving table. URIs come from the settings, without credentials;
-    names are fixed (``ota_lake``, ``ota_raw_events``, ``ota_dedup_events``, ``ota_events``)."""
+    tables, and the MySQL serving table. Each is identified by its URI, from the settings
+    without credentials (a fixed name would clash when two deployments, or a changed
+    setting, give it two URIs: Airflow then marks it inactive and fails the task)."""
     from airflow.sdk import Asset
 
     lake = os.environ.get("OTA_LAKE_URL", "file:///data/lake")
@@ -311,10 +312,10 @@ def step_assets() -> dict[str, object]:
     )
     table = os.environ.get("OTA_MYSQL_TABLE", "ota_events")
     return {
-        "lake": Asset(name="ota_lake", uri=without_auth(lake), group="ota"),
-        "raw": Asset(name="ota_raw_events", uri=f"{warehouse}/raw_events", group="ota"),
-        "dedup": Asset(name="ota_dedup_events", uri=f"{warehouse}/dedup_events", group="ota"),
-        "mysql": Asset(name="ota_events", uri=f"{mysql.rstrip('/')}/{table}", group="ota"),
+        "lake": Asset(uri=without_auth(lake), group="ota"),
+        "raw": Asset(uri=f"{warehouse}/raw_events", group="ota"),
+        "dedup": Asset(uri=f"{warehouse}/dedup_events", group="ota"),
+        "mysql": Asset(uri=f"{mysql.rstrip('/')}/{table}", group="ota"),
     }
 
 

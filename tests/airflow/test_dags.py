@@ -327,13 +327,14 @@ def test_steps_declare_assets_share_one_pool_and_call_the_failure_hook(tmp_path,
             "mysql://mysql:3306/ota/ota_events",
         ):
             assert name in serialized, name
-        outlets = {t: [a.name for a in dag.get_task(t).outlets] for t in ("load_raw", "dedup", "export_mysql")}
+        outlets = {t: [a.uri for a in dag.get_task(t).outlets] for t in ("load_raw", "dedup", "export_mysql")}
         assert outlets == {
-            "load_raw": ["ota_raw_events"],
-            "dedup": ["ota_dedup_events"],
-            "export_mysql": ["ota_events"],
+            "load_raw": ["bigquery://proj/ds/raw_events"],
+            "dedup": ["bigquery://proj/ds/dedup_events"],
+            "export_mysql": ["mysql://mysql:3306/ota/ota_events"],
         }
-        assert [a.name for a in dag.get_task("dedup").inlets] == ["ota_raw_events"]
+        assert [a.uri for a in dag.get_task("dedup").inlets] == ["bigquery://proj/ds/raw_events"]
+        assert [a.uri for a in dag.get_task("stage_files").inlets] == ["gs://lake-bucket/daily"]
         assert {dag.get_task(t).pool for t in ("stage_files", "load_raw", "dedup", "export_mysql")} == {"ota_pipeline"}
 
     # The failure hook calls the function OTA_ON_FAILURE names.
