@@ -96,7 +96,8 @@ applies the warehouse's change feed, which carries late events, corrections and 
 The window stage-files resolves is passed to every later task, so one run works on one
 window. A window without files ends green: `has_data` skips the later tasks.
 
-**Backfills** (Airflow 3): each run processes the window of its data interval.
+**Backfills** (Airflow 3): each run processes the window of its data interval and, as a
+backfill, re-syncs its event dates in MySQL exactly (drift there is repaired).
 
     airflow backfill create --dag-id ota_pipeline \\
         --from-date 2024-01-01 --to-date 2024-01-07 --max-active-runs 1
@@ -114,10 +115,17 @@ def task_runner() -> str:
     return runner
 
 
+def run_type_of(dag_run) -> str:
+    """The run's type as its lower-case value (``manual``, ``scheduled``, ``backfill``):
+    the task SDK's enum prints as ``DagRunType.BACKFILL``, the scheduler's as ``backfill``."""
+    run_type = getattr(dag_run, "run_type", None) or ""
+    return str(getattr(run_type, "value", run_type)).lower()
+
+
 def reference_date(dag_run, data_interval_end) -> str:
     """The day a window without dates ends on: today (UTC) for a manual run, the last
     day of the data interval for a scheduled or backfill run."""
-    run_type = str(getattr(dag_run, "run_type", "") or "")
+    run_type = run_type_of(dag_run)
     if data_interval_end is None or run_type.endswith("manual"):
         when = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
     else:
@@ -140,10 +148,12 @@ def window_bound(ti, bound: str) -> str:
     return step_summary(ti)["window"][bound]
 
 
-def backfill_bound(ti, params, bound: str) -> str:
-    """For export-mysql: the resolved window's bound when the user named dates (a
-    backfill: re-sync those event dates exactly), else empty (apply the change feed)."""
-    if params.get("start_date") or params.get("end_date"):
+def backfill_bound(ti, params, bound: str, dag_run=None) -> str:
+    """For export-mysql: the resolved window's bound when the user named dates or the run
+    is part of an ``airflow backfill`` (re-sync those event dates exactly: drift in MySQL
+    is repaired), else empty (a scheduled or plain manual run applies the change feed)."""
+    run_type = run_type_of(dag_run)
+    if params.get("start_date") or params.get("end_date") or run_type.endswith("backfill"):
         return window_bound(ti, bound)
     return ""
 
@@ -177,9 +187,9 @@ RESOLVED_WINDOW = [
 # export-mysql applies the change feed; with dates from the user it also re-syncs them.
 EXPORT_WINDOW = [
     "--start-date",
-    '{{ ota_backfill_bound(ti, params, "start") }}',
+    '{{ ota_backfill_bound(ti, params, "start", dag_run) }}',
     "--end-date",
-    '{{ ota_backfill_bound(ti, params, "end") }}',
+    '{{ ota_backfill_bound(ti, params, "end", dag_run) }}',
 ]
 
 

@@ -69,8 +69,29 @@ def wait_until(what: str, check, timeout: float, every: float = 2.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_backfill_of_three_days_equals_one_run_over_the_range(pipeline, tmp_path_factory):
+def plant_drift(pipeline: Pipeline) -> None:
+    """MySQL drifts from the warehouse: a row lost on 2024-01-02, one changed by hand on
+    2024-01-01, and a row the warehouse never held on 2024-01-02."""
+    sql = (
+        f"USE `{pipeline.db}`; "
+        "DELETE FROM ota_events WHERE event_date = '2024-01-02' ORDER BY event_key LIMIT 1; "
+        "UPDATE ota_events SET row_hash = UNHEX(MD5('by hand')) WHERE event_date = '2024-01-01' "
+        "ORDER BY event_key LIMIT 1; "
+        "INSERT INTO ota_events (event_key, event_date, request_id, row_hash, changed_at) "
+        "VALUES (UNHEX(MD5('bogus')), '2024-01-02', 'bogus', UNHEX(MD5('x')), NOW(6));"
+    )
+    subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-e", sql], check=True)
+
+
+def test_backfill_of_three_days_equals_one_run_over_the_range_and_repairs_drift(pipeline, tmp_path_factory):
     pipeline.generate("2023-12-30", 5, 300)
+    # Loaded once already, then MySQL drifts: the backfill must repair it.
+    window = ["--start-date", "2023-12-30", "--end-date", "2024-01-03"]
+    for step in ["stage-files", "load-raw", "dedup", "export-mysql"]:
+        pipeline.bin(step, *window)
+    plant_drift(pipeline)
+    drifted = pipeline.bin("export-mysql", "--reconcile", check=False)
+    assert drifted.returncode == 1, drifted.stdout
     port = free_port()
     env = {
         **pipeline.env,

@@ -111,6 +111,20 @@ def test_export_gets_the_window_only_when_dates_were_named():
     assert module.backfill_bound(ti, {"start_date": None, "end_date": None}, "start") == ""
     assert module.backfill_bound(ti, {"start_date": "2024-01-01", "end_date": None}, "end") == "2024-01-03"
     assert module.window_bound(ti, "start") == "2024-01-01"
+
+    class Run:
+        def __init__(self, run_type):
+            self.run_type = run_type
+
+    no_dates = {"start_date": None, "end_date": None}
+    # As the task SDK hands it over: an enum whose str() is "DagRunType.BACKFILL".
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    assert module.backfill_bound(ti, no_dates, "end", Run(DagRunType.BACKFILL)) == "2024-01-03"
+    assert module.backfill_bound(ti, no_dates, "end", Run(DagRunType.SCHEDULED)) == ""
+    # A backfill run re-syncs its window; a scheduled one applies the feed.
+    assert module.backfill_bound(ti, no_dates, "end", Run("backfill")) == "2024-01-03"
+    assert module.backfill_bound(ti, no_dates, "end", Run("scheduled")) == ""
     assert module.has_data(ti) and not module.has_data(TI("no_data"))
 
 
