@@ -150,6 +150,25 @@ impl Budget {
     }
 }
 
+/// Tries a fault until it struck `planned` times, while its share of the budget lasts;
+/// `attempt(i, outcome)` makes draw `i` and says whether the fault struck and whether the
+/// pipeline recovered. A draw that did not strike (a kill point past the step's end) is
+/// drawn again, at most four draws per planned try.
+fn try_fault(
+    outcome: &mut FaultOutcome,
+    planned: u32,
+    budget: &Budget,
+    mut attempt: impl FnMut(u32, &mut FaultOutcome) -> Result<(bool, bool), HarnessError>,
+) -> Result<(), HarnessError> {
+    let mut i = 0;
+    while outcome.tries < planned && i < 4 * planned && budget.open(outcome.tries) {
+        let (struck, clean) = attempt(i, outcome)?;
+        outcome.count(struck, clean);
+        i += 1;
+    }
+    Ok(())
+}
+
 /// The most free space a disk-full try leaves: less than one changed day's load writes.
 const DISK_FULL_HEADROOM: u64 = 3 << 20;
 
@@ -175,20 +194,19 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
         world.prepare()?;
         let took = world.timed_run_until(step)?;
         // A try counts when the step was killed while running; a point past its end is
-        // drawn again (at most three draws per try).
-        let mut i = 0;
-        while outcome.tries < config.kills_per_step && i < 3 * config.kills_per_step {
-            if !budget.open(outcome.tries) {
-                break;
-            }
-            world.change_one_day(i)?;
-            world.run_before(step)?;
-            let after = dice.within(took.mul_f64(1.1) + Duration::from_millis(10));
-            let killed = world.kill_after(step, after)?;
-            let clean = world.recover_from(step, &mut outcome)?;
-            outcome.count(killed, clean);
-            i += 1;
-        }
+        // drawn again.
+        try_fault(
+            &mut outcome,
+            config.kills_per_step,
+            &budget,
+            |i, outcome| {
+                world.change_one_day(i)?;
+                world.run_before(step)?;
+                let after = dice.within(took.mul_f64(1.1) + Duration::from_millis(10));
+                let killed = world.kill_after(step, after)?;
+                Ok((killed, world.recover_from(step, outcome)?))
+            },
+        )?;
         world.finish(&mut outcome)?;
         outcomes.push(outcome);
     }
@@ -198,17 +216,19 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
         let mut world = World::new(config, &format!("overlap_{}", step.replace('-', "_")))?;
         let mut outcome = FaultOutcome::new(format!("two {step} at once"));
         world.prepare()?;
-        for i in 0..config.overlaps_per_step {
-            if !budget.open(outcome.tries) {
-                break;
-            }
-            world.change_one_day(i)?;
-            world.run_before(step)?;
-            let before = outcome.problems.len();
-            world.overlap(step, &mut outcome)?;
-            let clean = world.recover(&mut outcome, false)? && outcome.problems.len() == before;
-            outcome.count(true, clean);
-        }
+        try_fault(
+            &mut outcome,
+            config.overlaps_per_step,
+            &budget,
+            |i, outcome| {
+                world.change_one_day(i)?;
+                world.run_before(step)?;
+                let before = outcome.problems.len();
+                world.overlap(step, outcome)?;
+                let clean = world.recover(outcome, false)? && outcome.problems.len() == before;
+                Ok((true, clean))
+            },
+        )?;
         world.finish(&mut outcome)?;
         outcomes.push(outcome);
     }
@@ -220,19 +240,13 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
         let mut world = World::new(config, "cut")?;
         let mut outcome = FaultOutcome::new("MySQL connection cut mid-export".into());
         world.prepare()?;
-        let mut i = 0;
-        while outcome.tries < config.cuts && i < 3 * config.cuts {
-            if !budget.open(outcome.tries) {
-                break;
-            }
+        try_fault(&mut outcome, config.cuts, &budget, |i, outcome| {
             world.change_one_day(i)?;
             world.run_before("export-mysql")?;
             let after_bytes = 2_000 + dice.roll() % 200_000;
             let cut = world.export_through_cut(after_bytes)?;
-            let clean = world.recover_from("export-mysql", &mut outcome)?;
-            outcome.count(cut, clean);
-            i += 1;
-        }
+            Ok((cut, world.recover_from("export-mysql", outcome)?))
+        })?;
         world.finish(&mut outcome)?;
         outcomes.push(outcome);
     }
@@ -245,19 +259,13 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
             Ok(()) => {
                 world.prepare()?;
                 let took = world.timed_run_until("export-mysql")?;
-                let mut i = 0;
-                while outcome.tries < config.restarts && i < 3 * config.restarts {
-                    if !budget.open(outcome.tries) {
-                        break;
-                    }
+                try_fault(&mut outcome, config.restarts, &budget, |i, outcome| {
                     world.change_one_day(i)?;
                     world.run_before("export-mysql")?;
                     let after = dice.within(took.mul_f64(1.1) + Duration::from_millis(10));
                     let struck = world.export_through_restart(after)?;
-                    let clean = world.recover_from("export-mysql", &mut outcome)?;
-                    outcome.count(struck, clean);
-                    i += 1;
-                }
+                    Ok((struck, world.recover_from("export-mysql", outcome)?))
+                })?;
                 world.finish(&mut outcome)?;
             }
             Err(e) => outcome.skipped = Some(e.to_string()),
@@ -272,18 +280,12 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
         match world.use_small_disk() {
             Ok(()) => {
                 world.prepare()?;
-                let mut i = 0;
-                while outcome.tries < config.disk_fulls && i < 4 * config.disk_fulls {
-                    if !budget.open(outcome.tries) {
-                        break;
-                    }
+                try_fault(&mut outcome, config.disk_fulls, &budget, |i, outcome| {
                     world.change_one_day(i)?;
                     let headroom = dice.roll() % DISK_FULL_HEADROOM;
-                    let struck = world.run_on_full_disk(headroom, &mut outcome)?;
-                    let clean = world.recover(&mut outcome, false)?;
-                    outcome.count(struck, clean);
-                    i += 1;
-                }
+                    let struck = world.run_on_full_disk(headroom, outcome)?;
+                    Ok((struck, world.recover(outcome, false)?))
+                })?;
                 world.finish(&mut outcome)?;
             }
             Err(e) => outcome.skipped = Some(e.to_string()),
