@@ -374,6 +374,36 @@ def task_retries() -> int:
     return int(retries)
 
 
+# The binaries' exit code for input or settings the user must fix (DESIGN: 2).
+USER_ERROR_EXIT = 2
+
+
+def exit_code_of(error: Exception) -> int | None:
+    """The step's exit code in a failed BashOperator's or DockerOperator's error."""
+    import re
+
+    found = re.search(r"exit code (\d+)|'StatusCode': (\d+)", str(error))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def run_step(operator, context):
+    """Runs the step; a refusal of its input or settings (exit 2) fails the task at once,
+    without the retries meant for faults: a retry would be refused the same way."""
+    from airflow.exceptions import AirflowException, AirflowFailException
+
+    try:
+        return operator.execute_step(context)
+    except AirflowFailException:
+        raise
+    except AirflowException as error:
+        if exit_code_of(error) == USER_ERROR_EXIT:
+            raise AirflowFailException(
+                f"{operator.task_id} refused its input or settings (exit 2, see the log above); "
+                "not retried: fix the params or settings and trigger again"
+            ) from error
+        raise
+
+
 @functools.cache
 def local_operator():
     """BashOperator that adds the step's credentials to its process environment when it
@@ -385,6 +415,9 @@ def local_operator():
 
     class StepBashOperator(BashOperator):
         def execute(self, context):
+            return run_step(self, context)
+
+        def execute_step(self, context):
             self.env = {**(self.env or {}), **step_secrets()}
             return super().execute(context)
 
@@ -399,6 +432,9 @@ def docker_operator():
 
     class StepDockerOperator(DockerOperator):
         def execute(self, context):
+            return run_step(self, context)
+
+        def execute_step(self, context):
             self._private_environment = {**(self._private_environment or {}), **step_secrets()}
             return super().execute(context)
 

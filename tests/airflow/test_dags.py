@@ -191,6 +191,36 @@ def test_dags_test_runs_the_pipeline_end_to_end(pipeline):
     assert {states[t] for t in ["load_raw", "dedup", "export_mysql"]} == {"skipped"}, states
 
 
+def test_a_refused_window_fails_at_once_without_retries(pipeline):
+    """end < start passes the form (each date is valid) but stage-files refuses it with
+    exit 2: the task fails at once instead of being retried with back-off."""
+    pipeline.generate("2024-01-01", 1, 100)
+    env = {**pipeline.env, "OTA_TASK_RETRIES": "2", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
+    proc = airflow(
+        "dags",
+        "test",
+        "ota_pipeline",
+        "-c",
+        json.dumps({"start_date": "2024-01-03", "end_date": "2024-01-01"}),
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    logs = proc.stdout + proc.stderr
+    assert "refused its input or settings" in logs, logs[-3000:]
+    assert task_states(pipeline)["stage_files"] == "failed"
+
+
+def test_exit_codes_are_read_from_both_operators_errors():
+    module = dag_module()
+    bash = Exception("Bash command failed. The command returned a non-zero exit code 2.")
+    docker = Exception("Docker container failed: {'StatusCode': 2, 'Error': None}")
+    assert module.exit_code_of(bash) == 2 and module.exit_code_of(docker) == 2
+    assert module.exit_code_of(Exception("Docker container failed: {'StatusCode': 1}")) == 1
+    assert module.exit_code_of(Exception("timeout")) is None
+
+
 def test_a_bad_param_fails_at_validation(pipeline):
     proc = dag_test(pipeline, {"start_date": "2024-13-01"}, check=False)
     assert proc.returncode != 0
