@@ -390,3 +390,51 @@ def test_steps_declare_assets_share_one_pool_and_call_the_failure_hook(tmp_path,
     import ota_notify
 
     assert ota_notify.CALLS == ["load_raw"]
+
+
+def compose_airflow_env() -> dict[str, str]:
+    """The environment the compose stack's Airflow service gets: `.env` (its env_file),
+    then its `environment`, with `${VAR:-default}` and `${PWD}` resolved as compose does
+    from a clean clone (`.env` values, the repo as PWD)."""
+    import re
+
+    import yaml
+
+    dotenv = {}
+    for line in (REPO / ".env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            dotenv[key.strip()] = value.strip()
+    known = {**dotenv, "PWD": str(REPO)}
+
+    def interpolate(value: str) -> str:
+        def one(match):
+            name, default = match.group(1), match.group(3) or ""
+            return known.get(name) or default
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", one, str(value))
+
+    service = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["airflow"]
+    env = dict(dotenv)
+    env.update({key: interpolate(value) for key, value in service["environment"].items()})
+    return env
+
+
+def test_the_compose_stack_gives_every_task_mounts_that_exist():
+    """From a clean clone, no DockerOperator of either DAG bind-mounts a host path that is
+    missing (Docker refuses such a mount and the task fails before the step starts), and
+    no credential reaches a task's visible environment."""
+    env = compose_airflow_env()
+    assert env["OTA_TASK_RUNNER"] == "docker"
+    dags = load_dags("docker", env)
+    mounts = 0
+    for dag in dags.values():
+        for step in ("stage_files", "load_raw", "dedup", "export_mysql"):
+            task = dag.get_task(step)
+            for mount in task.mounts:
+                mounts += 1
+                assert os.path.exists(mount["Source"]), f"{dag.dag_id}.{step} mounts a missing {mount['Source']}"
+            assert "password" not in json.dumps(task.environment).lower()
+            assert not any("KEY_JSON" in k or k == "OTA_MYSQL_URL" for k in task.environment)
+    assert mounts > 0, "the data dir is mounted"
