@@ -48,8 +48,12 @@ image:
 	docker build -f docker/Dockerfile -t $${OTA_IMAGE:-ota-pipeline:latest} .
 
 ## Starts Airflow (http://localhost:8080) and MySQL 8; stops them.
+## The airflow user joins the Docker socket's group; task containers run as you, so the
+## files they write in data/ are yours.
 up: image
-	docker compose up -d mysql airflow
+	mkdir -p data
+	OTA_DOCKER_GID=$$(stat -c %g /var/run/docker.sock) OTA_TASK_USER=$$(id -u):$$(id -g) \
+	  docker compose up -d mysql airflow
 
 down:
 	docker compose down

@@ -483,6 +483,9 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
         environment=environment,
         private_environment=private,
         mounts=mounts,
+        # uid:gid of the container (OTA_TASK_USER), so files it writes in a host folder
+        # belong to that folder's owner; unset: the image's user.
+        user=os.environ.get("OTA_TASK_USER", "").strip() or None,
         auto_remove="success",
         docker_url=os.environ.get("OTA_DOCKER_URL", "unix://var/run/docker.sock"),
         network_mode=os.environ.get("OTA_DOCKER_NETWORK", "bridge"),

@@ -61,8 +61,10 @@ def test_docker_tasks_mount_keys_read_only_and_hide_secrets():
         "OTA_MYSQL_URL": "mysql://ota:s3cret@mysql:3306/ota",
         "OTA_LAKE_URL": "gs://bucket/lake",
         "OTA_IMAGE": "ota-pipeline:test",
+        "OTA_TASK_USER": "1000:1000",
     }
     dag = load_dags("docker", env)["ota_pipeline"]
+    assert dag.get_task("load_raw").user == "1000:1000"
     task = dag.get_task("export_mysql")
     assert task.image == "ota-pipeline:test"
     assert task.command[0] == "export-mysql"
