@@ -146,13 +146,13 @@ def test_reference_date_follows_the_run_type():
     assert module.reference_date(Run("manual", manual), None) == "2024-05-06"
 
 
-def dag_test(pipeline, conf: dict | None, logical_date: str | None = None, check=True):
+def dag_test(pipeline, conf: dict | None, logical_date: str | None = None, check=True, env: dict | None = None):
     args = ["dags", "test", "ota_pipeline"]
     if logical_date:
         args.append(logical_date)
     if conf is not None:
         args += ["-c", json.dumps(conf)]
-    return airflow(*args, env=pipeline.env, check=check)
+    return airflow(*args, env=env or pipeline.env, check=check)
 
 
 def json_output(stdout: str):
@@ -198,16 +198,7 @@ def test_a_refused_window_fails_at_once_without_retries(pipeline):
     exit 2: the task fails at once instead of being retried with back-off."""
     pipeline.generate("2024-01-01", 1, 100)
     env = {**pipeline.env, "OTA_TASK_RETRIES": "2", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
-    proc = airflow(
-        "dags",
-        "test",
-        "ota_pipeline",
-        "-c",
-        json.dumps({"start_date": "2024-01-03", "end_date": "2024-01-01"}),
-        env=env,
-        check=False,
-        timeout=120,
-    )
+    proc = dag_test(pipeline, {"start_date": "2024-01-03", "end_date": "2024-01-01"}, check=False, env=env)
     assert proc.returncode != 0
     logs = proc.stdout + proc.stderr
     assert "refused its input or settings" in logs, logs[-3000:]
@@ -333,12 +324,9 @@ def test_mysql_credentials_come_from_an_airflow_connection(pipeline):
         saved = dict(os.environ)
         os.environ.pop("OTA_MYSQL_URL", None)
         try:
-            proc = airflow(
-                "dags",
-                "test",
-                "ota_pipeline",
-                "-c",
-                json.dumps({"start_date": "2024-01-01", "end_date": "2024-01-02"}),
+            proc = dag_test(
+                pipeline,
+                {"start_date": "2024-01-01", "end_date": "2024-01-02"},
                 env={**env, "OTA_TASK_RETRIES": "0", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},
             )
         finally:
