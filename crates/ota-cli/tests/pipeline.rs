@@ -298,10 +298,16 @@ fn long_steps_log_progress_with_totals_and_rate_and_keep_the_summary_last() {
     env.run("dedup", &[]).ok();
     let export = env.run_with("export-mysql", &[], &fast).ok();
     let applied = num(&export.summary(), &["counts", "rows_read"]);
+    // The embedded warehouse counts the feed first: a total and the time left.
     assert!(
-        export
-            .stderr
-            .contains(&format!("done: {applied} change rows applied, ")),
+        export.stderr.contains("change rows applied of ") && export.stderr.contains("ETA "),
+        "{}",
+        export.stderr
+    );
+    assert!(
+        export.stderr.contains(&format!(
+            "done: {applied} change rows applied of {applied} (100.0%)"
+        )),
         "{}",
         export.stderr
     );
@@ -931,4 +937,112 @@ fn a_file_replaced_after_staging_is_not_loaded_half_known() {
     let s = env.pipeline(&w, &[]);
     assert_eq!(s[1]["files_loaded"].as_array().map(Vec::len), Some(1));
     assert_mysql_matches_model(&env);
+}
+
+/// A copy of `batch` with a column the event contract does not know.
+fn with_unknown_column(batch: &arrow::array::RecordBatch) -> arrow::array::RecordBatch {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("coupon_code", DataType::Utf8, true));
+    let mut cols = batch.columns().to_vec();
+    cols.push(std::sync::Arc::new(StringArray::from(vec![
+        Some("SPRING");
+        batch.num_rows()
+    ])));
+    arrow::array::RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), cols)
+        .expect("batch")
+}
+
+#[test]
+fn quality_limits_quarantine_files_and_missing_days_fail_the_stage() {
+    let env = Env::new();
+    env.generate("2024-01-01", 3, 300);
+    // Day 2: 60% of the rows have no request_id. Day 3: a column the contract lacks.
+    redeliver(&env, "2024-01-02", |batches| {
+        let mut left = 180;
+        batches
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                for row in 0..b.num_rows().min(left) {
+                    b = set_text(&b, "request_id", row, "");
+                }
+                left -= b.num_rows().min(left);
+                b
+            })
+            .collect()
+    });
+    redeliver(&env, "2024-01-03", |batches| {
+        batches.iter().map(with_unknown_column).collect()
+    });
+    env.run("stage-files", &W3).ok();
+    let strict = [
+        ("OTA_MAX_REJECTED_PCT", "50"),
+        ("OTA_ON_UNKNOWN_COLUMNS", "quarantine"),
+    ];
+    let r = env.run_with("load-raw", &W3, &strict);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let s = r.summary();
+    assert_eq!(s["status"], "partial");
+    assert_eq!(s["files_loaded"].as_array().map(Vec::len), Some(1), "{s}");
+    let held: HashMap<String, String> = s["files_quarantined"]
+        .as_array()
+        .expect("quarantined")
+        .iter()
+        .map(|q| {
+            let uri = q["uri"].as_str().unwrap_or_default();
+            let name = uri.rsplit('/').next().unwrap_or_default().to_string();
+            (name, q["kind"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    assert_eq!(held["20240102_OTA.parquet"], "rejected", "{s}");
+    assert_eq!(held["20240103_OTA.parquet"], "unknown_columns", "{s}");
+    assert!(
+        r.stderr.contains("more than --max-rejected-pct 50"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("coupon_code"), "{}", r.stderr);
+    // Nothing of the held files was kept: one day's rows, and that day's few rejects.
+    assert_eq!(num(&s, &["counts", "rows_read"]), 300, "{s}");
+    assert!(num(&s, &["counts", "rejected"]) < 10, "{s}");
+
+    // Each run checks them again: with the default limits both load.
+    let s = env.run("load-raw", &W3).ok().summary();
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["files_loaded"].as_array().map(Vec::len), Some(2), "{s}");
+    assert_eq!(num(&s, &["counts", "rows_read"]), 600, "{s}");
+    assert!(num(&s, &["counts", "rejected"]) >= 180, "{s}");
+    assert_eq!(s["unknown_columns"], serde_json::json!(["coupon_code"]));
+
+    // More missing days than allowed: stage-files fails (exit 1, a later try may find
+    // the files) and stages nothing; within the limit, the days are only reported.
+    let w5 = ["--start-date", "2024-01-01", "--end-date", "2024-01-05"];
+    let r = env.run_with("stage-files", &w5, &[("OTA_MAX_MISSING_DAYS", "1")]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("2024-01-04, 2024-01-05") && r.stderr.contains("--max-missing-days 1"),
+        "{}",
+        r.stderr
+    );
+    let r = env.run("load-raw", &w5);
+    assert_eq!(
+        r.code, 2,
+        "the failed stage left the last staged window: {}",
+        r.stderr
+    );
+    let s = env
+        .run_with("stage-files", &w5, &[("OTA_MAX_MISSING_DAYS", "2")])
+        .ok()
+        .summary();
+    assert_eq!(
+        s["missing_days"],
+        serde_json::json!(["2024-01-04", "2024-01-05"])
+    );
 }

@@ -87,6 +87,16 @@ pub enum PipelineError {
     #[error("{0}")]
     Locked(String),
 
+    /// More days of the window have no daily file than `--max-missing-days` allows; a
+    /// later try may find files that landed since (exit code 1).
+    #[error(
+        "{} day(s) of the window have no daily file ({}), more than --max-missing-days {limit}: \
+         nothing was staged",
+        missing.len(),
+        missing.join(", ")
+    )]
+    MissingDays { missing: Vec<String>, limit: u32 },
+
     /// The warehouse and MySQL disagree (reconcile).
     #[error("{0}")]
     Drift(String),

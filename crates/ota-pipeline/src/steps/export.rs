@@ -324,7 +324,7 @@ async fn resync(
 
 async fn export(
     config: &ExportConfig,
-    warehouse: Box<dyn Warehouse>,
+    mut warehouse: Box<dyn Warehouse>,
     target: &mut MysqlTarget,
     summary: &mut StepSummary,
 ) -> Result<()> {
@@ -332,6 +332,7 @@ async fn export(
     let mut offset = start_offset;
     let (mut upserted, mut deleted, mut batches, mut rows) = (0u64, 0u64, 0u64, 0u64);
     tracing::info!(mysql = %target.masked_url(), offset = ?offset, "exporting the change feed");
+    let feed_length = warehouse.feed_length(start_offset)?;
 
     let mut reader = WarehouseReader::spawn(
         warehouse,
@@ -339,8 +340,8 @@ async fn export(
         config.batch_rows,
         |batch| Ok((split_changes(&batch)?, batch)),
     );
-    // The feed's length is not known before it has been read: rows and rate, no ETA.
-    let mut progress = Progress::new("export-mysql", "change rows applied", None);
+    // Where the backend can count the feed cheaply, progress shows a total and time left.
+    let mut progress = Progress::new("export-mysql", "change rows applied", feed_length);
     while let Some(batch) = reader.next().await {
         let (changes, batch) = batch?;
         let next = last_offset(&batch)

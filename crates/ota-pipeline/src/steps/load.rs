@@ -25,6 +25,56 @@ pub struct LoadConfig {
     pub lake_url: String,
     pub warehouse: WarehouseArgs,
     pub shrink: ShrinkGuard,
+    pub quality: QualityLimits,
+}
+
+/// What load-raw does with a file whose content is of doubtful quality: each limit
+/// quarantines the file (loading the others) instead of letting it through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QualityLimits {
+    /// The largest share of a file's rows, in percent, that may be rejected (unkeyable)
+    /// before the file is quarantined (`--max-rejected-pct`; 100: no limit).
+    pub max_rejected_pct: u8,
+    /// A file with columns the contract does not know: loaded with a warning, or held.
+    pub unknown_columns: UnknownColumns,
+}
+
+impl Default for QualityLimits {
+    fn default() -> Self {
+        QualityLimits {
+            max_rejected_pct: 100,
+            unknown_columns: UnknownColumns::Warn,
+        }
+    }
+}
+
+impl QualityLimits {
+    /// Why a file of `rows` rows, `rejected` of them rejected, must not load, if it must not.
+    pub fn rejected_refusal(&self, rejected: u64, rows: u64) -> Option<String> {
+        // Compared in whole rows: rejected/rows > pct/100.
+        if rows == 0
+            || u128::from(rejected) * 100 <= u128::from(rows) * u128::from(self.max_rejected_pct)
+        {
+            return None;
+        }
+        Some(format!(
+            "{rejected} of its {rows} rows were rejected ({}%, more than --max-rejected-pct {}): \
+             refused, nothing was replaced; the log gives the first reason; raise the \
+             limit if the file is right",
+            rejected * 100 / rows,
+            self.max_rejected_pct
+        ))
+    }
+}
+
+/// What load-raw does with a file that has columns the event contract does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownColumns {
+    /// Load the known columns and log a warning naming the others.
+    Warn,
+    /// Hold the file in quarantine until the contract knows the columns or the setting
+    /// changes (a new column may mean the source changed meaning under the same name).
+    Quarantine,
 }
 
 /// What load-raw does with a re-delivered file that holds far fewer rows than the
@@ -74,6 +124,7 @@ pub struct ParquetRawSource<'a> {
     lake: &'a dyn Lake,
     loaded_at: i64,
     shrink: ShrinkGuard,
+    quality: QualityLimits,
     /// Rows of the versions loaded before, by URI.
     rows_before: BTreeMap<String, u64>,
     pub rows_read: u64,
@@ -95,6 +146,7 @@ impl<'a> ParquetRawSource<'a> {
                 allow: true,
                 max_loss_pct: 100,
             },
+            quality: QualityLimits::default(),
             rows_before: BTreeMap::new(),
             rows_read: 0,
             unknown_columns: BTreeSet::new(),
@@ -115,6 +167,12 @@ impl<'a> ParquetRawSource<'a> {
     /// Logs the closing progress line.
     pub fn finish_progress(&self) {
         self.progress.finish();
+    }
+
+    /// Quarantines files beyond the quality limits.
+    pub fn with_quality_limits(mut self, quality: QualityLimits) -> Self {
+        self.quality = quality;
+        self
     }
 
     /// Refuses versions that lose more rows than `shrink` allows, against the row counts
@@ -192,6 +250,19 @@ impl RawSource for ParquetRawSource<'_> {
                 )));
             }
         }
+        if self.quality.unknown_columns == UnknownColumns::Quarantine && !mapping.unknown.is_empty()
+        {
+            return Err(PipelineError::BadContent {
+                uri: file.uri.clone(),
+                reason: format!(
+                    "it has columns the event contract does not know ({}) and \
+                     --unknown-columns is quarantine: held until the contract knows them \
+                     or a run allows them",
+                    mapping.unknown.join(", ")
+                ),
+                kind: QuarantineKind::UnknownColumns,
+            });
+        }
         for name in &mapping.unknown {
             if self.unknown_columns.insert(name.clone()) {
                 tracing::warn!(column = %name, file = %file.uri, "ignoring a column the event contract does not know");
@@ -207,7 +278,7 @@ impl RawSource for ParquetRawSource<'_> {
         // warehouse appends on this one: the two are the step's main costs.
         let (mapping, lineage, unreadable) = (&mapping, &lineage, &unreadable);
         let progress = &mut self.progress;
-        let rows = std::thread::scope(|scope| -> Result<i64> {
+        let rows = std::thread::scope(|scope| -> Result<(i64, u64)> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(TypedBatch, i64)>>(2);
             scope.spawn(move || {
                 let mut row = 0i64;
@@ -231,15 +302,38 @@ impl RawSource for ParquetRawSource<'_> {
                     }
                 }
             });
-            let mut rows = 0i64;
+            let (mut rows, mut rejected) = (0i64, 0u64);
             for typed in rx {
                 let (typed, n) = typed?;
+                if rejected == 0
+                    && let Some(first) = typed.rejected.first()
+                {
+                    tracing::warn!(file = %file.uri, row = first.source_row, reason = %first.reason, "first rejected row");
+                }
+                rejected += typed.rejected.len() as u64;
                 sink(typed)?;
                 rows += n;
                 progress.advance(n as u64);
             }
-            Ok(rows)
+            Ok((rows, rejected))
         })?;
+        let (rows, rejected) = rows;
+        if rejected > 0 {
+            tracing::warn!(
+                file = %file.uri,
+                rejected,
+                rows,
+                pct = format!("{:.2}", rejected as f64 * 100.0 / rows.max(1) as f64),
+                "rows rejected (kept in raw_rejects with the reason)"
+            );
+        }
+        if let Some(reason) = self.quality.rejected_refusal(rejected, rows.max(0) as u64) {
+            return Err(PipelineError::BadContent {
+                uri: file.uri.clone(),
+                reason,
+                kind: QuarantineKind::Rejected,
+            });
+        }
         self.rows_read += rows as u64;
         Ok(())
     }
@@ -303,6 +397,7 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let (outcome, source) = loop {
         let mut source = ParquetRawSource::new(lake.as_ref(), loaded_at)
             .with_shrink_guard(config.shrink, rows_before.clone())
+            .with_quality_limits(config.quality)
             .with_progress(&changed);
         match warehouse.load_raw(&changed, loaded_at, &mut source) {
             Ok(outcome) => break (outcome, source),

@@ -7,5 +7,5 @@ pub mod stage;
 
 pub use dedup::{DedupConfig, dedup};
 pub use export::{ExportConfig, export_mysql};
-pub use load::{LoadConfig, ShrinkGuard, load_raw};
+pub use load::{LoadConfig, QualityLimits, ShrinkGuard, UnknownColumns, load_raw};
 pub use stage::{StageConfig, stage_files};

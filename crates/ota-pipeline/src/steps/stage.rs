@@ -21,6 +21,8 @@ pub struct StageConfig {
     pub suffix: String,
     /// One large Parquet file to split into daily files first.
     pub from: Option<PathBuf>,
+    /// Fail, staging nothing, when more days than this have no file (None: any number).
+    pub max_missing_days: Option<u32>,
 }
 
 pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
@@ -74,6 +76,11 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
         .collect();
     if !missing.is_empty() {
         tracing::warn!(days = ?missing, "no daily file for these days; they are left untouched");
+    }
+    if let Some(limit) = config.max_missing_days
+        && missing.len() > limit as usize
+    {
+        return Err(crate::error::PipelineError::MissingDays { missing, limit });
     }
     warehouse.stage_files(&StagedFiles {
         window,

@@ -43,6 +43,12 @@ pub enum QuarantineKind {
     /// It holds far fewer rows than the version it would replace: each run checks it
     /// again, so a new version, or a run that allows shrinking, leaves quarantine.
     Shrunk,
+    /// More of its rows were rejected than `--max-rejected-pct` allows: each run checks
+    /// it again, so a new version, or a looser limit, leaves quarantine.
+    Rejected,
+    /// It has columns the event contract does not know and the run was told to hold such
+    /// files (`--unknown-columns quarantine`): checked again each run, like `Rejected`.
+    UnknownColumns,
 }
 
 impl QuarantineKind {
@@ -50,12 +56,16 @@ impl QuarantineKind {
         match self {
             QuarantineKind::Unreadable => "unreadable",
             QuarantineKind::Shrunk => "shrunk",
+            QuarantineKind::Rejected => "rejected",
+            QuarantineKind::UnknownColumns => "unknown_columns",
         }
     }
 
     pub fn parse(name: &str) -> QuarantineKind {
         match name {
             "shrunk" => QuarantineKind::Shrunk,
+            "rejected" => QuarantineKind::Rejected,
+            "unknown_columns" => QuarantineKind::UnknownColumns,
             _ => QuarantineKind::Unreadable,
         }
     }
@@ -205,6 +215,13 @@ pub trait Warehouse: Send {
         batch_rows: usize,
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()>;
+
+    /// About how many changes the feed holds after `offset` (at least as many as it will
+    /// stream), for the progress log's total and time left; None where counting would
+    /// cost a query job of its own (BigQuery bills each).
+    fn feed_length(&mut self, _offset: Option<FeedOffset>) -> Result<Option<u64>> {
+        Ok(None)
+    }
 
     /// What the warehouse ran for this step, for the summary (BigQuery: its jobs, bytes
     /// processed and re-attachments). None for the embedded warehouse.

@@ -46,7 +46,7 @@ struct Cli {
     #[arg(long, env = "OTA_MYSQL_TIMEOUT", default_value_t = DEFAULT_IO_TIMEOUT_SECS)]
     mysql_timeout: u64,
     /// Re-sync every event date (not only the window's) to the warehouse exactly.
-    #[arg(long)]
+    #[arg(long, env = "OTA_FULL_REFRESH")]
     full_refresh: bool,
     /// Compare row counts and checksums per event date; exit 1 on any drift. Writes nothing.
     #[arg(long)]

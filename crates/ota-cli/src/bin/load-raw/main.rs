@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ota_pipeline::cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
-use ota_pipeline::steps::{LoadConfig, ShrinkGuard, load_raw};
+use ota_pipeline::steps::{LoadConfig, QualityLimits, ShrinkGuard, UnknownColumns, load_raw};
 
 #[derive(Parser)]
 #[command(name = "load-raw", version, about, long_about = None)]
@@ -25,6 +25,20 @@ struct Cli {
     #[arg(long, env = "OTA_MAX_SHRINK_PCT", default_value_t = 50,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     max_shrink_pct: u8,
+    /// The largest share of a file's rows, in percent, that may be rejected as unkeyable
+    /// before the file is quarantined instead of loaded (100: no limit).
+    #[arg(long, env = "OTA_MAX_REJECTED_PCT", default_value_t = 100,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_rejected_pct: u8,
+    /// A file with columns the event contract does not know: load the known ones with a
+    /// warning, or quarantine the file.
+    #[arg(
+        long,
+        env = "OTA_ON_UNKNOWN_COLUMNS",
+        value_enum,
+        default_value = "warn"
+    )]
+    unknown_columns: UnknownColumns,
 }
 
 fn main() -> ExitCode {
@@ -36,6 +50,10 @@ fn main() -> ExitCode {
         shrink: ShrinkGuard {
             allow: cli.allow_shrink,
             max_loss_pct: cli.max_shrink_pct,
+        },
+        quality: QualityLimits {
+            max_rejected_pct: cli.max_rejected_pct,
+            unknown_columns: cli.unknown_columns,
         },
     };
     run_step(|| load_raw(&config))

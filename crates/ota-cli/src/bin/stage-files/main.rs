@@ -21,6 +21,10 @@ struct Cli {
     /// the lake first. Without dates, the window becomes the range of days it holds.
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
+    /// Fail (exit 1, staging nothing) when more days of the window than this have no
+    /// daily file; unset: any number may be missing (each is logged as a warning).
+    #[arg(long, env = "OTA_MAX_MISSING_DAYS", value_name = "DAYS")]
+    max_missing_days: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
         warehouse: cli.warehouse,
         suffix: cli.lake.suffix,
         from: cli.from,
+        max_missing_days: cli.max_missing_days,
     };
     run_step(|| stage_files(&config))
 }

@@ -907,6 +907,11 @@ impl Warehouse for DuckDbWarehouse {
         }
     }
 
+    fn feed_length(&mut self, offset: Option<FeedOffset>) -> Result<Option<u64>> {
+        let at = offset.map_or(FEED_START_MICROS, |o| o.changed_at);
+        self.count(sql::FEED_LENGTH, &[&at]).map(Some)
+    }
+
     fn date_checksums(
         &mut self,
         dates: Option<&[NaiveDate]>,

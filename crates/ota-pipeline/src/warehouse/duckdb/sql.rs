@@ -187,6 +187,11 @@ pub const FEED_RUNS: &str = "SELECT changed_at_us, count(*)::BIGINT FROM (
     SELECT epoch_us(changed_at) FROM dedup_tombstones WHERE changed_at >= make_timestamp($1)
 ) GROUP BY 1 ORDER BY 1";
 
+/// Changes at or after a changed_at (µs): the feed's length from an offset, counting
+/// the offset's own run whole.
+pub const FEED_LENGTH: &str = "SELECT (SELECT count(*) FROM dedup_events WHERE changed_at >= make_timestamp($1)) \
+    + (SELECT count(*) FROM dedup_tombstones WHERE changed_at >= make_timestamp($1))";
+
 /// Keys of one slice: `$3 <= event_key < $4` (feed) or `$1 <= event_key < $2` (dates).
 const RUN_SLICE: &str = " AND event_key >= $3 AND event_key < $4";
 const DATES_SLICE: &str = " AND event_key >= $1 AND event_key < $2";
