@@ -37,12 +37,13 @@ except ImportError:  # Airflow 2.10
     from airflow.models.param import Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-STEPS = ("stage_files", "load_raw", "dedup", "export_mysql")
+STEPS = ("stage_files", "load_raw", "dedup", "export_mysql", "reconcile")
 BINARIES = {
     "stage_files": "stage-files",
     "load_raw": "load-raw",
     "dedup": "dedup",
     "export_mysql": "export-mysql",
+    "reconcile": "export-mysql",
 }
 # Settings passed to the container as plain environment (no secrets here).
 PLAIN_SETTINGS = (
@@ -55,6 +56,9 @@ PLAIN_SETTINGS = (
     "OTA_LOCK_TIMEOUT",
     "OTA_MYSQL_TIMEOUT",
     "OTA_MAX_SHRINK_PCT",
+    "OTA_MAX_REJECTED_PCT",
+    "OTA_ON_UNKNOWN_COLUMNS",
+    "OTA_MAX_MISSING_DAYS",
     "OTA_GCS_ENDPOINT",
     "OTA_BQ_ENDPOINT",
     "OTA_BQ_STORAGE_ENDPOINT",
@@ -63,6 +67,11 @@ PLAIN_SETTINGS = (
     "OTA_PROGRESS_SECS",
     "RUST_LOG",
 )
+# The trigger form's switches, as the settings every step reads (rendered per run).
+OPERATION_SETTINGS = {
+    "OTA_DRY_RUN": "{{ ota_switch(params, 'dry_run') }}",
+    "OTA_FULL_REFRESH": "{{ ota_switch(params, 'full_refresh') }}",
+}
 # Settings that carry credentials: hidden from the UI (DockerOperator private_environment).
 SECRET_SETTINGS = ("OTA_MYSQL_URL",)
 # Airflow connections of the credentials: env variable naming the id -> default id.
@@ -80,10 +89,11 @@ KEY_FILES = {
 DOC = """
 ### OTA event pipeline
 
-Moves the daily OTA clickstream files through the warehouse into MySQL:
-`stage_files >> has_data >> load_raw >> dedup >> export_mysql`.
+Moves the daily OTA clickstream files through the warehouse into MySQL, then checks
+that MySQL holds what the warehouse holds:
+`stage_files >> has_data >> load_raw >> dedup >> export_mysql >> reconcile`.
 
-**Params** (both optional, `YYYY-MM-DD`, UTC, inclusive):
+**Window** (`start_date`, `end_date`: both optional, `YYYY-MM-DD`, UTC, inclusive):
 * none — a manual run covers the 3 days ending today; a scheduled or backfill run the
   3 days ending on the last day of its data interval;
 * only `start_date` — from it to that reference day; only `end_date` — the 3 days
@@ -94,7 +104,19 @@ backfill: rows missing in, or changed by hand in, MySQL are repaired); without, 
 applies the warehouse's change feed, which carries late events, corrections and removals.
 
 The window stage-files resolves is passed to every later task, so one run works on one
-window. A window without files ends green: `has_data` skips the later tasks.
+window. A window without files ends green: `has_data` skips the later tasks. An end date
+before the start fails stage_files at once (exit 2), without retries.
+
+**Operations**:
+* `full_refresh` — export_mysql re-syncs every event date, and reconcile compares them all;
+* `reconcile_only` — only compare warehouse and MySQL over the window (every date with
+  `full_refresh`): load_raw, dedup and export_mysql are skipped;
+* `dry_run` — BigQuery only: each step logs its statements with the bytes they would
+  process and runs nothing.
+
+`reconcile` fails the run when any event date differs (its log holds the table).
+Files load_raw quarantines (unreadable, shrunk, too many rejected rows, unknown columns
+when so set) fail the run at once, or only warn with `OTA_ON_QUARANTINE=warn`.
 
 **Backfills** (Airflow 3): each run processes the window of its data interval and, as a
 backfill, re-syncs its event dates in MySQL exactly (drift there is repaired).
@@ -163,10 +185,25 @@ def has_data(ti) -> bool:
     return step_summary(ti).get("status") != "no_data"
 
 
+def route(ti, params) -> list[str]:
+    """What runs after stage-files: only the reconcile (``reconcile_only``), the load
+    (``load_raw``, then the rest), or nothing when the window holds no file and no
+    ``full_refresh`` (which re-syncs every date whatever the window holds) was asked."""
+    if params.get("reconcile_only"):
+        return ["reconcile"]
+    return ["load_raw"] if has_data(ti) or params.get("full_refresh") else []
+
+
+def switch(params, name: str) -> str:
+    """A boolean param as the value a step's setting takes (``true`` or ``false``)."""
+    return "true" if params.get(name) else "false"
+
+
 MACROS = {
     "ota_reference_date": reference_date,
     "ota_window": window_bound,
     "ota_backfill_bound": backfill_bound,
+    "ota_switch": switch,
 }
 
 # Jinja templates of the step arguments.
@@ -201,6 +238,8 @@ RUN_ID = ["--run-id", "{{ run_id }}"]
 def step_command(step: str, extra: list[str] | None = None) -> list[str]:
     """The command line of a step, the same for both runners."""
     window = {"stage_files": FIRST_STEP_WINDOW, "export_mysql": EXPORT_WINDOW}.get(step, RESOLVED_WINDOW)
+    if step == "reconcile":
+        extra = ["--reconcile", *(extra or [])]
     return [BINARIES[step], *window, *RUN_ID, *(extra or [])]
 
 
@@ -299,12 +338,13 @@ def step_secrets() -> dict[str, str]:
 
 def without_auth(url: str) -> str:
     """A URL without user, password and query (an Asset URI must carry no credentials)."""
-    from urllib.parse import urlsplit, urlunsplit
+    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    # Written out by hand: urlunsplit drops the "//" of an empty host (duckdb:///path).
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def step_assets() -> dict[str, object]:
@@ -335,6 +375,7 @@ LINEAGE = {
     "load_raw": (["lake"], ["raw"]),
     "dedup": (["raw"], ["dedup"]),
     "export_mysql": (["dedup"], ["mysql"]),
+    "reconcile": (["dedup", "mysql"], []),
 }
 
 
@@ -376,6 +417,18 @@ def task_retries() -> int:
 
 # The binaries' exit code for input or settings the user must fix (DESIGN: 2).
 USER_ERROR_EXIT = 2
+# load-raw's exit code when it loaded what it could and quarantined files.
+PARTIAL_EXIT = 3
+
+
+def on_quarantine() -> str:
+    """What a load that quarantined files does to the run (env ``OTA_ON_QUARANTINE``):
+    ``fail`` (default) fails it at once, ``warn`` logs a warning and carries on with
+    the files that loaded."""
+    value = os.environ.get("OTA_ON_QUARANTINE", "fail").strip().lower() or "fail"
+    if value not in ("fail", "warn"):
+        raise ValueError(f"OTA_ON_QUARANTINE must be fail or warn, not {value!r}")
+    return value
 
 
 def exit_code_of(error: Exception) -> int | None:
@@ -388,7 +441,8 @@ def exit_code_of(error: Exception) -> int | None:
 
 def run_step(operator, context):
     """Runs the step; a refusal of its input or settings (exit 2) fails the task at once,
-    without the retries meant for faults: a retry would be refused the same way."""
+    without the retries meant for faults: a retry would be refused the same way. So does
+    a load that quarantined files (exit 3), unless ``OTA_ON_QUARANTINE=warn``."""
     from airflow.exceptions import AirflowException, AirflowFailException
 
     try:
@@ -396,12 +450,130 @@ def run_step(operator, context):
     except AirflowFailException:
         raise
     except AirflowException as error:
-        if exit_code_of(error) == USER_ERROR_EXIT:
+        code = exit_code_of(error)
+        if code == USER_ERROR_EXIT:
             raise AirflowFailException(
                 f"{operator.task_id} refused its input or settings (exit 2, see the log above); "
                 "not retried: fix the params or settings and trigger again"
             ) from error
+        if code == PARTIAL_EXIT:
+            message = (
+                f"{operator.task_id} quarantined files (exit 3): their names and reasons are in "
+                "files_quarantined of the summary above; the other files loaded"
+            )
+            if on_quarantine() == "warn":
+                operator.log.warning("%s; carrying on (OTA_ON_QUARANTINE=warn)", message)
+                return None
+            raise AirflowFailException(
+                f"{message}. Not retried: re-deliver or fix the files, or loosen the limits, "
+                "then clear the task (or set OTA_ON_QUARANTINE=warn to carry on without them)"
+            ) from error
         raise
+
+
+def lineage_datasets() -> dict[str, tuple[str, str]]:
+    """The steps' data as OpenLineage datasets, (namespace, name) by step_assets() key,
+    named as OpenLineage names them: ``file`` and a path, ``gs://bucket`` and a prefix,
+    ``bigquery`` and ``project.dataset.table``, ``mysql://host:port`` and ``db.table``;
+    an embedded warehouse is its URL and the table."""
+    from urllib.parse import urlsplit
+
+    lake = urlsplit(os.environ.get("OTA_LAKE_URL", "file:///data/lake"))
+    warehouse_url = without_auth(os.environ.get("OTA_WAREHOUSE_URL", "duckdb:///data/warehouse.duckdb")).rstrip("/")
+    warehouse = urlsplit(warehouse_url)
+    mysql = urlsplit(
+        without_auth(
+            os.environ.get("OTA_MYSQL_ASSET_URL") or os.environ.get("OTA_MYSQL_URL") or "mysql://mysql:3306/ota"
+        )
+    )
+    table = os.environ.get("OTA_MYSQL_TABLE", "ota_events")
+
+    def in_warehouse(name: str) -> tuple[str, str]:
+        if warehouse.scheme == "bigquery":
+            return "bigquery", f"{warehouse.netloc}.{warehouse.path.strip('/')}.{name}"
+        return warehouse_url, name
+
+    if lake.scheme == "file":
+        lake_dataset = ("file", lake.path)
+    else:
+        lake_dataset = (f"{lake.scheme}://{lake.netloc}", lake.path.strip("/"))
+    return {
+        "lake": lake_dataset,
+        "raw": in_warehouse("raw_events"),
+        "dedup": in_warehouse("dedup_events"),
+        "mysql": (f"mysql://{mysql.netloc}", f"{mysql.path.strip('/')}.{table}"),
+    }
+
+
+def step_lineage(step: str, summary: dict | None):
+    """OpenLineage facets of a finished step, for the OpenLineage provider where it is
+    installed: the datasets it read and wrote, with the rows and files the summary counts
+    (``inputStatistics``, ``outputStatistics``), and the summary's status, window and
+    counts as the run facet ``ota_step``."""
+    import attr
+    from airflow.providers.openlineage.extractors import OperatorLineage
+    from openlineage.client.event_v2 import InputDataset, OutputDataset
+    from openlineage.client.facet_v2 import RunFacet, input_statistics_input_dataset, output_statistics_output_dataset
+
+    @attr.define
+    class OtaStepRunFacet(RunFacet):
+        step: str
+        status: str
+        window: dict | None
+        counts: dict
+
+    summary = summary or {}
+    counts = summary.get("counts") or {}
+    datasets = lineage_datasets()
+    inlets, outlets = LINEAGE[step]
+    inputs = []
+    for key in inlets:
+        facets = {}
+        if key == "lake" and step in ("stage_files", "load_raw"):
+            files = summary.get("files_loaded", summary.get("files"))
+            facets["inputStatistics"] = input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
+                rowCount=counts.get("rows_read") if step == "load_raw" else None,
+                fileCount=len(files) if isinstance(files, list) else None,
+            )
+        inputs.append(InputDataset(namespace=datasets[key][0], name=datasets[key][1], inputFacets=facets))
+    outputs = [
+        OutputDataset(
+            namespace=datasets[key][0],
+            name=datasets[key][1],
+            outputFacets={
+                "outputStatistics": output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
+                    rowCount=int(counts.get("rows_written") or 0)
+                )
+            },
+        )
+        for key in outlets
+    ]
+    run_facets = {}
+    if summary:
+        run_facets["ota_step"] = OtaStepRunFacet(
+            step=str(summary.get("step", step)),
+            status=str(summary.get("status", "")),
+            window=summary.get("window"),
+            counts=counts,
+        )
+    return OperatorLineage(inputs=inputs, outputs=outputs, run_facets=run_facets)
+
+
+class StepOperator:
+    """What the operators of both runners add to the provider's: the step's exit codes
+    read as the binaries mean them (run_step), its summary kept, and OpenLineage facets
+    from that summary. Subclasses say where the credentials go (``execute_step``)."""
+
+    def execute(self, context):
+        result = run_step(self, context)
+        try:
+            self.ota_summary = json.loads(result) if isinstance(result, str) else result
+        except ValueError:
+            self.ota_summary = None
+        return result
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        return step_lineage(self.task_id, getattr(self, "ota_summary", None))
 
 
 @functools.cache
@@ -413,13 +585,10 @@ def local_operator():
     except ImportError:  # Airflow 2.10 without the standard provider
         from airflow.operators.bash import BashOperator
 
-    class StepBashOperator(BashOperator):
-        def execute(self, context):
-            return run_step(self, context)
-
+    class StepBashOperator(StepOperator, BashOperator):
         def execute_step(self, context):
             self.env = {**(self.env or {}), **step_secrets()}
-            return super().execute(context)
+            return BashOperator.execute(self, context)
 
     return StepBashOperator
 
@@ -430,13 +599,10 @@ def docker_operator():
     runs (never a template field, never shown in the UI)."""
     from airflow.providers.docker.operators.docker import DockerOperator
 
-    class StepDockerOperator(DockerOperator):
-        def execute(self, context):
-            return run_step(self, context)
-
+    class StepDockerOperator(StepOperator, DockerOperator):
         def execute_step(self, context):
             self._private_environment = {**(self._private_environment or {}), **step_secrets()}
-            return super().execute(context)
+            return DockerOperator.execute(self, context)
 
     return StepDockerOperator
 
@@ -446,6 +612,8 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
     command = step_command(step, extra)
     assets = step_assets()
     inlets, outlets = LINEAGE[step]
+    # reconcile: drift is not a fault a retry could mend, so it fails the run at once.
+    retries = 0 if step == "reconcile" else task_retries()
     common = {
         "task_id": step,
         "dag": dag,
@@ -454,7 +622,7 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
         "outlets": [assets[a] for a in outlets],
         "on_failure_callback": on_failure,
         "execution_timeout": task_timeout(),
-        "retries": task_retries(),
+        "retries": retries,
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=15),
@@ -462,11 +630,13 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
     if task_runner() == "local":
         # The summary is the last line of stdout, so it becomes the XCom.
         line, env = argv_env(command)
+        env.update(OPERATION_SETTINGS)
         return local_operator()(bash_command=line, env=env, append_env=True, **common)
 
     from docker.types import Mount
 
     environment = {k: os.environ[k] for k in PLAIN_SETTINGS if os.environ.get(k)}
+    environment.update(OPERATION_SETTINGS)
     private = {k: os.environ[k] for k in SECRET_SETTINGS if os.environ.get(k)}
     mounts = []
     for variable, target in KEY_FILES.items():
@@ -496,24 +666,54 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
 
 
 def build_pipeline(dag: DAG, first_extra: list[str] | None = None) -> None:
-    """stage_files >> has_data >> load_raw >> dedup >> export_mysql."""
+    """stage_files >> has_data >> load_raw >> dedup >> export_mysql >> reconcile, with
+    has_data also leading straight to reconcile (``reconcile_only``)."""
     try:
-        from airflow.providers.standard.operators.python import ShortCircuitOperator
+        from airflow.providers.standard.operators.python import BranchPythonOperator
     except ImportError:  # Airflow 2.10 without the standard provider
-        from airflow.operators.python import ShortCircuitOperator
+        from airflow.operators.python import BranchPythonOperator
 
     stage = make_task(dag, "stage_files", first_extra)
-    gate = ShortCircuitOperator(
-        task_id="has_data", python_callable=has_data, execution_timeout=timedelta(minutes=5), dag=dag
+    gate = BranchPythonOperator(
+        task_id="has_data", python_callable=route, execution_timeout=timedelta(minutes=5), dag=dag
     )
     load = make_task(dag, "load_raw")
     dedup = make_task(dag, "dedup")
     export = make_task(dag, "export_mysql")
+    check = make_task(dag, "reconcile")
+    # After the export, or alone when has_data routes straight to it; never after a failure.
+    check.trigger_rule = "none_failed_min_one_success"
     # Templates that pull XCom add no dependency by themselves: wire them explicitly.
-    stage >> gate >> load >> dedup >> export
+    stage >> gate >> load >> dedup >> export >> check
+    gate >> check
 
 
 DATE_PARAM = {"type": ["null", "string"], "format": "date"}
+WINDOW_SECTION = "Window"
+OPERATIONS_SECTION = "Operations"
+
+
+def operation_params() -> dict:
+    """The trigger form's switches, in a section of their own."""
+
+    def switch_param(description: str) -> Param:
+        return Param(False, type="boolean", description=description, section=OPERATIONS_SECTION)
+
+    return {
+        "full_refresh": switch_param(
+            "Re-sync every event date in MySQL to the warehouse, not only the window's; "
+            "reconcile then compares every date"
+        ),
+        "reconcile_only": switch_param(
+            "Only compare warehouse and MySQL per event date over the window (every date with "
+            "full_refresh); load, dedup and export are skipped, drift fails the run"
+        ),
+        "dry_run": switch_param(
+            "BigQuery only: log each statement with the bytes it would process and run nothing "
+            "(the embedded warehouse refuses a dry run)"
+        ),
+    }
+
 
 with DAG(
     dag_id="ota_pipeline",
@@ -525,8 +725,19 @@ with DAG(
     max_active_runs=1,
     tags=["ota", "clickstream", "mysql"],
     params={
-        "start_date": Param(None, description="First day (YYYY-MM-DD), optional", **DATE_PARAM),
-        "end_date": Param(None, description="Last day (YYYY-MM-DD), optional", **DATE_PARAM),
+        "start_date": Param(
+            None,
+            description="First day (YYYY-MM-DD, UTC), optional; alone: up to today",
+            section=WINDOW_SECTION,
+            **DATE_PARAM,
+        ),
+        "end_date": Param(
+            None,
+            description="Last day (YYYY-MM-DD, UTC), optional, not before the first; alone: the 3 days ending on it",
+            section=WINDOW_SECTION,
+            **DATE_PARAM,
+        ),
+        **operation_params(),
     },
     user_defined_macros=MACROS,
     render_template_as_native_obj=False,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
 
 import pytest
 from conftest import REPO, airflow
@@ -35,21 +36,32 @@ def test_both_dags_import_with_the_right_shape(runner):
     assert set(dags) == {"ota_pipeline", "ota_historic_load"}
     for dag in dags.values():
         order = ["stage_files", "has_data", "load_raw", "dedup", "export_mysql"]
-        assert set(dag.task_ids) == set(order)
+        assert set(dag.task_ids) == {*order, "reconcile"}
         for up, down in zip(order, order[1:]):
             assert dag.get_task(down).upstream_task_ids == {up}
+        # reconcile follows the export, or has_data alone (reconcile_only); never a failure.
+        reconcile = dag.get_task("reconcile")
+        assert reconcile.upstream_task_ids == {"export_mysql", "has_data"}
+        assert reconcile.trigger_rule == "none_failed_min_one_success"
+        assert reconcile.retries == 0
         assert dag.max_active_runs == 1
         assert not dag.catchup
-        for step in ["stage_files", "load_raw", "dedup", "export_mysql"]:
+        for step in ["stage_files", "load_raw", "dedup", "export_mysql", "reconcile"]:
             task = dag.get_task(step)
-            assert task.retries >= 1 and task.retry_exponential_backoff
+            if step != "reconcile":
+                assert task.retries >= 1 and task.retry_exponential_backoff
             assert task.execution_timeout == dt.timedelta(hours=3), step
             kind = "DockerOperator" if runner == "docker" else "BashOperator"
             assert kind in [cls.__name__ for cls in type(task).__mro__], step
     daily = dags["ota_pipeline"]
     assert type(daily.timetable).__name__ == "CronDataIntervalTimetable"
-    assert set(daily.params.keys()) == {"start_date", "end_date"}
+    assert set(daily.params.keys()) == {"start_date", "end_date", "full_refresh", "reconcile_only", "dry_run"}
     assert daily.params["start_date"] is None
+    for name in ("full_refresh", "reconcile_only", "dry_run"):
+        param = daily.params.get_param(name)
+        assert param.value is False and param.schema["type"] == "boolean", name
+        assert param.schema["section"] == "Operations" and len(param.description) > 40, name
+    assert daily.params.get_param("start_date").schema["section"] == "Window"
     assert "backfill create" in daily.doc_md
     assert type(dags["ota_historic_load"].timetable).__name__ == "NullTimetable"
 
@@ -80,6 +92,11 @@ def test_docker_tasks_mount_keys_read_only_and_hide_secrets():
     assert task.environment["OTA_LAKE_URL"] == "gs://bucket/lake"
     assert task.environment["OTA_GCS_KEY_FILE"] == "/run/secrets/gcs-key.json"
     assert task.environment["OTA_BQ_KEY_FILE"] == "/run/secrets/bq-key.json"
+    # The trigger form's switches reach every step as settings, rendered per run.
+    assert task.environment["OTA_FULL_REFRESH"] == "{{ ota_switch(params, 'full_refresh') }}"
+    assert task.environment["OTA_DRY_RUN"] == "{{ ota_switch(params, 'dry_run') }}"
+    reconcile = dag.get_task("reconcile")
+    assert reconcile.command[0] == "export-mysql" and "--reconcile" in reconcile.command
     mounts = {m["Target"]: m for m in task.mounts}
     assert mounts["/run/secrets/gcs-key.json"]["Source"] == "/secrets/gcs.json"
     assert mounts["/run/secrets/bq-key.json"]["Source"] == "/secrets/bq.json"
@@ -128,6 +145,14 @@ def test_export_gets_the_window_only_when_dates_were_named():
     assert module.backfill_bound(ti, no_dates, "end", Run("backfill")) == "2024-01-03"
     assert module.backfill_bound(ti, no_dates, "end", Run("scheduled")) == ""
     assert module.has_data(ti) and not module.has_data(TI("no_data"))
+    # What runs after stage-files: the load, nothing (no file), or only the reconcile.
+    assert module.route(ti, {}) == ["load_raw"]
+    assert module.route(TI("no_data"), {}) == []
+    assert module.route(TI("no_data"), {"full_refresh": True}) == ["load_raw"]
+    assert module.route(TI("no_data"), {"reconcile_only": True}) == ["reconcile"]
+    assert module.route(ti, {"reconcile_only": True, "full_refresh": True}) == ["reconcile"]
+    assert module.switch({"dry_run": True}, "dry_run") == "true"
+    assert module.switch({}, "full_refresh") == "false"
 
 
 def test_reference_date_follows_the_run_type():
@@ -203,6 +228,117 @@ def test_a_refused_window_fails_at_once_without_retries(pipeline):
     logs = proc.stdout + proc.stderr
     assert "refused its input or settings" in logs, logs[-3000:]
     assert task_states(pipeline)["stage_files"] == "failed"
+
+
+def test_a_dry_run_on_the_embedded_warehouse_fails_at_once(pipeline):
+    """dry_run reaches every step as OTA_DRY_RUN; the embedded warehouse has no
+    estimates to show, so stage-files refuses it (exit 2) and nothing is retried."""
+    pipeline.generate("2024-01-01", 1, 100)
+    env = {**pipeline.env, "OTA_TASK_RETRIES": "2", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
+    conf = {"start_date": "2024-01-01", "end_date": "2024-01-01", "dry_run": True}
+    proc = dag_test(pipeline, conf, check=False, env=env)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "--dry-run prints BigQuery statements" in logs, logs[-3000:]
+    assert task_states(pipeline)["stage_files"] == "failed"
+
+
+def mysql_exec(pipeline, sql: str) -> str:
+    proc = subprocess.run(
+        ["mariadb", "-h127.0.0.1", "-uroot", "-N", "-D", pipeline.db, "-e", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return proc.stdout.strip()
+
+
+def test_reconcile_fails_the_run_on_drift_and_a_full_refresh_repairs_it(pipeline):
+    pipeline.generate("2024-01-01", 3, 300)
+    window = {"start_date": "2024-01-01", "end_date": "2024-01-03"}
+    dag_test(pipeline, window)
+    states = task_states(pipeline)
+    assert states["reconcile"] == "success" and set(states.values()) == {"success"}, states
+
+    # Drift planted in MySQL: reconcile_only compares without loading, and fails the run.
+    mysql_exec(pipeline, "DELETE FROM ota_events WHERE event_date = '2024-01-02' LIMIT 1")
+    env = {**pipeline.env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
+    proc = dag_test(pipeline, {**window, "reconcile_only": True}, check=False, env=env)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "DRIFT" in logs and "2024-01-02" in logs, logs[-3000:]
+    states = task_states(pipeline)
+    assert states["reconcile"] == "failed", states
+    assert {states[t] for t in ["load_raw", "dedup", "export_mysql"]} == {"skipped"}, states
+
+    # A full refresh re-syncs every date, even from a run whose window holds no file
+    # (a manual run without dates: the 3 days ending today); its reconcile then compares
+    # every date and passes.
+    dag_test(pipeline, {"full_refresh": True})
+    states = task_states(pipeline)
+    assert set(states.values()) == {"success"}, states
+    assert pipeline.reconcile()["status"] == "ok"
+
+
+def test_quarantined_files_fail_the_run_at_once_unless_set_to_warn(pipeline):
+    pipeline.generate("2024-01-01", 3, 300)
+    bad = pipeline.lake / "20240103_OTA.parquet"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    window = {"start_date": "2024-01-01", "end_date": "2024-01-03"}
+    env = {**pipeline.env, "OTA_TASK_RETRIES": "2", "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
+    proc = dag_test(pipeline, window, check=False, env=env)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "quarantined files (exit 3)" in logs and "20240103_OTA.parquet" in logs, logs[-3000:]
+    states = task_states(pipeline)
+    assert states["load_raw"] == "failed" and states["export_mysql"] == "upstream_failed", states
+
+    # warn: the run carries on with the files that loaded, and MySQL matches them.
+    dag_test(pipeline, window, env={**env, "OTA_ON_QUARANTINE": "warn"})
+    states = task_states(pipeline)
+    assert set(states.values()) == {"success"}, states
+    summary = pipeline.reconcile()
+    assert summary["status"] == "ok" and summary["counts"]["rows_read"] > 500, summary
+
+
+def test_openlineage_events_carry_the_steps_datasets_and_counts(pipeline, tmp_path):
+    """With the OpenLineage provider installed, each step's COMPLETE event names the
+    datasets it read and wrote, with the rows its summary counts."""
+    pipeline.generate("2024-01-01", 2, 300)
+    events = tmp_path / "lineage.jsonl"
+    transport = {"type": "file", "log_file_path": str(events), "append": True}
+    env = {
+        **pipeline.env,
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "ota",
+    }
+    dag_test(pipeline, {"start_date": "2024-01-01", "end_date": "2024-01-02"}, env=env)
+    complete = {
+        event["job"]["name"]: event
+        for event in map(json.loads, events.read_text().splitlines())
+        if event["eventType"] == "COMPLETE"
+    }
+
+    load = complete["ota_pipeline.load_raw"]
+    counts = load["run"]["facets"]["ota_step"]["counts"]
+    assert counts["rows_read"] > 500 and load["run"]["facets"]["ota_step"]["status"] == "ok"
+    [lake] = load["inputs"]
+    assert (lake["namespace"], lake["name"]) == ("file", str(pipeline.lake))
+    assert lake["inputFacets"]["inputStatistics"]["rowCount"] == counts["rows_read"]
+    assert lake["inputFacets"]["inputStatistics"]["fileCount"] == 2
+    [raw] = load["outputs"]
+    assert (raw["namespace"], raw["name"]) == (pipeline.env["OTA_WAREHOUSE_URL"], "raw_events")
+    assert raw["outputFacets"]["outputStatistics"]["rowCount"] == counts["rows_written"]
+
+    export = complete["ota_pipeline.export_mysql"]
+    [dedup] = export["inputs"]
+    assert dedup["name"] == "dedup_events"
+    [table] = export["outputs"]
+    assert (table["namespace"], table["name"]) == ("mysql://127.0.0.1:3306", f"{pipeline.db}.ota_events")
+    written = export["run"]["facets"]["ota_step"]["counts"]["rows_written"]
+    assert table["outputFacets"]["outputStatistics"]["rowCount"] == written > 500
+    checked = {i["name"] for i in complete["ota_pipeline.reconcile"]["inputs"]}
+    assert checked == {"dedup_events", f"{pipeline.db}.ota_events"}
 
 
 def test_exit_codes_are_read_from_both_operators_errors():
@@ -369,7 +505,13 @@ def test_steps_declare_assets_share_one_pool_and_call_the_failure_hook(tmp_path,
         }
         assert [a.uri for a in dag.get_task("dedup").inlets] == ["bigquery://proj/ds/raw_events"]
         assert [a.uri for a in dag.get_task("stage_files").inlets] == ["gs://lake-bucket/daily"]
-        assert {dag.get_task(t).pool for t in ("stage_files", "load_raw", "dedup", "export_mysql")} == {"ota_pipeline"}
+        steps = ("stage_files", "load_raw", "dedup", "export_mysql", "reconcile")
+        assert {dag.get_task(t).pool for t in steps} == {"ota_pipeline"}
+
+    # An embedded warehouse's URI keeps its empty host: duckdb:///path, not duckdb:/path.
+    module = dag_module()
+    assert module.without_auth("duckdb:///data/w.duckdb") == "duckdb:///data/w.duckdb"
+    assert module.without_auth("mysql://u:p@db:3306/ota?ssl-mode=required") == "mysql://db:3306/ota"
 
     # The failure hook calls the function OTA_ON_FAILURE names.
     (tmp_path / "ota_notify.py").write_text("CALLS = []\ndef notify(context):\n    CALLS.append(context['task_id'])\n")
@@ -420,7 +562,7 @@ def test_the_compose_stack_gives_every_task_mounts_that_exist():
     dags = load_dags("docker", env)
     mounts = 0
     for dag in dags.values():
-        for step in ("stage_files", "load_raw", "dedup", "export_mysql"):
+        for step in ("stage_files", "load_raw", "dedup", "export_mysql", "reconcile"):
             task = dag.get_task(step)
             for mount in task.mounts:
                 mounts += 1
