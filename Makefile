@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ota-pipeline/target
 OTA_MYSQL_URL ?= mysql://root@127.0.0.1:3306/ota
 export OTA_MYSQL_URL
 
-.PHONY: build demo test bench chaos lint fmt image up down
+.PHONY: build demo test bench chaos lint fmt image up down smoke
 
 build:
 	cargo build --release -p ota-cli --bins
@@ -47,7 +47,8 @@ fmt:
 image:
 	docker build -f docker/Dockerfile -t $${OTA_IMAGE:-ota-pipeline:latest} .
 
-## Starts Airflow (http://localhost:8080) and MySQL 8; stops them.
+## Starts Airflow (http://localhost:8080, login admin / OTA_AIRFLOW_PASSWORD from .env),
+## MySQL 8 and the seed of sample data (data/case_data.parquet.gzip); stops them.
 ## The airflow user joins the Docker socket's group; task containers run as you, so the
 ## files they write in data/ are yours.
 up: image
@@ -57,6 +58,11 @@ up: image
 
 down:
 	docker compose down
+
+## Needs a Docker engine: make up, then the historic load on the seeded sample data and
+## ota_pipeline over three of its days through the scheduler; fails unless both succeed.
+smoke:
+	scripts/smoke.sh
 
 ## Speed and memory figures: each step, and the export against MySQL's own LOAD DATA and a
 ## naive loader (README "Performance"). ROWS_PER_DAY, DAYS, REPEAT, STEADY_ROWS_PER_DAY.

@@ -18,6 +18,16 @@ def test_compose_file_wires_airflow_mysql_and_the_image():
     volumes = " ".join(airflow["volumes"])
     assert "./dags:" in volumes and "./data:/data" in volumes and "./service_accounts:" in volumes
     assert airflow["depends_on"]["mysql"]["condition"] == "service_healthy"
+    # Sample data before Airflow starts: the seed writes the case data the historic load reads.
+    assert airflow["depends_on"]["seed"]["condition"] == "service_completed_successfully"
+    seed = " ".join(services["seed"]["command"])
+    assert "ota-gen" in seed and "/data/case_data.parquet.gzip" in seed
+    assert airflow["environment"]["OTA_CASE_DATA"] == "/data/case_data.parquet.gzip"
+    # A documented login: admin with the password from .env, written before Airflow starts.
+    assert airflow["environment"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+    start = " ".join(airflow["command"])
+    assert "simple_auth_manager_passwords.json.generated" in start and "OTA_AIRFLOW_PASSWORD" in start
+    assert start.index("passwords.json") < start.index("airflow standalone")
 
 
 def test_dockerfile_builds_release_binaries_into_a_slim_non_root_image():
