@@ -18,12 +18,13 @@ demo:
 test:
 	scripts/test.sh
 
-## The fault harness (README "Under faults"): kill -9 at random points, overlapping runs,
-## a cut MySQL connection, a crashed MySQL server, a full disk under DuckDB and hostile
-## input, each followed by a re-run and --reconcile; then the BigQuery cases (kill -9,
-## overlapping runs, hostile input) on the emulators. Prints the README tables. Needs root
-## for the full disk (it mounts a tmpfs). CHAOS_SEED, CHAOS_KILLS (per step),
-## CHAOS_OVERLAPS, CHAOS_CUTS, CHAOS_RESTARTS, CHAOS_DISK_FULLS, CHAOS_BUDGET_SECS.
+## The fault harness (docs/operations.md, "Under faults"): kill -9 at random points,
+## overlapping runs, a cut MySQL connection, a crashed MySQL server, a full disk under
+## DuckDB and hostile input, each followed by a re-run and --reconcile; then the BigQuery
+## cases (kill -9, overlapping runs, hostile input) on the emulators. Prints the tables of
+## docs/operations.md. Needs root for the full disk (it mounts a tmpfs). CHAOS_SEED,
+## CHAOS_KILLS (per step), CHAOS_OVERLAPS, CHAOS_CUTS, CHAOS_RESTARTS, CHAOS_DISK_FULLS,
+## CHAOS_BUDGET_SECS.
 CHAOS = $(CARGO_TARGET_DIR)/debug/ota-chaos --bin-dir $(CARGO_TARGET_DIR)/debug
 chaos:
 	cargo build -q -p ota-cli --bins -p ota-chaos
@@ -65,6 +66,6 @@ smoke:
 	scripts/smoke.sh
 
 ## Speed and memory figures: each step, and the export against MySQL's own LOAD DATA and a
-## naive loader (README "Performance"). ROWS_PER_DAY, DAYS, REPEAT, STEADY_ROWS_PER_DAY.
+## naive loader (docs/performance.md). ROWS_PER_DAY, DAYS, REPEAT, STEADY_ROWS_PER_DAY.
 bench:
 	scripts/bench.sh

@@ -415,7 +415,7 @@ def task_retries() -> int:
     return int(retries)
 
 
-# The binaries' exit code for input or settings the user must fix (DESIGN: 2).
+# The binaries' exit code for input or settings the user must fix (docs/design.md: 2).
 USER_ERROR_EXIT = 2
 # load-raw's exit code when it loaded what it could and quarantined files.
 PARTIAL_EXIT = 3

@@ -336,7 +336,7 @@ impl FaultOutcome {
     }
 }
 
-/// The table `make chaos` prints (Markdown, for the README).
+/// The table `make chaos` prints (Markdown, as in docs/operations.md).
 pub fn table(outcomes: &[FaultOutcome]) -> String {
     let mut out = String::from(
         "| fault | tries | recovered | lost rows | duplicated rows |\n|---|---:|---:|---:|---:|\n",

@@ -13,7 +13,7 @@ const EMULATOR_PROJECT: &str = "ota-test";
 fn env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!(
-            "{var} is not set: run under scripts/with-emulators.sh, or set OTA_IT_GCP=1 (README)"
+            "{var} is not set: run under scripts/with-emulators.sh, or set OTA_IT_GCP=1 (docs/operations.md)"
         )
     })
 }

@@ -57,9 +57,6 @@ pub struct LakeArgs {
     /// Where the daily files live: file:///abs/dir (local) or gs://bucket/prefix.
     #[arg(long, env = "OTA_LAKE_URL", value_name = "URL")]
     pub lake_url: String,
-    /// Daily files are named <prefix>/YYYYMMDD_<suffix>.parquet.
-    #[arg(long, env = "OTA_FILE_SUFFIX", default_value = "OTA")]
-    pub suffix: String,
 }
 
 #[derive(Debug, Clone, Args)]

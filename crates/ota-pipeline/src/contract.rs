@@ -5,7 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// How a source column is typed (DESIGN.md, "Typing rules").
+/// How a source column is typed (docs/design.md, "The event contract").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnKind {
     /// Kept as text.

@@ -25,7 +25,7 @@ impl DateWindow {
         Ok(DateWindow { start, end })
     }
 
-    /// Resolves the window from the optional flags, following DESIGN.md:
+    /// Resolves the window from the optional flags (docs/design.md, "The date window"):
     /// none given -> the 3 days ending on `reference`; only start -> start..=reference;
     /// only end -> end-2..=end.
     pub fn resolve(

@@ -564,8 +564,8 @@ impl MysqlTarget {
 }
 
 /// Upserts and deletes are only exact when the serving table is unique on the event key:
-/// the current layout `(event_date, event_key)`, or `(event_key)` of tables created by
-/// earlier versions (still correct; slower once the table outgrows the buffer pool).
+/// `(event_date, event_key)`, or `(event_key)` alone (still correct, slower once the table
+/// outgrows the buffer pool: a warning names the `ALTER TABLE` that moves it).
 fn check_primary_key(table: &str, columns: &[String]) -> Result<()> {
     match columns {
         [date, key] if date == "event_date" && key == "event_key" => Ok(()),

@@ -1,5 +1,5 @@
 //! The warehouse: file ledger, raw table, dedup table and its change feed.
-//! A small trait with one module per backend (embedded DuckDB now; BigQuery next).
+//! A small trait with one module per backend: embedded DuckDB and BigQuery.
 
 pub mod bigquery;
 pub mod duckdb;

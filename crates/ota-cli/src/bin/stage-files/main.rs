@@ -17,6 +17,9 @@ struct Cli {
     lake: LakeArgs,
     #[command(flatten)]
     warehouse: WarehouseArgs,
+    /// Daily files are named <prefix>/YYYYMMDD_<suffix>.parquet.
+    #[arg(long, env = "OTA_FILE_SUFFIX", default_value = "OTA")]
+    suffix: String,
     /// Split this large Parquet file (e.g. data/case_data.parquet.gzip) into daily files in
     /// the lake first. Without dates, the window becomes the range of days it holds.
     #[arg(long, value_name = "FILE")]
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
         window: cli.window,
         lake_url: cli.lake.lake_url,
         warehouse: cli.warehouse,
-        suffix: cli.lake.suffix,
+        suffix: cli.suffix,
         from: cli.from,
         max_missing_days: cli.max_missing_days,
     };

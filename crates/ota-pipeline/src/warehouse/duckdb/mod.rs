@@ -227,7 +227,7 @@ impl DuckDbWarehouse {
                 let mut rejects = Vec::new();
                 {
                     // Flushed after every batch: DuckDB's appender otherwise collects
-                    // ~200k rows (about 100 MB here) in memory outside its memory_limit.
+                    // a couple of hundred thousand rows in memory outside its memory_limit.
                     let mut appender = conn.appender("raw_events").map_err(e())?;
                     source.read(file, &mut |typed| {
                         rows_loaded += typed.rows.num_rows() as u64;
@@ -322,8 +322,8 @@ impl DuckDbWarehouse {
             });
         }
         // The slices are read while batches are encoded and sent on other threads (and
-        // MySQL, where it runs on this machine, loads them): DuckDB's workers only
-        // contended with those (2.9 M rows on 2 cores: 3 CPU s less, same pace or better).
+        // MySQL, where it runs on this machine, loads them): more DuckDB workers would
+        // only contend with those for the CPU.
         let left = leave_a_core(&self.conn, self.threads, "leaving a core to the sender")?;
         let streamed = self.stream_key_slices(read, rows, batches);
         restore_threads(&self.conn, left, streamed)
@@ -576,10 +576,9 @@ const ROWS_PER_SORT: u64 = 100_000;
 
 /// A selection of more than [`ROWS_PER_SORT`] rows is read in key slices of about this
 /// many rows, at most [`MAX_KEY_SLICES`] of them: the first rows go out after one slice
-/// has been read, not the whole selection, and each slice costs one more scan of it
-/// (2.9 M rows on 2 cores: 38.5-40.8 s to MySQL with 2 to 8 slices, 42-44 s with one,
-/// 41 s with 16, whose scans doubled the step's CPU). [`key_slices`] cuts the first in
-/// two, so the first batch leaves sooner (2.5 s -> 1.6 s on a faster machine).
+/// has been read, not the whole selection, and each slice costs one more scan of it, so
+/// a few slices pay and many cost more CPU than they save. [`key_slices`] cuts the first
+/// in two, so the first batch leaves sooner.
 const ROWS_PER_KEY_SLICE: u64 = 250_000;
 const MAX_KEY_SLICES: u32 = 4;
 
@@ -833,8 +832,7 @@ impl Warehouse for DuckDbWarehouse {
     ) -> Result<RawLoadOutcome> {
         // The rows arrive decoded and typed by a thread of their own (steps::load), so
         // unless the URL chose, DuckDB gets one core fewer while it appends them: with
-        // every core its workers contend with that thread (3 x 1 M rows on 2 cores:
-        // 20.7 s with two DuckDB threads, 13.1 s with one).
+        // every core its workers contend with that thread for the CPU.
         let left = leave_a_core(
             &self.conn,
             self.threads,
