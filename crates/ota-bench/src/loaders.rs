@@ -15,11 +15,11 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
-use ota_pipeline::cli::WarehouseArgs;
+
 use ota_pipeline::mysql::encode::RowEncoder;
 use ota_pipeline::mysql::sql;
 use ota_pipeline::mysql::{split_changes, target_projection};
-use ota_pipeline::warehouse::{Access, ChangeSelection, open_warehouse};
+use ota_pipeline::warehouse::{Access, ChangeSelection, RunSettings, open_warehouse};
 
 use crate::BenchError;
 
@@ -59,7 +59,8 @@ pub fn read_feed(
     each: &mut FeedVisitor<'_>,
 ) -> Result<(), BenchError> {
     let mut warehouse = open_warehouse(
-        &WarehouseArgs::url(warehouse_url),
+        warehouse_url,
+        &RunSettings::default(),
         Access::ReadOnly,
         "bench",
     )?;

@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::error::Result;
 use crate::summary::{Status, StepSummary};
+use crate::warehouse::RunSettings;
 use crate::window::DateWindow;
 
 #[derive(Debug, Clone, Args)]
@@ -76,12 +77,11 @@ pub struct WarehouseArgs {
 }
 
 impl WarehouseArgs {
-    /// Only a URL: no dry run, no run id.
-    pub fn url(url: impl Into<String>) -> Self {
-        WarehouseArgs {
-            warehouse_url: url.into(),
-            dry_run: false,
-            run_id: None,
+    /// How the step runs against the warehouse, as the library takes it.
+    pub fn run_settings(&self) -> RunSettings {
+        RunSettings {
+            dry_run: self.dry_run,
+            run_id: self.run_id.clone(),
         }
     }
 }
@@ -110,6 +110,9 @@ pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
         Ok(mut summary) => {
             summary.duration_ms = started.elapsed().as_millis() as u64;
             let mut out = std::io::stdout().lock();
+            for line in &summary.report {
+                let _ = writeln!(out, "{line}");
+            }
             let _ = writeln!(out, "{}", summary.to_json_line());
             let _ = out.flush();
             match summary.status {

@@ -17,6 +17,12 @@ pub enum PipelineError {
     #[error("invalid date window: {0}")]
     Window(String),
 
+    /// A fault inside the pipeline or in what a service handed back (a malformed change
+    /// batch, a reader thread that panicked, a token that could not be fetched): nothing
+    /// the user's input or settings caused, so exit code 1 and a retry may help.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A file in the lake that cannot be read as the event contract requires.
     #[error("cannot read {uri}: {reason}")]
     BadFile { uri: String, reason: String },

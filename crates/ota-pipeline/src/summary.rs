@@ -36,6 +36,10 @@ pub struct StepSummary {
     /// What the next step needs and step-specific figures.
     #[serde(flatten)]
     pub details: Map<String, Value>,
+    /// Lines for the reader printed before the summary (the reconcile table, a dry
+    /// run's statements); not part of the JSON.
+    #[serde(skip)]
+    pub report: Vec<String>,
 }
 
 impl StepSummary {
@@ -47,6 +51,7 @@ impl StepSummary {
             counts: Counts::default(),
             duration_ms: 0,
             details: Map::new(),
+            report: Vec::new(),
         }
     }
 
@@ -56,6 +61,15 @@ impl StepSummary {
             key.to_string(),
             serde_json::to_value(value).unwrap_or(Value::Null),
         );
+    }
+
+    /// Records what the warehouse did for the step: its jobs in the summary, a dry run's
+    /// statements in the report.
+    pub fn record_warehouse(&mut self, warehouse: &mut dyn crate::warehouse::Warehouse) {
+        self.report.extend(warehouse.take_report());
+        if let Some(jobs) = warehouse.job_log() {
+            self.detail("warehouse_jobs", jobs);
+        }
     }
 
     pub fn to_json_line(&self) -> String {

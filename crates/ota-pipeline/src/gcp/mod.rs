@@ -207,12 +207,11 @@ impl Credentials {
                 scope,
             } => {
                 let token = auth.token(&[*scope]).await.map_err(|e| {
-                    PipelineError::Config(format!("cannot get a token with {origin}: {e}"))
+                    PipelineError::Internal(format!("cannot get a token with {origin}: {e}"))
                 })?;
-                token
-                    .token()
-                    .map(str::to_string)
-                    .ok_or_else(|| PipelineError::Config(format!("{origin} gave no access token")))
+                token.token().map(str::to_string).ok_or_else(|| {
+                    PipelineError::Internal(format!("{origin} gave no access token"))
+                })
             }
         }
     }
@@ -309,7 +308,7 @@ pub fn http_client() -> Result<reqwest::Client> {
         .timeout(std::time::Duration::from_secs(600))
         .tcp_keepalive(std::time::Duration::from_secs(60))
         .build()
-        .map_err(|e| PipelineError::Config(format!("cannot build the HTTP client: {e}")))
+        .map_err(|e| PipelineError::Internal(format!("cannot build the HTTP client: {e}")))
 }
 
 /// Retries `attempt` on transient failures (HTTP 429/5xx, connection errors) with

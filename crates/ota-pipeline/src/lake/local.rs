@@ -41,7 +41,7 @@ impl LocalLake {
             .map(PathBuf::from)
             .filter(|p| p.starts_with(&self.root))
             .ok_or_else(|| {
-                PipelineError::Config(format!("{uri} is not in the lake {}", self.url))
+                PipelineError::Internal(format!("{uri} is not in the lake {}", self.url))
             })?;
         Ok(path)
     }

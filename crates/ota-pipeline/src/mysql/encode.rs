@@ -18,7 +18,7 @@ use mysql_async::Value;
 use crate::error::{PipelineError, Result};
 
 fn unsupported(name: &str, dt: &DataType) -> PipelineError {
-    PipelineError::Config(format!(
+    PipelineError::Internal(format!(
         "column {name} of type {dt} cannot be exported to MySQL"
     ))
 }
@@ -132,7 +132,7 @@ impl<'a> RowEncoder<'a> {
             .iter()
             .map(|&i| {
                 let column = batch.columns().get(i).ok_or_else(|| {
-                    PipelineError::Config(format!("a change batch has no column {i}"))
+                    PipelineError::Internal(format!("a change batch has no column {i}"))
                 })?;
                 Ok(Column {
                     field: Field::of(schema.field(i).name(), column.as_ref())?,

@@ -250,7 +250,7 @@ impl MysqlTarget {
         };
         let changed_at = chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%d %H:%M:%S%.f")
             .map_err(|e| {
-                PipelineError::Config(format!("stored offset {at:?} is not a datetime: {e}"))
+                PipelineError::Internal(format!("stored offset {at:?} is not a datetime: {e}"))
             })?
             .and_utc()
             .timestamp_micros();
@@ -654,14 +654,14 @@ pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
     let column = |name: &str| {
         batch
             .column_by_name(name)
-            .ok_or_else(|| PipelineError::Config(format!("a change batch has no {name} column")))
+            .ok_or_else(|| PipelineError::Internal(format!("a change batch has no {name} column")))
     };
     let ops = column("op")?;
     let keys = column("event_key")?;
     let dates = column("event_date")?;
-    let dates = dates
-        .as_primitive_opt::<Date32Type>()
-        .ok_or_else(|| PipelineError::Config("a change batch's event_date is not a DATE".into()))?;
+    let dates = dates.as_primitive_opt::<Date32Type>().ok_or_else(|| {
+        PipelineError::Internal("a change batch's event_date is not a DATE".into())
+    })?;
     let op_at = |row: usize| -> Option<&str> {
         if ops.is_null(row) {
             None
@@ -673,11 +673,11 @@ pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
     };
     let key_at = |row: usize| {
         crate::warehouse::binary_at(keys.as_ref(), row)
-            .ok_or_else(|| PipelineError::Config(format!("change row {row} has no event_key")))
+            .ok_or_else(|| PipelineError::Internal(format!("change row {row} has no event_key")))
     };
     let day_at = |row: usize| {
         if dates.is_null(row) {
-            Err(PipelineError::Config(format!(
+            Err(PipelineError::Internal(format!(
                 "change row {row} has no event_date"
             )))
         } else {
@@ -698,7 +698,7 @@ pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
                     .push(key_at(row)?.to_vec());
             }
             other => {
-                return Err(PipelineError::Config(format!(
+                return Err(PipelineError::Internal(format!(
                     "change row {row} has operation {other:?}, not U or D"
                 )));
             }
@@ -716,10 +716,9 @@ pub fn target_projection(batch: &RecordBatch) -> Result<Vec<usize>> {
     sql::target_columns()
         .iter()
         .map(|name| {
-            batch
-                .schema_ref()
-                .index_of(name)
-                .map_err(|_| PipelineError::Config(format!("a change batch has no {name} column")))
+            batch.schema_ref().index_of(name).map_err(|_| {
+                PipelineError::Internal(format!("a change batch has no {name} column"))
+            })
         })
         .collect()
 }

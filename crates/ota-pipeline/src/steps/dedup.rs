@@ -13,7 +13,12 @@ pub struct DedupConfig {
 
 pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     let window = config.window.resolve()?;
-    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadWrite, "dedup")?;
+    let mut warehouse = open_warehouse(
+        &config.warehouse.warehouse_url,
+        &config.warehouse.run_settings(),
+        Access::ReadWrite,
+        "dedup",
+    )?;
     let staged = warehouse.staged_files()?;
     let outcome = warehouse.dedup(chrono::Utc::now().timestamp_micros())?;
     tracing::info!(
@@ -38,8 +43,6 @@ pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
         "changed_at",
         outcome.changed_at.map(crate::mysql::encode::datetime_text),
     );
-    if let Some(jobs) = warehouse.job_log() {
-        summary.detail("warehouse_jobs", jobs);
-    }
+    summary.record_warehouse(warehouse.as_mut());
     Ok(summary)
 }

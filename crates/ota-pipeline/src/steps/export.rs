@@ -16,6 +16,7 @@ use crate::summary::{Status, StepSummary};
 use crate::warehouse::{
     Access, ChangeSelection, DateChecksum, FeedOffset, Warehouse, open_warehouse,
 };
+use crate::window::DateWindow;
 
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
@@ -39,8 +40,33 @@ pub struct DateDrift {
     pub mysql: DateChecksum,
 }
 
-const ALL_START: &str = "1000-01-01";
-const ALL_END: &str = "9999-12-31";
+/// The event dates a run compares and re-syncs: a named window's, or every date either
+/// side holds (no dates named, or --full-refresh).
+#[derive(Debug, Clone, Copy)]
+enum DateScope {
+    Window(DateWindow),
+    All,
+}
+
+impl DateScope {
+    fn of(config: &ExportConfig, window: DateWindow) -> Self {
+        if config.full_refresh || !config.window.is_explicit() {
+            DateScope::All
+        } else {
+            DateScope::Window(window)
+        }
+    }
+}
+
+/// MySQL's DATE range: every event date the serving table can hold.
+const ALL_DATES: (NaiveDate, NaiveDate) = (mysql_date(1000, 1, 1), mysql_date(9999, 12, 31));
+
+const fn mysql_date(year: i32, month: u32, day: u32) -> NaiveDate {
+    match NaiveDate::from_ymd_opt(year, month, day) {
+        Some(date) => date,
+        None => NaiveDate::MIN,
+    }
+}
 
 pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
     if config.batch_rows == 0 {
@@ -49,7 +75,12 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         ));
     }
     let window = config.window.resolve()?;
-    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadOnly, "export-mysql")?;
+    let mut warehouse = open_warehouse(
+        &config.warehouse.warehouse_url,
+        &config.warehouse.run_settings(),
+        Access::ReadOnly,
+        "export-mysql",
+    )?;
     if config.warehouse.dry_run {
         return dry_run(config, window, warehouse.as_mut());
     }
@@ -63,9 +94,9 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         let mut target = MysqlTarget::connect(&config.mysql).await?;
         target.lock(config.mysql.lock_timeout_secs).await?;
         let result = if config.reconcile {
-            reconcile(config, warehouse, &mut target, &mut summary).await
+            reconcile(config, window, warehouse, &mut target, &mut summary).await
         } else {
-            export(config, warehouse, &mut target, &mut summary).await
+            export(config, window, warehouse, &mut target, &mut summary).await
         };
         // Always release the lock; the first error wins. A session that stopped
         // answering is dropped, not waited on: the server frees its lock with it.
@@ -84,7 +115,7 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
 /// a re-sync deletes before it inserts, which a dry run must never do.
 fn dry_run(
     config: &ExportConfig,
-    window: crate::window::DateWindow,
+    window: DateWindow,
     warehouse: &mut dyn Warehouse,
 ) -> Result<StepSummary> {
     let mut summary = StepSummary::new("export-mysql", Some(window));
@@ -102,36 +133,25 @@ fn dry_run(
         )?;
     }
     summary.detail("mode", "dry-run");
-    if let Some(jobs) = warehouse.job_log() {
-        summary.detail("warehouse_jobs", jobs);
-    }
+    summary.record_warehouse(warehouse);
     Ok(summary)
-}
-
-fn parse_bound(s: &str) -> NaiveDate {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or_default()
 }
 
 /// The event dates a backfill re-syncs: the window's, or every date either side holds.
 fn resync_dates(
-    config: &ExportConfig,
+    scope: DateScope,
     wh_dates: &BTreeMap<NaiveDate, DateChecksum>,
     my_dates: &BTreeMap<NaiveDate, DateChecksum>,
 ) -> Vec<NaiveDate> {
-    if config.full_refresh {
-        wh_dates
+    match scope {
+        DateScope::Window(window) => window.days().collect(),
+        DateScope::All => wh_dates
             .keys()
             .chain(my_dates.keys())
             .copied()
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .collect()
-    } else {
-        config
-            .window
-            .resolve()
-            .map(|w| w.days().collect())
-            .unwrap_or_default()
+            .collect(),
     }
 }
 
@@ -151,35 +171,37 @@ fn drift(
 }
 
 async fn both_checksums(
-    config: &ExportConfig,
+    scope: DateScope,
     warehouse: &mut Box<dyn Warehouse>,
     target: &mut MysqlTarget,
 ) -> Result<(
     BTreeMap<NaiveDate, DateChecksum>,
     BTreeMap<NaiveDate, DateChecksum>,
 )> {
-    let window = config.window.resolve()?;
-    if config.full_refresh || !config.window.is_explicit() {
-        let wh = warehouse.date_checksums(None)?;
-        let my = target
-            .checksums(parse_bound(ALL_START), parse_bound(ALL_END))
-            .await?;
-        Ok((wh, my))
-    } else {
-        let days: Vec<NaiveDate> = window.days().collect();
-        let wh = warehouse.date_checksums(Some(&days))?;
-        let my = target.checksums(window.start, window.end).await?;
-        Ok((wh, my))
+    match scope {
+        DateScope::All => {
+            let wh = warehouse.date_checksums(None)?;
+            let my = target.checksums(ALL_DATES.0, ALL_DATES.1).await?;
+            Ok((wh, my))
+        }
+        DateScope::Window(window) => {
+            let days: Vec<NaiveDate> = window.days().collect();
+            let wh = warehouse.date_checksums(Some(&days))?;
+            let my = target.checksums(window.start, window.end).await?;
+            Ok((wh, my))
+        }
     }
 }
 
 async fn reconcile(
     config: &ExportConfig,
+    window: DateWindow,
     mut warehouse: Box<dyn Warehouse>,
     target: &mut MysqlTarget,
     summary: &mut StepSummary,
 ) -> Result<()> {
-    let (wh, my) = both_checksums(config, &mut warehouse, target).await?;
+    let scope = DateScope::of(config, window);
+    let (wh, my) = both_checksums(scope, &mut warehouse, target).await?;
     let dates: Vec<NaiveDate> = wh
         .keys()
         .chain(my.keys())
@@ -188,21 +210,21 @@ async fn reconcile(
         .into_iter()
         .collect();
     let table = drift(&dates, &wh, &my);
-    if !config.window.is_explicit() {
+    if let DateScope::All = scope {
         // Every event date was compared, not a window.
         summary.window = None;
     }
-    println!(
+    summary.report.push(format!(
         "{:<12} {:>12} {:>12} {:>26} {:>26}  status",
         "event_date", "wh_rows", "mysql_rows", "wh_checksum", "mysql_checksum"
-    );
+    ));
     let mut drifting = Vec::new();
     for line in &table {
         let ok = line.warehouse == line.mysql;
         if !ok {
             drifting.push(line.event_date);
         }
-        println!(
+        summary.report.push(format!(
             "{:<12} {:>12} {:>12} {:>26} {:>26}  {}",
             line.event_date.to_string(),
             line.warehouse.rows,
@@ -210,7 +232,7 @@ async fn reconcile(
             line.warehouse.checksum,
             line.mysql.checksum,
             if ok { "ok" } else { "DRIFT" }
-        );
+        ));
     }
     summary.counts.rows_read = table.iter().map(|l| l.warehouse.rows).sum();
     summary.status = if drifting.is_empty() {
@@ -285,7 +307,7 @@ impl<T: Send + 'static> WarehouseReader<T> {
         drop(self.rx);
         self.thread
             .join()
-            .map_err(|_| PipelineError::Config("the warehouse reader thread panicked".into()))
+            .map_err(|_| PipelineError::Internal("the warehouse reader thread panicked".into()))
     }
 }
 
@@ -324,6 +346,7 @@ async fn resync(
 
 async fn export(
     config: &ExportConfig,
+    window: DateWindow,
     mut warehouse: Box<dyn Warehouse>,
     target: &mut MysqlTarget,
     summary: &mut StepSummary,
@@ -344,8 +367,9 @@ async fn export(
     let mut progress = Progress::new("export-mysql", "change rows applied", feed_length);
     while let Some(batch) = reader.next().await {
         let (changes, batch) = batch?;
-        let next = last_offset(&batch)
-            .ok_or_else(|| PipelineError::Config("a change batch without offset columns".into()))?;
+        let next = last_offset(&batch).ok_or_else(|| {
+            PipelineError::Internal("a change batch without offset columns".into())
+        })?;
         let crash = config.fail_after_batches == Some(batches);
         let (u, d) = target
             .apply_split_changes(&batch, &changes, next, crash)
@@ -364,8 +388,9 @@ async fn export(
     let staged = warehouse.staged_files()?;
     let mut resynced = Vec::new();
     if config.window.is_explicit() || config.full_refresh {
-        let (wh, my) = both_checksums(config, &mut warehouse, target).await?;
-        let candidates = resync_dates(config, &wh, &my);
+        let scope = DateScope::of(config, window);
+        let (wh, my) = both_checksums(scope, &mut warehouse, target).await?;
+        let candidates = resync_dates(scope, &wh, &my);
         let drifting: Vec<NaiveDate> = candidates
             .into_iter()
             .filter(|d| {

@@ -341,7 +341,12 @@ impl RawSource for ParquetRawSource<'_> {
 
 pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let lake = open_lake(&config.lake_url)?;
-    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadWrite, "load-raw")?;
+    let mut warehouse = open_warehouse(
+        &config.warehouse.warehouse_url,
+        &config.warehouse.run_settings(),
+        Access::ReadWrite,
+        "load-raw",
+    )?;
     let staged = warehouse.staged_files()?.ok_or_else(|| {
         PipelineError::Config("nothing is staged in the warehouse: run stage-files first".into())
     })?;
@@ -453,9 +458,7 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
         summary.status = Status::Partial;
     }
     summary.detail("files_quarantined", &quarantined);
-    if let Some(jobs) = warehouse.job_log() {
-        summary.detail("warehouse_jobs", jobs);
-    }
+    summary.record_warehouse(warehouse.as_mut());
     Ok(summary)
 }
 

@@ -35,7 +35,12 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     }
     let mut window = config.window.resolve()?;
     let lake = open_lake(&config.lake_url)?;
-    let mut warehouse = open_warehouse(&config.warehouse, Access::ReadWrite, "stage-files")?;
+    let mut warehouse = open_warehouse(
+        &config.warehouse.warehouse_url,
+        &config.warehouse.run_settings(),
+        Access::ReadWrite,
+        "stage-files",
+    )?;
     let mut summary = StepSummary::new("stage-files", None);
 
     if let Some(from) = &config.from {
@@ -101,9 +106,7 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     );
     summary.detail("missing_days", missing);
     summary.detail("lake", lake.url());
-    if let Some(jobs) = warehouse.job_log() {
-        summary.detail("warehouse_jobs", jobs);
-    }
+    summary.record_warehouse(warehouse.as_mut());
     Ok(summary)
 }
 

@@ -104,11 +104,11 @@ pub fn key_slices(rows: u64, rows_per_slice: u64, max_slices: u32) -> Vec<KeySli
 fn row_keys<'b>(batch: &'b RecordBatch, name: &str) -> Result<Vec<&'b [u8]>> {
     let keys = batch
         .column_by_name(name)
-        .ok_or_else(|| PipelineError::Config(format!("change rows have no {name} column")))?;
+        .ok_or_else(|| PipelineError::Internal(format!("change rows have no {name} column")))?;
     (0..batch.num_rows())
         .map(|row| {
             binary_at(keys.as_ref(), row)
-                .ok_or_else(|| PipelineError::Config(format!("change row {row} has no {name}")))
+                .ok_or_else(|| PipelineError::Internal(format!("change row {row} has no {name}")))
         })
         .collect()
 }
@@ -199,10 +199,9 @@ impl KeyBuckets {
                 .map_err(arrow_err("starting the key-order spill file"))?;
             self.writer = Some(writer);
         }
-        let writer = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| PipelineError::Config("the key-order spill file is not open".into()))?;
+        let writer = self.writer.as_mut().ok_or_else(|| {
+            PipelineError::Internal("the key-order spill file is not open".into())
+        })?;
         for (b, blocks) in self.blocks.iter_mut().enumerate() {
             let (start, end) = (starts[b], starts[b + 1]);
             if end > start {
@@ -248,7 +247,7 @@ impl KeyBuckets {
                     .transpose()
                     .map_err(arrow_err("reading the key-order spill file"))?
                     .ok_or_else(|| {
-                        PipelineError::Config("the key-order spill file ended early".into())
+                        PipelineError::Internal("the key-order spill file ended early".into())
                     })?;
                 parts.push(part);
             }

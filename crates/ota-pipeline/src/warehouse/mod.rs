@@ -11,7 +11,6 @@ use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use crate::cli::WarehouseArgs;
 use crate::error::{PipelineError, Result};
 use crate::lake::{LakeFile, RecordedVersion};
 use crate::typed_batch::TypedBatch;
@@ -121,6 +120,25 @@ pub struct FeedOffset {
     pub event_key: [u8; 16],
 }
 
+impl FeedOffset {
+    /// Before every `changed_at`: 0001-01-01T00:00:00Z in microseconds.
+    pub const START_MICROS: i64 = -62_135_596_800_000_000;
+
+    /// Where a read of the feed after `offset` starts: its `changed_at` and key (exclusive),
+    /// or, from the beginning, the feed's start and a key before every key.
+    pub fn position(offset: Option<FeedOffset>) -> (i64, Vec<u8>) {
+        match offset {
+            Some(o) => (o.changed_at, o.event_key.to_vec()),
+            None => (FeedOffset::START_MICROS, Vec::new()),
+        }
+    }
+
+    /// The `changed_at` a read after `offset` starts from.
+    pub fn changed_at_of(offset: Option<FeedOffset>) -> i64 {
+        offset.map_or(FeedOffset::START_MICROS, |o| o.changed_at)
+    }
+}
+
 /// Row count and order-independent checksum of `row_hash` for one event date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct DateChecksum {
@@ -223,6 +241,12 @@ pub trait Warehouse: Send {
         Ok(None)
     }
 
+    /// What a dry run would have run (BigQuery: each statement with its estimate), for
+    /// the step to print before its summary; emptied by the call.
+    fn take_report(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// What the warehouse ran for this step, for the summary (BigQuery: its jobs, bytes
     /// processed and re-attachments). None for the embedded warehouse.
     fn job_log(&self) -> Option<serde_json::Value> {
@@ -244,15 +268,24 @@ pub enum Access {
     ReadOnly,
 }
 
-/// Opens the warehouse `args` names, for the step `step`.
+/// How a step runs against the warehouse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    /// BigQuery: print statements with their estimates instead of running them.
+    pub dry_run: bool,
+    /// What BigQuery job ids derive from, so a retried task re-attaches to its jobs.
+    pub run_id: Option<String>,
+}
+
+/// Opens the warehouse at `url` for the step `step`.
 pub fn open_warehouse(
-    args: &WarehouseArgs,
+    url: &str,
+    run: &RunSettings,
     access: Access,
     step: &str,
 ) -> Result<Box<dyn Warehouse>> {
-    let url = args.warehouse_url.as_str();
     if let Some(path) = url.strip_prefix("duckdb://") {
-        if args.dry_run {
+        if run.dry_run {
             return Err(PipelineError::Config(
                 "--dry-run prints BigQuery statements and estimates; the embedded warehouse has none".into(),
             ));
@@ -264,8 +297,8 @@ pub fn open_warehouse(
     } else if url.starts_with("bigquery://") {
         let options = bigquery::RunOptions {
             step: step.to_string(),
-            run_id: args.run_id.clone(),
-            dry_run: args.dry_run,
+            run_id: run.run_id.clone(),
+            dry_run: run.dry_run,
         };
         Ok(Box::new(bigquery::BigQueryWarehouse::open(
             url,

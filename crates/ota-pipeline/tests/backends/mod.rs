@@ -4,9 +4,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ota_pipeline::cli::WarehouseArgs;
 use ota_pipeline::gcp::BlockingRuntime;
-use ota_pipeline::warehouse::{Access, Warehouse, open_warehouse};
+use ota_pipeline::warehouse::{Access, RunSettings, Warehouse, open_warehouse};
 
 /// The BigQuery emulator's project (scripts/with-emulators.sh).
 pub const EMULATOR_PROJECT: &str = "ota-test";
@@ -141,7 +140,8 @@ impl Backend {
 
     pub fn open(&self) -> Box<dyn Warehouse> {
         open_warehouse(
-            &WarehouseArgs::url(self.url.clone()),
+            &self.url,
+            &RunSettings::default(),
             Access::ReadWrite,
             "test",
         )

@@ -94,7 +94,7 @@ impl GcsLocation {
             .and_then(|r| r.strip_prefix(self.bucket.as_str()))
             .and_then(|r| r.strip_prefix('/'))
             .ok_or_else(|| {
-                PipelineError::Config(format!("{uri} is not in the bucket {}", self.bucket))
+                PipelineError::Internal(format!("{uri} is not in the bucket {}", self.bucket))
             })
     }
 }
@@ -232,7 +232,7 @@ impl Lake for GcsLake {
     fn local_copy(&self, file: &LakeFile) -> Result<LocalCopy> {
         let name = self.location.object_of_uri(&file.uri)?;
         let crc32c = u32::from_str_radix(&file.checksum, 16).map_err(|_| {
-            PipelineError::Config(format!(
+            PipelineError::Internal(format!(
                 "{}: checksum {:?} is not crc32c hex",
                 file.uri, file.checksum
             ))
@@ -260,7 +260,7 @@ impl Lake for GcsLake {
     fn put_file(&self, name: &str, source: &Path) -> Result<PutOutcome> {
         let object = self.location.object_name(name);
         let crc32c = u32::from_str_radix(&crc32c_of_file(source)?, 16)
-            .map_err(|_| PipelineError::Config("crc32c hex".into()))?;
+            .map_err(|_| PipelineError::Internal("crc32c hex".into()))?;
         let size = std::fs::metadata(source)
             .map_err(|e| PipelineError::io(source, e))?
             .len();

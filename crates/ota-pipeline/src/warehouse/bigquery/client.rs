@@ -182,6 +182,9 @@ pub struct Jobs {
     /// Reads started so far (part of their ids, which are never re-used).
     reads: u32,
     pub records: Vec<JobRecord>,
+    /// A dry run's statements and estimates, for the step's output (never printed here:
+    /// stdout belongs to the step, whose last line is its summary).
+    report: Vec<String>,
 }
 
 /// The client's tokens come from the step's credentials (an account, or the emulator's
@@ -270,6 +273,7 @@ impl Jobs {
             runtime,
             reads: 0,
             records: Vec::new(),
+            report: Vec::new(),
         })
     }
 
@@ -350,14 +354,15 @@ impl Jobs {
                 .as_ref()
                 .and_then(|s| s.total_bytes_processed.as_deref())
                 .and_then(|b| b.parse().ok());
-            println!(
+            self.report.push(format!(
                 "-- {name}: estimated bytes processed: {}",
                 bytes.map_or("unknown".to_string(), |b: i64| b.to_string())
-            );
+            ));
             for p in params {
-                println!("--   @{} {} = {:?}", p.name, p.kind, p.value);
+                self.report
+                    .push(format!("--   @{} {} = {:?}", p.name, p.kind, p.value));
             }
-            println!("{sql};\n");
+            self.report.push(format!("{sql};\n"));
             self.records.push(JobRecord {
                 name: name.to_string(),
                 job_id: String::new(),
@@ -409,6 +414,16 @@ impl Jobs {
         &self.runtime
     }
 
+    /// Adds a line to a dry run's report.
+    pub fn report(&mut self, line: String) {
+        self.report.push(line);
+    }
+
+    /// The dry run's report so far, emptied.
+    pub fn take_report(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.report)
+    }
+
     /// Loads Parquet files into an existing table (appending). No-op in a dry run.
     pub fn load_parquet(
         &mut self,
@@ -418,10 +433,10 @@ impl Jobs {
         table: &str,
     ) -> Result<()> {
         if self.settings.dry_run {
-            println!(
+            self.report.push(format!(
                 "-- {name}: load {} Parquet file(s) into {dataset}.{table}\n",
                 uris.len()
-            );
+            ));
             return Ok(());
         }
         let load = JobConfigurationLoad {

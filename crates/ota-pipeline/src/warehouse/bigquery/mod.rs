@@ -79,9 +79,6 @@ fn lease_holder(run_key: &str, step: &str) -> String {
     format!("{run_key}/{step}")
 }
 
-/// The change feed's start: 0001-01-01 in microseconds.
-const FEED_START_MICROS: i64 = -62_135_596_800_000_000;
-
 /// The names templates may use, rendered to qualified identifiers.
 const TABLES: [&str; 14] = [
     "writer_lease",
@@ -312,11 +309,7 @@ impl BigQueryWarehouse {
         batch_rows: usize,
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        // From the beginning: 0001-01-01 and a key before every key.
-        let (at, key) = match offset {
-            Some(o) => (o.changed_at, o.event_key.to_vec()),
-            None => (FEED_START_MICROS, Vec::new()),
-        };
+        let (at, key) = FeedOffset::position(offset);
         let text = self.render(&sql::CHANGES_AFTER, None);
         let params = [
             Param::dates("dates", bounds.dates.iter().copied()),
@@ -468,6 +461,10 @@ impl Drop for BigQueryWarehouse {
 impl Warehouse for BigQueryWarehouse {
     fn url(&self) -> &str {
         &self.url
+    }
+
+    fn take_report(&mut self) -> Vec<String> {
+        self.jobs.take_report()
     }
 
     fn job_log(&self) -> Option<Value> {
@@ -676,10 +673,10 @@ impl Warehouse for BigQueryWarehouse {
         if self.jobs.settings().dry_run {
             self.jobs
                 .query("load_work_tables", &create, &[], Attach::ByInputs(&[]))?;
-            println!(
+            self.jobs.report(format!(
                 "-- load typed Parquet of {} file(s) into the work tables\n",
                 files.len()
-            );
+            ));
             self.jobs
                 .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
             return Ok(outcome);
@@ -838,7 +835,7 @@ impl Warehouse for BigQueryWarehouse {
     ) -> Result<()> {
         match selection {
             ChangeSelection::After(offset) => {
-                let at = offset.map_or(FEED_START_MICROS, |o| o.changed_at);
+                let at = FeedOffset::changed_at_of(*offset);
                 match self.feed_bounds(at)? {
                     Some(bounds) => self.stream_feed_within(*offset, &bounds, batch_rows, sink),
                     None => Ok(()),

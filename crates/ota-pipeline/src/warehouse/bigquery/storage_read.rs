@@ -69,12 +69,12 @@ pub fn open<'r>(
                 .map_err(bad_endpoint)?;
         }
         let channel: Channel = channel.connect().await.map_err(bad_endpoint)?;
-        let bearer: MetadataValue<_> = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| PipelineError::Config("the access token is not a header value".into()))?;
+        let bearer: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+            PipelineError::Internal("the access token is not a header value".into())
+        })?;
         let routing: MetadataValue<_> = format!("read_session.table={table_path}")
             .parse()
-            .map_err(|_| PipelineError::Config("the table name is not a header value".into()))?;
+            .map_err(|_| PipelineError::Internal("the table name is not a header value".into()))?;
         let mut client =
             BigQueryReadClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
                 req.metadata_mut().insert("authorization", bearer.clone());

@@ -3,99 +3,31 @@
 //! external table), `file_ledger`, `raw_events`, `raw_rejects`, `dedup_pending_dates`,
 //! `dedup_events`, `dedup_tombstones` and `dedup_runs`.
 
+mod config;
+mod dedup;
+mod feed;
+mod load;
 pub mod sql;
 
-use std::collections::{BTreeMap, BTreeSet};
+pub use config::{DEFAULT_MEMORY_LIMIT, DuckDbSettings, parse_location};
+use feed::{BatchAssembler, ROWS_PER_KEY_SLICE, ROWS_PER_SORT, select_dates};
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::concat_batches;
 use arrow::datatypes::Date32Type;
 use chrono::NaiveDate;
 use duckdb::{Connection, params};
 
-use super::key_order::{KeyBuckets, KeySlice, key_slices};
 use super::{
     ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
     RawLoadOutcome, RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
 };
 use crate::error::{PipelineError, Result};
 use crate::lake::{LakeFile, RecordedVersion};
-use crate::typing::{date_of_epoch_day, epoch_day_of_date};
+use crate::typing::date_of_epoch_day;
 use crate::window::{DateWindow, parse_date};
-
-/// Before every changed_at: 0001-01-01T00:00:00Z.
-const FEED_START_MICROS: i64 = -62_135_596_800_000_000;
-
-/// DuckDB's memory ceiling unless the URL sets one (`?memory_limit=`): steps stay well
-/// inside a small worker's memory whatever the data size; DuckDB spills what does not fit
-/// to `<database>.tmp` next to the file.
-pub const DEFAULT_MEMORY_LIMIT: &str = "256MB";
-
-/// Settings carried by the URL's query: `duckdb:///path/w.duckdb?memory_limit=1GB&threads=4`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DuckDbSettings {
-    pub memory_limit: String,
-    pub threads: Option<u32>,
-}
-
-impl Default for DuckDbSettings {
-    fn default() -> Self {
-        DuckDbSettings {
-            memory_limit: DEFAULT_MEMORY_LIMIT.to_string(),
-            threads: None,
-        }
-    }
-}
-
-/// Splits `/path/w.duckdb?k=v&...` (what follows `duckdb://`) into the path and settings.
-pub fn parse_location(location: &str) -> Result<(String, DuckDbSettings)> {
-    let (path, query) = location.split_once('?').unwrap_or((location, ""));
-    let mut settings = DuckDbSettings::default();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "memory_limit" => {
-                let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-                let unit = &value[digits.len()..];
-                let unit_ok = ["KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"]
-                    .iter()
-                    .any(|u| u.eq_ignore_ascii_case(unit));
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !unit_ok {
-                    return Err(PipelineError::Config(format!(
-                        "warehouse URL: memory_limit={value:?} is not a size like 512MB or 2GB"
-                    )));
-                }
-                settings.memory_limit = value.to_string();
-            }
-            "threads" => {
-                let threads = value.parse::<u32>().ok().filter(|t| *t > 0);
-                settings.threads = Some(threads.ok_or_else(|| {
-                    PipelineError::Config(format!(
-                        "warehouse URL: threads={value:?} is not a positive number"
-                    ))
-                })?);
-            }
-            other => {
-                return Err(PipelineError::Config(format!(
-                    "warehouse URL: unknown setting {other:?} (memory_limit, threads)"
-                )));
-            }
-        }
-    }
-    Ok((path.to_string(), settings))
-}
-
-impl DuckDbSettings {
-    fn config(&self) -> duckdb::Result<duckdb::Config> {
-        let config = duckdb::Config::default().max_memory(&self.memory_limit)?;
-        match self.threads {
-            Some(n) => config.threads(i64::from(n)),
-            None => Ok(config),
-        }
-    }
-}
 
 /// Handle on the embedded warehouse.
 pub struct DuckDbWarehouse {
@@ -183,461 +115,6 @@ impl DuckDbWarehouse {
                     tracing::error!(error = %rb, "rollback failed after: {e}");
                 }
                 Err(e)
-            }
-        }
-    }
-
-    /// [`Warehouse::load_raw`]'s work, in one transaction.
-    fn load_raw_rows(
-        &mut self,
-        files: &[LakeFile],
-        loaded_at: i64,
-        source: &mut dyn RawSource,
-    ) -> Result<RawLoadOutcome> {
-        self.in_transaction("loading raw rows", |conn| {
-            let mut outcome = RawLoadOutcome::default();
-            let mut dates = BTreeSet::new();
-            for file in files {
-                let e = || db_err("replacing the rows of a file");
-                {
-                    let mut stmt = conn.prepare(sql::SELECT_FILE_DATES).map_err(e())?;
-                    let old = stmt
-                        .query_map(params![file.day.to_string(), file.uri], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                        })
-                        .map_err(e())?;
-                    for row in old {
-                        let (d, n) = row.map_err(e())?;
-                        let d = parse_date("raw event date", &d)?;
-                        dates.insert(epoch_day_of_date(d));
-                        outcome.rows_replaced += n as u64;
-                    }
-                }
-                conn.execute(
-                    sql::DELETE_FILE_ROWS,
-                    params![file.day.to_string(), file.uri],
-                )
-                .map_err(e())?;
-                conn.execute(
-                    sql::DELETE_FILE_REJECTS,
-                    params![file.day.to_string(), file.uri],
-                )
-                .map_err(e())?;
-                let mut rows_loaded = 0u64;
-                let mut rejects = Vec::new();
-                {
-                    // Flushed after every batch: DuckDB's appender otherwise collects
-                    // a couple of hundred thousand rows in memory outside its memory_limit.
-                    let mut appender = conn.appender("raw_events").map_err(e())?;
-                    source.read(file, &mut |typed| {
-                        rows_loaded += typed.rows.num_rows() as u64;
-                        collect_dates(&mut dates, &typed.rows);
-                        rejects.extend(typed.rejected);
-                        appender
-                            .append_record_batch(typed.rows)
-                            .and_then(|()| appender.flush())
-                            .map_err(|err| {
-                                PipelineError::warehouse(
-                                    format!("appending rows of {}", file.uri),
-                                    err,
-                                )
-                            })
-                    })?;
-                    appender.flush().map_err(e())?;
-                }
-                if !rejects.is_empty() {
-                    let mut appender = conn.appender("raw_rejects").map_err(e())?;
-                    for r in &rejects {
-                        appender
-                            .append_row(params![
-                                file.uri,
-                                file.day.to_string(),
-                                r.source_row,
-                                r.reason,
-                                r.request_id,
-                                r.raw_timestamp,
-                                duckdb::types::Value::Timestamp(
-                                    duckdb::types::TimeUnit::Microsecond,
-                                    loaded_at
-                                )
-                            ])
-                            .map_err(e())?;
-                    }
-                    appender.flush().map_err(e())?;
-                }
-                conn.execute(sql::DELETE_LEDGER_ENTRY, params![file.uri])
-                    .map_err(e())?;
-                conn.execute(
-                    sql::INSERT_LEDGER_ENTRY,
-                    params![
-                        file.uri,
-                        file.day.to_string(),
-                        file.size as i64,
-                        file.generation,
-                        file.checksum,
-                        file.ingested_at,
-                        loaded_at,
-                        rows_loaded as i64,
-                        rejects.len() as i64
-                    ],
-                )
-                .map_err(e())?;
-                outcome.rows_written += rows_loaded;
-                outcome.rejected += rejects.len() as u64;
-            }
-            let mut stmt = conn
-                .prepare(sql::INSERT_PENDING_DATE)
-                .map_err(db_err("queueing dates for dedup"))?;
-            for d in &dates {
-                let date = date_of_epoch_day(*d);
-                stmt.execute(params![date.to_string()])
-                    .map_err(db_err("queueing dates for dedup"))?;
-                outcome.affected_dates.push(date);
-            }
-            Ok(outcome)
-        })
-    }
-
-    fn count(&self, query: &str, bind: &[&dyn duckdb::ToSql]) -> Result<u64> {
-        let n: i64 = self
-            .conn
-            .query_row(query, bind, |r| r.get(0))
-            .map_err(db_err("counting changes"))?;
-        Ok(n.max(0) as u64)
-    }
-
-    /// Hands the rows of `read` (`rows` of them, about) to `batches` in key order.
-    /// DuckDB sorts up to `rows_per_sort` rows itself; more are read in key slices, each
-    /// put in order through [`KeyBuckets`], the next slice read on a connection of its own
-    /// while the previous one goes out. Returns false once the sink wants no more.
-    fn stream_in_key_order(
-        &self,
-        read: &KeyOrderedRead,
-        rows: u64,
-        batches: &mut BatchAssembler<'_>,
-    ) -> Result<bool> {
-        if rows <= self.rows_per_sort {
-            return read.stream(&self.conn, read.sorted_query(), None, &mut |chunk| {
-                batches.push(chunk)
-            });
-        }
-        // The slices are read while batches are encoded and sent on other threads (and
-        // MySQL, where it runs on this machine, loads them): more DuckDB workers would
-        // only contend with those for the CPU.
-        let left = leave_a_core(&self.conn, self.threads, "leaving a core to the sender")?;
-        let streamed = self.stream_key_slices(read, rows, batches);
-        restore_threads(&self.conn, left, streamed)
-    }
-
-    /// The large case of [`Self::stream_in_key_order`].
-    fn stream_key_slices(
-        &self,
-        read: &KeyOrderedRead,
-        rows: u64,
-        batches: &mut BatchAssembler<'_>,
-    ) -> Result<bool> {
-        let slices = key_slices(rows, self.rows_per_slice, MAX_KEY_SLICES);
-        let rows_per_bucket = self.rows_per_sort / 4;
-        tracing::debug!(
-            rows,
-            slices = slices.len(),
-            "ordering changes by key through slices and buckets"
-        );
-        let conn = self
-            .conn
-            .try_clone()
-            .map_err(db_err("opening a reader connection"))?;
-        let stop = AtomicBool::new(false);
-        // Rendezvous: the reader gets one slice ahead of the one being sent, no more.
-        let (ready, slices_in) = std::sync::mpsc::sync_channel::<Result<KeyBuckets>>(0);
-        std::thread::scope(|scope| {
-            let stop = &stop;
-            scope.spawn(move || {
-                let read_slice = |slice: &KeySlice| -> Result<KeyBuckets> {
-                    let mut buckets = KeyBuckets::new("event_key", rows, rows_per_bucket);
-                    read.stream(&conn, read.slice_query(), Some(slice), &mut |chunk| {
-                        buckets.push(chunk)?;
-                        Ok(!stop.load(Ordering::Relaxed))
-                    })?;
-                    Ok(buckets)
-                };
-                if let KeyOrderedRead::Dates(dates) = read
-                    && let Err(e) = select_dates(&conn, dates)
-                {
-                    let _ = ready.send(Err(e));
-                    return;
-                }
-                for (index, slice) in slices.iter().enumerate() {
-                    let started = std::time::Instant::now();
-                    let buckets = read_slice(slice);
-                    tracing::debug!(
-                        slice = index,
-                        ms = started.elapsed().as_millis() as u64,
-                        "read a key slice"
-                    );
-                    let failed = buckets.is_err();
-                    if stop.load(Ordering::Relaxed) || ready.send(buckets).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            let mut send_slices = || -> Result<bool> {
-                for buckets in &slices_in {
-                    if !buckets?.drain(&mut |sorted| batches.push(sorted))? {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            };
-            let sent = send_slices();
-            // Whatever ended the loop, the reader stops at its next chunk.
-            stop.store(true, Ordering::Relaxed);
-            drop(slices_in);
-            sent
-        })
-    }
-
-    /// The change feed after an offset, run by run.
-    fn stream_feed(
-        &self,
-        offset: Option<FeedOffset>,
-        batches: &mut BatchAssembler<'_>,
-    ) -> Result<()> {
-        let (at, key) = match offset {
-            Some(o) => (o.changed_at, o.event_key.to_vec()),
-            None => (FEED_START_MICROS, Vec::new()),
-        };
-        let runs: Vec<(i64, i64)> = {
-            let mut stmt = self
-                .conn
-                .prepare(sql::FEED_RUNS)
-                .map_err(db_err("listing the change feed's runs"))?;
-            stmt.query_map(params![at], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db_err("listing the change feed's runs"))?
-                .collect::<duckdb::Result<_>>()
-                .map_err(db_err("listing the change feed's runs"))?
-        };
-        for (run_at, rows) in runs {
-            let read = KeyOrderedRead::Run {
-                changed_at: run_at,
-                after: if run_at == at {
-                    key.clone()
-                } else {
-                    Vec::new()
-                },
-            };
-            if !self.stream_in_key_order(&read, rows.max(0) as u64, batches)? {
-                return Ok(());
-            }
-        }
-        batches.finish()
-    }
-
-    /// Every current row of some event dates, in key order.
-    fn stream_dates(&self, dates: &[NaiveDate], batches: &mut BatchAssembler<'_>) -> Result<()> {
-        select_dates(&self.conn, dates)?;
-        let rows = self.count(sql::COUNT_ROWS_OF_DATES, &[])?;
-        let read = KeyOrderedRead::Dates(dates.to_vec());
-        if !self.stream_in_key_order(&read, rows, batches)? {
-            return Ok(());
-        }
-        batches.finish()
-    }
-}
-
-/// Fills the connection's `selected_dates` (a temporary table: one per connection).
-fn select_dates(conn: &Connection, dates: &[NaiveDate]) -> Result<()> {
-    conn.execute_batch(sql::CREATE_SELECTED_DATES)
-        .map_err(db_err("selecting dates"))?;
-    let mut stmt = conn
-        .prepare(sql::INSERT_SELECTED_DATE)
-        .map_err(db_err("selecting dates"))?;
-    for d in dates {
-        stmt.execute(params![d.to_string()])
-            .map_err(db_err("selecting dates"))?;
-    }
-    Ok(())
-}
-
-/// Runs a query and hands its result chunks, in order, to `each`. Returns false once
-/// `each` wants no more.
-fn stream_query(
-    conn: &Connection,
-    query: &str,
-    bind: &[&dyn duckdb::ToSql],
-    each: &mut dyn FnMut(RecordBatch) -> Result<bool>,
-) -> Result<bool> {
-    let mut stmt = conn
-        .prepare(query)
-        .map_err(db_err("preparing the change query"))?;
-    let stream = stmt.stream_arrow(bind).map_err(db_err("reading changes"))?;
-    for chunk in stream {
-        let chunk = chunk.map_err(db_err("reading changes"))?;
-        if !each(chunk)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// What a key-ordered read selects, with the values it binds (owned: a large read runs
-/// on a thread of its own).
-enum KeyOrderedRead {
-    /// One dedup run after a key: its changed_at µs and the offset key (empty: none).
-    Run { changed_at: i64, after: Vec<u8> },
-    /// The current rows of some event dates (`selected_dates` of the connection).
-    Dates(Vec<NaiveDate>),
-}
-
-impl KeyOrderedRead {
-    fn sorted_query(&self) -> &'static str {
-        match self {
-            KeyOrderedRead::Run { .. } => sql::CHANGES_OF_RUN.as_str(),
-            KeyOrderedRead::Dates(_) => sql::ROWS_OF_DATES.as_str(),
-        }
-    }
-
-    fn slice_query(&self) -> &'static str {
-        match self {
-            KeyOrderedRead::Run { .. } => sql::CHANGES_OF_RUN_SLICE.as_str(),
-            KeyOrderedRead::Dates(_) => sql::ROWS_OF_DATES_SLICE.as_str(),
-        }
-    }
-
-    /// Runs one of its queries on `conn`, binding its values and a slice's bounds.
-    fn stream(
-        &self,
-        conn: &Connection,
-        query: &str,
-        slice: Option<&KeySlice>,
-        each: &mut dyn FnMut(RecordBatch) -> Result<bool>,
-    ) -> Result<bool> {
-        let mut bind: Vec<&dyn duckdb::ToSql> = match self {
-            KeyOrderedRead::Run { changed_at, after } => {
-                vec![changed_at as &dyn duckdb::ToSql, after]
-            }
-            KeyOrderedRead::Dates(_) => Vec::new(),
-        };
-        if let Some(slice) = slice {
-            bind.extend([&slice.lo as &dyn duckdb::ToSql, &slice.hi]);
-        }
-        stream_query(conn, query, &bind, each)
-    }
-}
-
-/// DuckDB's threads while another thread of the step does its own share of the work
-/// (types rows for load_raw, sends batches for the export): one core fewer than the
-/// machine has, unless the URL chose (`None`: leave the setting alone).
-fn threads_beside_a_core(url_threads: Option<u32>, cores: usize) -> Option<u32> {
-    match url_threads {
-        Some(_) => None,
-        None => u32::try_from(cores).ok().filter(|n| *n > 1).map(|n| n - 1),
-    }
-}
-
-/// Leaves a core of the machine to another thread ([`threads_beside_a_core`]); true if
-/// the setting was changed and is to be restored by [`restore_threads`].
-fn leave_a_core(
-    conn: &Connection,
-    url_threads: Option<u32>,
-    context: &'static str,
-) -> Result<bool> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match threads_beside_a_core(url_threads, cores) {
-        Some(n) => {
-            conn.execute_batch(&sql::set_threads(n))
-                .map_err(db_err(context))?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
-}
-
-/// Gives DuckDB its default threads back after [`leave_a_core`]; the work's own error,
-/// if it failed, is the one reported.
-fn restore_threads<T>(conn: &Connection, left: bool, outcome: Result<T>) -> Result<T> {
-    if !left {
-        return outcome;
-    }
-    match conn.execute_batch(sql::RESET_THREADS) {
-        Ok(()) => outcome,
-        Err(e) if outcome.is_ok() => Err(PipelineError::warehouse("restoring DuckDB's threads", e)),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not restore DuckDB's threads after a failure");
-            outcome
-        }
-    }
-}
-
-/// Rows DuckDB sorts at once when reading changes; more are ordered through key buckets
-/// of a quarter of this many rows each (they are sorted in the process's own memory,
-/// outside DuckDB's limit).
-const ROWS_PER_SORT: u64 = 100_000;
-
-/// A selection of more than [`ROWS_PER_SORT`] rows is read in key slices of about this
-/// many rows, at most [`MAX_KEY_SLICES`] of them: the first rows go out after one slice
-/// has been read, not the whole selection, and each slice costs one more scan of it, so
-/// a few slices pay and many cost more CPU than they save. [`key_slices`] cuts the first
-/// in two, so the first batch leaves sooner.
-const ROWS_PER_KEY_SLICE: u64 = 250_000;
-const MAX_KEY_SLICES: u32 = 4;
-
-/// Cuts query results into batches of exactly `batch_rows` rows (the last may be
-/// shorter), across the queries that make up one selection.
-struct BatchAssembler<'a> {
-    batch_rows: usize,
-    pending: Vec<RecordBatch>,
-    pending_rows: usize,
-    sink: &'a mut dyn FnMut(RecordBatch) -> Result<bool>,
-}
-
-impl<'a> BatchAssembler<'a> {
-    fn new(batch_rows: usize, sink: &'a mut dyn FnMut(RecordBatch) -> Result<bool>) -> Self {
-        BatchAssembler {
-            batch_rows: batch_rows.max(1),
-            pending: Vec::new(),
-            pending_rows: 0,
-            sink,
-        }
-    }
-
-    fn flush(&mut self) -> Result<bool> {
-        let Some(first) = self.pending.first() else {
-            return Ok(true);
-        };
-        let batch = concat_batches(&first.schema(), &self.pending)
-            .map_err(|e| PipelineError::arrow("assembling a change batch", e))?;
-        self.pending.clear();
-        self.pending_rows = 0;
-        (self.sink)(batch)
-    }
-
-    fn push(&mut self, mut chunk: RecordBatch) -> Result<bool> {
-        while chunk.num_rows() > 0 {
-            let take = (self.batch_rows - self.pending_rows).min(chunk.num_rows());
-            self.pending.push(chunk.slice(0, take));
-            self.pending_rows += take;
-            chunk = chunk.slice(take, chunk.num_rows() - take);
-            if self.pending_rows == self.batch_rows && !self.flush()? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        self.flush().map(|_| ())
-    }
-}
-
-fn collect_dates(set: &mut BTreeSet<i32>, batch: &RecordBatch) {
-    if let Ok(idx) = batch.schema().index_of("event_date") {
-        let dates = batch.column(idx).as_primitive::<Date32Type>();
-        let mut last = None;
-        for d in dates.values().iter() {
-            if last != Some(*d) {
-                set.insert(*d);
-                last = Some(*d);
             }
         }
     }
@@ -830,66 +307,11 @@ impl Warehouse for DuckDbWarehouse {
         loaded_at: i64,
         source: &mut dyn RawSource,
     ) -> Result<RawLoadOutcome> {
-        // The rows arrive decoded and typed by a thread of their own (steps::load), so
-        // unless the URL chose, DuckDB gets one core fewer while it appends them: with
-        // every core its workers contend with that thread for the CPU.
-        let left = leave_a_core(
-            &self.conn,
-            self.threads,
-            "leaving a core to the typing thread",
-        )?;
-        let loaded = self.load_raw_rows(files, loaded_at, source);
-        restore_threads(&self.conn, left, loaded)
+        self.load_files(files, loaded_at, source)
     }
 
     fn dedup(&mut self, now: i64) -> Result<DedupOutcome> {
-        self.in_transaction("rebuilding dedup dates", |conn| {
-            let e = || db_err("rebuilding dedup dates");
-            conn.execute_batch(sql::DEDUP_PREPARE).map_err(e())?;
-            let mut outcome = DedupOutcome::default();
-            {
-                let mut stmt = conn.prepare(sql::DEDUP_DATES).map_err(e())?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(e())?;
-                for d in rows {
-                    outcome
-                        .rebuilt_dates
-                        .push(parse_date("dedup date", &d.map_err(e())?)?);
-                }
-            }
-            if outcome.rebuilt_dates.is_empty() {
-                return Ok(outcome);
-            }
-            let (read, winners, changed, vanished): (i64, i64, i64, i64) = conn
-                .query_row(sql::DEDUP_COUNTS, [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .map_err(e())?;
-            outcome.rows_read = read as u64;
-            outcome.duplicates_removed = (read - winners) as u64;
-            outcome.rows_changed = changed as u64;
-            outcome.rows_deleted = vanished as u64;
-            // changed_at is strictly increasing per warehouse, whatever the clock does.
-            let last: Option<i64> = conn
-                .query_row(sql::LAST_CHANGED_AT, [], |r| r.get(0))
-                .map_err(e())?;
-            let changed_at = match last {
-                Some(l) if l >= now => l + 1,
-                _ => now,
-            };
-            outcome.changed_at = Some(changed_at);
-            conn.execute_batch(sql::DEDUP_UPDATE_LINEAGE).map_err(e())?;
-            conn.execute_batch(sql::DEDUP_APPLY_DELETE).map_err(e())?;
-            conn.execute(&sql::DEDUP_APPLY_INSERT, params![changed_at])
-                .map_err(e())?;
-            conn.execute_batch(sql::DEDUP_DELETE_TOMBSTONES)
-                .map_err(e())?;
-            conn.execute(sql::DEDUP_INSERT_TOMBSTONES, params![changed_at])
-                .map_err(e())?;
-            conn.execute_batch(sql::DEDUP_CLEAR_PENDING).map_err(e())?;
-            conn.execute(sql::DEDUP_RECORD_RUN, params![changed_at])
-                .map_err(e())?;
-            Ok(outcome)
-        })
+        self.rebuild_dedup_dates(now)
     }
 
     fn stream_changes(
@@ -906,7 +328,7 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     fn feed_length(&mut self, offset: Option<FeedOffset>) -> Result<Option<u64>> {
-        let at = offset.map_or(FEED_START_MICROS, |o| o.changed_at);
+        let at = FeedOffset::changed_at_of(offset);
         self.count(sql::FEED_LENGTH, &[&at]).map(Some)
     }
 
@@ -948,6 +370,7 @@ impl Warehouse for DuckDbWarehouse {
 
 #[cfg(test)]
 mod tests {
+    use super::config::threads_beside_a_core;
     use super::*;
 
     /// (op, changed_at, key, request_id) of every change a selection streams.
