@@ -44,6 +44,25 @@ pub struct RecordedVersion {
 }
 
 impl RecordedVersion {
+    /// A ledger row as either warehouse stores it: (size, generation, checksum,
+    /// loaded_at, rows). An unknown `loaded_at` (never in practice) reads as 0, so the
+    /// file is read again; negative counts as 0.
+    pub fn from_ledger_row(
+        size: i64,
+        generation: String,
+        checksum: String,
+        loaded_at: Option<i64>,
+        rows: Option<i64>,
+    ) -> Self {
+        RecordedVersion {
+            size: size.max(0) as u64,
+            generation,
+            checksum,
+            loaded_at: loaded_at.unwrap_or(0),
+            rows: rows.unwrap_or(0).max(0) as u64,
+        }
+    }
+
     /// Whether the lake file is the version the ledger loaded (same size and content).
     pub fn matches(&self, file: &LakeFile) -> bool {
         self.size == file.size && self.checksum == file.checksum

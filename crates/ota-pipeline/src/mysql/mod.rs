@@ -25,7 +25,7 @@ use crate::contract::validate_identifier;
 use crate::error::{PipelineError, Result};
 use crate::mysql::encode::RowEncoder;
 use crate::mysql::sql::OnDuplicate;
-use crate::warehouse::{DateChecksum, FeedOffset};
+use crate::warehouse::change::{DateChecksum, FeedOffset, binary_at};
 
 /// Size of the pieces a LOAD DATA stream is sent in (well under any max_allowed_packet).
 const INFILE_CHUNK_BYTES: usize = 1 << 20;
@@ -359,24 +359,32 @@ impl MysqlTarget {
         })
     }
 
-    /// Applies one batch of the change feed and moves the offset to its last row, in one
-    /// transaction: upserts are loaded straight into the serving table (`REPLACE`), the
-    /// keys of tombstones deleted. With `crash_before_commit` the transaction is left open
-    /// and an error returned, as a crash at that point would (tests of crash safety).
+    /// Applies one batch of the change feed, already split by [`split_changes`] (the
+    /// export splits each batch on its reader thread while the previous one loads), and
+    /// moves the offset to its last row, in one transaction: upserts are loaded straight
+    /// into the serving table (`REPLACE`), the keys of tombstones deleted.
     pub async fn apply_changes(
         &mut self,
         batch: &RecordBatch,
+        changes: &ChangeRows,
         offset: FeedOffset,
-        crash_before_commit: bool,
     ) -> Result<(u64, u64)> {
-        let changes = split_changes(batch)?;
-        self.apply_split_changes(batch, &changes, offset, crash_before_commit)
-            .await
+        self.apply_batch(batch, changes, offset, false).await
     }
 
-    /// [`MysqlTarget::apply_changes`] of a batch already split by [`split_changes`]
-    /// (the export splits each batch on its reader thread, while the previous one loads).
-    pub async fn apply_split_changes(
+    /// Tests of crash safety (debug builds only): does all a batch does, then leaves its
+    /// transaction open and fails, as a crash before the commit would.
+    #[cfg(debug_assertions)]
+    pub async fn apply_changes_then_stop(
+        &mut self,
+        batch: &RecordBatch,
+        changes: &ChangeRows,
+        offset: FeedOffset,
+    ) -> Result<(u64, u64)> {
+        self.apply_batch(batch, changes, offset, true).await
+    }
+
+    async fn apply_batch(
         &mut self,
         batch: &RecordBatch,
         changes: &ChangeRows,
@@ -672,7 +680,7 @@ pub fn split_changes(batch: &RecordBatch) -> Result<ChangeRows> {
         }
     };
     let key_at = |row: usize| {
-        crate::warehouse::binary_at(keys.as_ref(), row)
+        binary_at(keys.as_ref(), row)
             .ok_or_else(|| PipelineError::Internal(format!("change row {row} has no event_key")))
     };
     let day_at = |row: usize| {

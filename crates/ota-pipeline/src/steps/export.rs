@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use serde::Serialize;
 
@@ -13,9 +12,8 @@ use crate::error::{PipelineError, Result};
 use crate::mysql::{MysqlConfig, MysqlTarget, split_changes};
 use crate::progress::Progress;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::{
-    Access, ChangeSelection, DateChecksum, FeedOffset, Warehouse, open_warehouse,
-};
+use crate::warehouse::change::{ChangeOffsets, DateChecksum};
+use crate::warehouse::{Access, ChangeSelection, Warehouse, open_warehouse};
 use crate::window::DateWindow;
 
 #[derive(Debug, Clone)]
@@ -28,7 +26,9 @@ pub struct ExportConfig {
     pub full_refresh: bool,
     /// Only compare warehouse and MySQL per event date.
     pub reconcile: bool,
-    /// Tests of crash safety: stop before committing the batch after this many.
+    /// Tests of crash safety (debug builds only): stop before committing the batch
+    /// after this many.
+    #[cfg(debug_assertions)]
     pub fail_after_batches: Option<u64>,
 }
 
@@ -249,21 +249,6 @@ async fn reconcile(
     Ok(())
 }
 
-fn last_offset(batch: &RecordBatch) -> Option<FeedOffset> {
-    let n = batch.num_rows().checked_sub(1)?;
-    let at = batch
-        .column(1)
-        .as_primitive_opt::<TimestampMicrosecondType>()?
-        .value(n);
-    let key = crate::warehouse::binary_at(batch.column(2).as_ref(), n)?;
-    let mut event_key = [0u8; 16];
-    event_key.copy_from_slice(key.get(..16)?);
-    Some(FeedOffset {
-        changed_at: at,
-        event_key,
-    })
-}
-
 /// Streams a selection from the warehouse on its own thread (the warehouse is blocking)
 /// while MySQL writes run on the caller's: reads and writes overlap, and one batch waits
 /// in between (the reader outpaces MySQL, so one is enough to keep it busy; each batch
@@ -367,13 +352,18 @@ async fn export(
     let mut progress = Progress::new("export-mysql", "change rows applied", feed_length);
     while let Some(batch) = reader.next().await {
         let (changes, batch) = batch?;
-        let next = last_offset(&batch).ok_or_else(|| {
-            PipelineError::Internal("a change batch without offset columns".into())
+        let next = ChangeOffsets::of(&batch)?.last().ok_or_else(|| {
+            PipelineError::Internal(
+                "an empty change batch, or one whose last row has no event key".into(),
+            )
         })?;
-        let crash = config.fail_after_batches == Some(batches);
-        let (u, d) = target
-            .apply_split_changes(&batch, &changes, next, crash)
-            .await?;
+        #[cfg(debug_assertions)]
+        if config.fail_after_batches == Some(batches) {
+            target
+                .apply_changes_then_stop(&batch, &changes, next)
+                .await?;
+        }
+        let (u, d) = target.apply_changes(&batch, &changes, next).await?;
         offset = Some(next);
         upserted += u;
         deleted += d;

@@ -2,8 +2,11 @@
 //! A small trait with one module per backend: embedded DuckDB and BigQuery.
 
 pub mod bigquery;
+pub mod change;
 pub mod duckdb;
 pub mod key_order;
+
+pub use change::{DateChecksum, FeedOffset, add_to_checksum, binary_at};
 
 use std::collections::BTreeMap;
 
@@ -84,6 +87,26 @@ pub struct QuarantinedFile {
 }
 
 impl QuarantinedFile {
+    /// A quarantine row as either warehouse stores it: (uri, size, checksum, kind,
+    /// reason, quarantined_at).
+    pub fn from_quarantine_row(
+        uri: String,
+        size: i64,
+        checksum: String,
+        kind: &str,
+        reason: String,
+        quarantined_at: Option<i64>,
+    ) -> Self {
+        QuarantinedFile {
+            uri,
+            size: size.max(0) as u64,
+            checksum,
+            kind: QuarantineKind::parse(kind),
+            reason,
+            quarantined_at: quarantined_at.unwrap_or(0),
+        }
+    }
+
     /// Whether the lake file is the version that was quarantined.
     pub fn is_version_of(&self, file: &LakeFile) -> bool {
         self.size == file.size && self.checksum == file.checksum
@@ -110,67 +133,6 @@ pub struct DedupOutcome {
     pub rows_deleted: u64,
     /// `changed_at` of this run, UTC microseconds (None when nothing was pending).
     pub changed_at: Option<i64>,
-}
-
-/// Position in the change feed: `(changed_at, event_key)` of the last applied change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct FeedOffset {
-    pub changed_at: i64,
-    #[serde(serialize_with = "crate::hex::serialize")]
-    pub event_key: [u8; 16],
-}
-
-impl FeedOffset {
-    /// Before every `changed_at`: 0001-01-01T00:00:00Z in microseconds.
-    pub const START_MICROS: i64 = -62_135_596_800_000_000;
-
-    /// Where a read of the feed after `offset` starts: its `changed_at` and key (exclusive),
-    /// or, from the beginning, the feed's start and a key before every key.
-    pub fn position(offset: Option<FeedOffset>) -> (i64, Vec<u8>) {
-        match offset {
-            Some(o) => (o.changed_at, o.event_key.to_vec()),
-            None => (FeedOffset::START_MICROS, Vec::new()),
-        }
-    }
-
-    /// The `changed_at` a read after `offset` starts from.
-    pub fn changed_at_of(offset: Option<FeedOffset>) -> i64 {
-        offset.map_or(FeedOffset::START_MICROS, |o| o.changed_at)
-    }
-}
-
-/// Row count and order-independent checksum of `row_hash` for one event date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct DateChecksum {
-    pub rows: u64,
-    /// Sum of the first 8 bytes (big-endian) of every row_hash.
-    pub checksum: u128,
-}
-
-/// The bytes of a binary cell, whichever binary layout the backend returns.
-pub fn binary_at(array: &dyn arrow::array::Array, row: usize) -> Option<&[u8]> {
-    use arrow::array::AsArray;
-    if array.is_null(row) {
-        return None;
-    }
-    if let Some(a) = array.as_binary_opt::<i32>() {
-        Some(a.value(row))
-    } else if let Some(a) = array.as_binary_opt::<i64>() {
-        Some(a.value(row))
-    } else if let Some(a) = array.as_binary_view_opt() {
-        Some(a.value(row))
-    } else {
-        array.as_fixed_size_binary_opt().map(|a| a.value(row))
-    }
-}
-
-/// Adds one row_hash to a checksum.
-pub fn add_to_checksum(sum: &mut DateChecksum, row_hash: &[u8]) {
-    let mut first = [0u8; 8];
-    let n = row_hash.len().min(8);
-    first[..n].copy_from_slice(&row_hash[..n]);
-    sum.rows += 1;
-    sum.checksum += u128::from(u64::from_be_bytes(first));
 }
 
 /// Which changes to read from the warehouse.

@@ -51,7 +51,9 @@ struct Cli {
     /// Compare row counts and checksums per event date; exit 1 on any drift. Writes nothing.
     #[arg(long)]
     reconcile: bool,
-    /// Testing only: stop before committing the batch after this many.
+    /// Tests of crash safety (debug builds only): stop before committing the batch after
+    /// this many.
+    #[cfg(debug_assertions)]
     #[arg(long, hide = true)]
     fail_after_batches: Option<u64>,
 }
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         batch_rows: cli.batch_size,
         full_refresh: cli.full_refresh,
         reconcile: cli.reconcile,
+        #[cfg(debug_assertions)]
         fail_after_batches: cli.fail_after_batches,
     };
     run_step(|| export_mysql(&config))

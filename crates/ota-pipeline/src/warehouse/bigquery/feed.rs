@@ -9,16 +9,16 @@ use arrow::array::{
     Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use base64::Engine;
 use chrono::NaiveDate;
 use serde_json::Value;
 
 use super::storage_read;
-use crate::contract::{PRICE_PRECISION, PRICE_SCALE, TYPED_COLUMNS, TYPED_SCHEMA, TypedKind};
+use crate::contract::{PRICE_PRECISION, PRICE_SCALE, TYPED_COLUMNS, TypedKind};
 use crate::error::{PipelineError, Result};
 use crate::typing::epoch_day_of_date;
-use crate::warehouse::binary_at;
+pub use crate::warehouse::change::CHANGE_SCHEMA;
+use crate::warehouse::change::{BatchRecutter, ChangeOffsets};
 use crate::window::parse_date;
 
 pub(super) fn cell_str(row: &[Value], i: usize) -> Option<&str> {
@@ -68,26 +68,10 @@ pub fn parse_decimal_micros(text: &str) -> Option<i128> {
     Some(if negative { -value } else { value })
 }
 
-/// The schema of change batches: `op`, `changed_at`, then the typed columns.
-pub static CHANGE_SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
-    let mut fields = vec![
-        Field::new("op", DataType::Utf8, false),
-        Field::new(
-            "changed_at",
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-            false,
-        ),
-    ];
-    for f in TYPED_SCHEMA.fields() {
-        let keyed = matches!(f.name().as_str(), "event_key" | "event_date");
-        fields.push(Field::new(f.name(), f.data_type().clone(), !keyed));
-    }
-    Arc::new(Schema::new(fields))
-});
-
-/// Hands a Storage Read stream to `sink` in batches of at most `batch_rows`; for the
-/// change feed, checks that rows arrive in `(changed_at, event_key)` order (offsets are
-/// committed per batch, so the order is what makes a resumed export exact).
+/// Hands a Storage Read stream to `sink` in batches of `batch_rows` (the last may be
+/// shorter); for the change feed, checks that rows arrive in `(changed_at, event_key)`
+/// order (offsets are committed per batch, so the order is what makes a resumed export
+/// exact).
 pub(super) fn stream_batches(
     mut reader: storage_read::ArrowTableReader<'_>,
     feed_order: bool,
@@ -95,41 +79,36 @@ pub(super) fn stream_batches(
     sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
 ) -> Result<()> {
     let mut last = None;
+    let mut batches = BatchRecutter::new(batch_rows, sink);
     while let Some(batch) = reader.next_batch()? {
         let batch = to_change_schema(&batch)?;
         if feed_order {
             check_order(&batch, &mut last)?;
         }
-        let mut start = 0;
-        while start < batch.num_rows() {
-            let len = batch_rows.min(batch.num_rows() - start);
-            if !sink(batch.slice(start, len))? {
-                return Ok(());
-            }
-            start += len;
+        if !batches.push(batch)? {
+            return Ok(());
         }
     }
-    Ok(())
+    batches.finish()
 }
 
 /// Fails when a row sorts before the one read before it (by changed_at, then event_key).
 pub(super) fn check_order(batch: &RecordBatch, last: &mut Option<(i64, Vec<u8>)>) -> Result<()> {
-    use arrow::array::AsArray;
-    let at = batch
-        .column(1)
-        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-    let keys = batch.column(2);
+    let offsets = ChangeOffsets::of(batch)?;
     for i in 0..batch.num_rows() {
-        let key = binary_at(keys.as_ref(), i).unwrap_or_default();
+        let (at, key) = (
+            offsets.changed_at(i),
+            offsets.event_key(i).unwrap_or_default(),
+        );
         if let Some((last_at, last_key)) = last.as_ref()
-            && (at.value(i), key) < (*last_at, last_key.as_slice())
+            && (at, key) < (*last_at, last_key.as_slice())
         {
             return Err(PipelineError::Warehouse {
                 context: "reading the change feed".into(),
                 source: "BigQuery returned the result out of order; nothing after the last committed batch was applied".into(),
             });
         }
-        *last = Some((at.value(i), key.to_vec()));
+        *last = Some((at, key.to_vec()));
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ use crate::error::{PipelineError, Result};
 use crate::gcp::{CredentialVars, Credentials};
 use crate::lake::gcs::GcsLake;
 use crate::lake::{Lake, LakeFile, RecordedVersion};
+use crate::warehouse::change::BatchRecutter;
 use crate::window::DateWindow;
 use client::{Attach, JobSettings, Jobs, Param, QueryResult};
 pub use config::{BigQueryConfig, RunOptions};
@@ -345,6 +346,7 @@ impl BigQueryWarehouse {
             return stream_batches(reader, feed_order, batch_rows, sink);
         }
         let mut last = None;
+        let mut batches = BatchRecutter::new(batch_rows, sink);
         let (mut rows, mut token) = self.jobs.page(&job_id, None, batch_rows)?;
         loop {
             for chunk in rows.chunks(batch_rows) {
@@ -355,13 +357,13 @@ impl BigQueryWarehouse {
                 if feed_order {
                     check_order(&batch, &mut last)?;
                 }
-                if !sink(batch)? {
+                if !batches.push(batch)? {
                     return Ok(());
                 }
             }
             match token {
                 Some(t) => (rows, token) = self.jobs.page(&job_id, Some(t), batch_rows)?,
-                None => return Ok(()),
+                None => return batches.finish(),
             }
         }
     }
@@ -576,14 +578,13 @@ impl Warehouse for BigQueryWarehouse {
         )?;
         let mut out = BTreeMap::new();
         for r in &rows {
-            let entry = RecordedVersion {
-                size: cell_i64(r, 1)? as u64,
-                generation: cell_str(r, 2).unwrap_or_default().to_string(),
-                checksum: cell_str(r, 3).unwrap_or_default().to_string(),
-                // Unknown (never in practice): the file is read again.
-                loaded_at: cell_i64(r, 4).unwrap_or(0),
-                rows: cell_i64(r, 5).unwrap_or(0).max(0) as u64,
-            };
+            let entry = RecordedVersion::from_ledger_row(
+                cell_i64(r, 1)?,
+                cell_str(r, 2).unwrap_or_default().to_string(),
+                cell_str(r, 3).unwrap_or_default().to_string(),
+                cell_i64(r, 4).ok(),
+                cell_i64(r, 5).ok(),
+            );
             out.insert(cell_str(r, 0).unwrap_or_default().to_string(), entry);
         }
         Ok(out)
@@ -627,16 +628,15 @@ impl Warehouse for BigQueryWarehouse {
         )?;
         let mut out = BTreeMap::new();
         for r in &rows {
-            let uri = cell_str(r, 0).unwrap_or_default().to_string();
-            let entry = QuarantinedFile {
-                uri: uri.clone(),
-                size: cell_i64(r, 1)?.max(0) as u64,
-                checksum: cell_str(r, 2).unwrap_or_default().to_string(),
-                kind: QuarantineKind::parse(cell_str(r, 3).unwrap_or_default()),
-                reason: cell_str(r, 4).unwrap_or_default().to_string(),
-                quarantined_at: cell_i64(r, 5).unwrap_or(0),
-            };
-            out.insert(uri, entry);
+            let entry = QuarantinedFile::from_quarantine_row(
+                cell_str(r, 0).unwrap_or_default().to_string(),
+                cell_i64(r, 1)?,
+                cell_str(r, 2).unwrap_or_default().to_string(),
+                cell_str(r, 3).unwrap_or_default(),
+                cell_str(r, 4).unwrap_or_default().to_string(),
+                cell_i64(r, 5).ok(),
+            );
+            out.insert(entry.uri.clone(), entry);
         }
         Ok(out)
     }

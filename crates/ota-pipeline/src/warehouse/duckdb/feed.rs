@@ -5,14 +5,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
 use chrono::NaiveDate;
 use duckdb::{Connection, params};
 
 use super::config::{leave_a_core, restore_threads};
 use super::{DuckDbWarehouse, db_err, sql};
-use crate::error::{PipelineError, Result};
+use crate::error::Result;
 use crate::warehouse::FeedOffset;
+use crate::warehouse::change::BatchRecutter;
 use crate::warehouse::key_order::{KeyBuckets, KeySlice, key_slices};
 
 impl DuckDbWarehouse {
@@ -32,7 +32,7 @@ impl DuckDbWarehouse {
         &self,
         read: &KeyOrderedRead,
         rows: u64,
-        batches: &mut BatchAssembler<'_>,
+        batches: &mut BatchRecutter<'_>,
     ) -> Result<bool> {
         if rows <= self.rows_per_sort {
             return read.stream(&self.conn, read.sorted_query(), None, &mut |chunk| {
@@ -52,7 +52,7 @@ impl DuckDbWarehouse {
         &self,
         read: &KeyOrderedRead,
         rows: u64,
-        batches: &mut BatchAssembler<'_>,
+        batches: &mut BatchRecutter<'_>,
     ) -> Result<bool> {
         let slices = key_slices(rows, self.rows_per_slice, MAX_KEY_SLICES);
         let rows_per_bucket = self.rows_per_sort / 4;
@@ -119,7 +119,7 @@ impl DuckDbWarehouse {
     pub(super) fn stream_feed(
         &self,
         offset: Option<FeedOffset>,
-        batches: &mut BatchAssembler<'_>,
+        batches: &mut BatchRecutter<'_>,
     ) -> Result<()> {
         let (at, key) = FeedOffset::position(offset);
         let runs: Vec<(i64, i64)> = {
@@ -152,7 +152,7 @@ impl DuckDbWarehouse {
     pub(super) fn stream_dates(
         &self,
         dates: &[NaiveDate],
-        batches: &mut BatchAssembler<'_>,
+        batches: &mut BatchRecutter<'_>,
     ) -> Result<()> {
         select_dates(&self.conn, dates)?;
         let rows = self.count(sql::COUNT_ROWS_OF_DATES, &[])?;
@@ -256,54 +256,3 @@ pub(super) const ROWS_PER_SORT: u64 = 100_000;
 /// in two, so the first batch leaves sooner.
 pub(super) const ROWS_PER_KEY_SLICE: u64 = 250_000;
 const MAX_KEY_SLICES: u32 = 4;
-
-/// Cuts query results into batches of exactly `batch_rows` rows (the last may be
-/// shorter), across the queries that make up one selection.
-pub(super) struct BatchAssembler<'a> {
-    batch_rows: usize,
-    pending: Vec<RecordBatch>,
-    pending_rows: usize,
-    sink: &'a mut dyn FnMut(RecordBatch) -> Result<bool>,
-}
-
-impl<'a> BatchAssembler<'a> {
-    pub(super) fn new(
-        batch_rows: usize,
-        sink: &'a mut dyn FnMut(RecordBatch) -> Result<bool>,
-    ) -> Self {
-        BatchAssembler {
-            batch_rows: batch_rows.max(1),
-            pending: Vec::new(),
-            pending_rows: 0,
-            sink,
-        }
-    }
-
-    fn flush(&mut self) -> Result<bool> {
-        let Some(first) = self.pending.first() else {
-            return Ok(true);
-        };
-        let batch = concat_batches(&first.schema(), &self.pending)
-            .map_err(|e| PipelineError::arrow("assembling a change batch", e))?;
-        self.pending.clear();
-        self.pending_rows = 0;
-        (self.sink)(batch)
-    }
-
-    pub(super) fn push(&mut self, mut chunk: RecordBatch) -> Result<bool> {
-        while chunk.num_rows() > 0 {
-            let take = (self.batch_rows - self.pending_rows).min(chunk.num_rows());
-            self.pending.push(chunk.slice(0, take));
-            self.pending_rows += take;
-            chunk = chunk.slice(take, chunk.num_rows() - take);
-            if self.pending_rows == self.batch_rows && !self.flush()? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    pub(super) fn finish(&mut self) -> Result<()> {
-        self.flush().map(|_| ())
-    }
-}

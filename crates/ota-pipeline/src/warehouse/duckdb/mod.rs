@@ -9,8 +9,9 @@ mod feed;
 mod load;
 pub mod sql;
 
+use crate::warehouse::change::BatchRecutter;
 pub use config::{DEFAULT_MEMORY_LIMIT, DuckDbSettings, parse_location};
-use feed::{BatchAssembler, ROWS_PER_KEY_SLICE, ROWS_PER_SORT, select_dates};
+use feed::{ROWS_PER_KEY_SLICE, ROWS_PER_SORT, select_dates};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -215,14 +216,13 @@ impl Warehouse for DuckDbWarehouse {
         for uri in uris {
             let mut rows = stmt
                 .query_map(params![uri], |r| {
-                    Ok(RecordedVersion {
-                        size: r.get::<_, i64>(1)? as u64,
-                        generation: r.get(2)?,
-                        checksum: r.get(3)?,
-                        // Unknown (never in practice): the file is read again.
-                        loaded_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
-                        rows: r.get::<_, i64>(5)?.max(0) as u64,
-                    })
+                    Ok(RecordedVersion::from_ledger_row(
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .map_err(db_err("reading the file ledger"))?;
             if let Some(entry) = rows.next() {
@@ -274,14 +274,14 @@ impl Warehouse for DuckDbWarehouse {
         for uri in uris {
             let rows = stmt
                 .query_map(params![uri], |r| {
-                    Ok(QuarantinedFile {
-                        uri: r.get(0)?,
-                        size: r.get::<_, i64>(1)?.max(0) as u64,
-                        checksum: r.get(2)?,
-                        kind: QuarantineKind::parse(&r.get::<_, String>(3)?),
-                        reason: r.get(4)?,
-                        quarantined_at: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
-                    })
+                    Ok(QuarantinedFile::from_quarantine_row(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        &r.get::<_, String>(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .map_err(e())?;
             for entry in rows {
@@ -320,7 +320,7 @@ impl Warehouse for DuckDbWarehouse {
         batch_rows: usize,
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
-        let mut batches = BatchAssembler::new(batch_rows, sink);
+        let mut batches = BatchRecutter::new(batch_rows, sink);
         match selection {
             ChangeSelection::After(offset) => self.stream_feed(*offset, &mut batches),
             ChangeSelection::Dates(dates) => self.stream_dates(dates, &mut batches),
