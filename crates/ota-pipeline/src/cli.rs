@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::error::Result;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::RunSettings;
+use crate::warehouse::{Access, RunSettings, Warehouse, open_warehouse};
 use crate::window::DateWindow;
 
 #[derive(Debug, Clone, Args)]
@@ -83,6 +83,11 @@ impl WarehouseArgs {
             dry_run: self.dry_run,
             run_id: self.run_id.clone(),
         }
+    }
+
+    /// Opens the warehouse these flags name, for the step `step`.
+    pub fn open(&self, access: Access, step: &str) -> Result<Box<dyn Warehouse>> {
+        open_warehouse(&self.warehouse_url, &self.run_settings(), access, step)
     }
 }
 

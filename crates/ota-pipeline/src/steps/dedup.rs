@@ -3,7 +3,7 @@
 use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::Result;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::{Access, open_warehouse};
+use crate::warehouse::Access;
 
 #[derive(Debug, Clone)]
 pub struct DedupConfig {
@@ -13,12 +13,7 @@ pub struct DedupConfig {
 
 pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     let window = config.window.resolve()?;
-    let mut warehouse = open_warehouse(
-        &config.warehouse.warehouse_url,
-        &config.warehouse.run_settings(),
-        Access::ReadWrite,
-        "dedup",
-    )?;
+    let mut warehouse = config.warehouse.open(Access::ReadWrite, "dedup")?;
     let staged = warehouse.staged_files()?;
     let outcome = warehouse.dedup(chrono::Utc::now().timestamp_micros())?;
     tracing::info!(

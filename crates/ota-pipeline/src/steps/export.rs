@@ -13,7 +13,7 @@ use crate::mysql::{MysqlConfig, MysqlTarget, split_changes};
 use crate::progress::Progress;
 use crate::summary::{Status, StepSummary};
 use crate::warehouse::change::{ChangeOffsets, DateChecksum};
-use crate::warehouse::{Access, ChangeSelection, Warehouse, open_warehouse};
+use crate::warehouse::{Access, ChangeSelection, Warehouse};
 use crate::window::DateWindow;
 
 #[derive(Debug, Clone)]
@@ -75,12 +75,7 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         ));
     }
     let window = config.window.resolve()?;
-    let mut warehouse = open_warehouse(
-        &config.warehouse.warehouse_url,
-        &config.warehouse.run_settings(),
-        Access::ReadOnly,
-        "export-mysql",
-    )?;
+    let mut warehouse = config.warehouse.open(Access::ReadOnly, "export-mysql")?;
     if config.warehouse.dry_run {
         return dry_run(config, window, warehouse.as_mut());
     }

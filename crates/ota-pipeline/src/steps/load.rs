@@ -13,7 +13,7 @@ use crate::lake::{Lake, LakeFile, open_lake};
 use crate::progress::{Progress, estimated_total};
 use crate::summary::{Status, StepSummary};
 use crate::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
-use crate::warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource, open_warehouse};
+use crate::warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource};
 
 /// Rows per Arrow batch read from a file: about 12 MB typed. A few batches are in flight
 /// at once (decoded, typed, queued, appended), outside DuckDB's memory limit.
@@ -341,12 +341,7 @@ impl RawSource for ParquetRawSource<'_> {
 
 pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let lake = open_lake(&config.lake_url)?;
-    let mut warehouse = open_warehouse(
-        &config.warehouse.warehouse_url,
-        &config.warehouse.run_settings(),
-        Access::ReadWrite,
-        "load-raw",
-    )?;
+    let mut warehouse = config.warehouse.open(Access::ReadWrite, "load-raw")?;
     let staged = warehouse.staged_files()?.ok_or_else(|| {
         PipelineError::Config("nothing is staged in the warehouse: run stage-files first".into())
     })?;

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::lake::{open_lake, validate_suffix};
 use crate::split::split_into_lake;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::{Access, StagedFiles, open_warehouse};
+use crate::warehouse::{Access, StagedFiles};
 use crate::window::DateWindow;
 
 #[derive(Debug, Clone)]
@@ -35,12 +35,7 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     }
     let mut window = config.window.resolve()?;
     let lake = open_lake(&config.lake_url)?;
-    let mut warehouse = open_warehouse(
-        &config.warehouse.warehouse_url,
-        &config.warehouse.run_settings(),
-        Access::ReadWrite,
-        "stage-files",
-    )?;
+    let mut warehouse = config.warehouse.open(Access::ReadWrite, "stage-files")?;
     let mut summary = StepSummary::new("stage-files", None);
 
     if let Some(from) = &config.from {
