@@ -8,7 +8,7 @@ pub mod key_order;
 
 pub use change::{DateChecksum, FeedOffset, add_to_checksum, binary_at};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
@@ -121,6 +121,77 @@ pub struct RawLoadOutcome {
     pub rows_replaced: u64,
     /// Event dates whose raw rows changed (old and new), for dedup.
     pub affected_dates: Vec<NaiveDate>,
+}
+
+/// The bookkeeping of a raw load that is the same on every backend: the event dates the
+/// replaced and the new rows belong to (dedup rebuilds those), and the rows written,
+/// rejected and replaced, in all and per file (for the ledger).
+#[derive(Debug, Default)]
+pub struct RawLoadTally {
+    outcome: RawLoadOutcome,
+    dates: BTreeSet<NaiveDate>,
+    file_rows: u64,
+    file_rejected: u64,
+}
+
+/// What one file contributed to a raw load, as its ledger entry records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileCounts {
+    /// Rows loaded into the raw table.
+    pub loaded: u64,
+    /// Rows rejected (into the rejects table).
+    pub rejected: u64,
+}
+
+impl RawLoadTally {
+    /// Rows of an earlier version of a file, on `date`, that this load replaces.
+    pub fn replaced(&mut self, date: NaiveDate, rows: u64) {
+        self.dates.insert(date);
+        self.outcome.rows_replaced += rows;
+    }
+
+    /// A typed batch of the file being loaded: its rows' event dates and its counts.
+    pub fn typed(&mut self, batch: &TypedBatch) {
+        use arrow::array::AsArray;
+        if let Ok(idx) = batch.rows.schema().index_of("event_date") {
+            let days = batch
+                .rows
+                .column(idx)
+                .as_primitive::<arrow::datatypes::Date32Type>();
+            let mut last = None;
+            for day in days.values().iter() {
+                if last != Some(*day) {
+                    self.dates.insert(crate::typing::date_of_epoch_day(*day));
+                    last = Some(*day);
+                }
+            }
+        }
+        self.file_rows += batch.rows.num_rows() as u64;
+        self.file_rejected += batch.rejected.len() as u64;
+    }
+
+    /// Ends the file being loaded: its counts, added to the load's.
+    pub fn file_done(&mut self) -> FileCounts {
+        let counts = FileCounts {
+            loaded: self.file_rows,
+            rejected: self.file_rejected,
+        };
+        self.outcome.rows_written += self.file_rows;
+        self.outcome.rejected += self.file_rejected;
+        (self.file_rows, self.file_rejected) = (0, 0);
+        counts
+    }
+
+    /// The event dates whose raw rows changed, in order.
+    pub fn affected_dates(&self) -> impl Iterator<Item = NaiveDate> + '_ {
+        self.dates.iter().copied()
+    }
+
+    /// The load's outcome.
+    pub fn finish(mut self) -> RawLoadOutcome {
+        self.outcome.affected_dates = self.dates.into_iter().collect();
+        self.outcome
+    }
 }
 
 /// Outcome of a dedup run.

@@ -15,7 +15,7 @@ pub mod sql;
 mod staging;
 pub mod storage_read;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::{
     ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
-    RawLoadOutcome, RawSource, StagedFiles, Warehouse,
+    RawLoadOutcome, RawLoadTally, RawSource, StagedFiles, Warehouse,
 };
 use crate::error::{PipelineError, Result};
 use crate::gcp::{CredentialVars, Credentials};
@@ -651,10 +651,10 @@ impl Warehouse for BigQueryWarehouse {
         loaded_at: i64,
         source: &mut dyn RawSource,
     ) -> Result<RawLoadOutcome> {
-        let mut outcome = RawLoadOutcome::default();
+        let mut tally = RawLoadTally::default();
         if files.is_empty() {
             // Nothing changed: no job at all.
-            return Ok(outcome);
+            return Ok(tally.finish());
         }
         let tag = self.work_tag(files);
         let uris: Vec<String> = files.iter().map(|f| f.uri.clone()).collect();
@@ -663,10 +663,8 @@ impl Warehouse for BigQueryWarehouse {
             sql::OLD_FILE_DATES,
             &[Param::strings("files", uris.iter().cloned())],
         )?;
-        let mut dates = BTreeSet::new();
         for r in &old {
-            dates.insert(cell_date(r, 0)?);
-            outcome.rows_replaced += cell_i64(r, 1)? as u64;
+            tally.replaced(cell_date(r, 0)?, cell_i64(r, 1)?.max(0) as u64);
         }
         let create = self.render(&sql::CREATE_LOAD_WORK, Some(&tag));
         let replace = self.render(&sql::REPLACE_FILE_ROWS, Some(&tag));
@@ -679,7 +677,7 @@ impl Warehouse for BigQueryWarehouse {
             ));
             self.jobs
                 .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
-            return Ok(outcome);
+            return Ok(tally.finish());
         }
 
         // Type every file into local Parquet, land it in the staging area.
@@ -691,31 +689,12 @@ impl Warehouse for BigQueryWarehouse {
         let mut ledger_rows = Vec::new();
         for (i, file) in files.iter().enumerate() {
             let mut rows_file = StagingFile::create(&scratch, &format!("{tag}-rows-{i}.parquet"))?;
-            let mut rows_loaded = 0u64;
-            let mut rejected = 0u64;
             source.read(file, &mut |typed| {
-                rows_loaded += typed.rows.num_rows() as u64;
-                if let Ok(idx) = typed.rows.schema().index_of("event_date") {
-                    let d = typed
-                        .rows
-                        .column(idx)
-                        .as_any()
-                        .downcast_ref::<arrow::array::Date32Array>();
-                    if let Some(d) = d {
-                        let mut last = None;
-                        for v in d.values().iter() {
-                            if last != Some(*v) {
-                                dates.insert(crate::typing::date_of_epoch_day(*v));
-                                last = Some(*v);
-                            }
-                        }
-                    }
-                }
+                tally.typed(&typed);
                 if typed.rows.num_rows() > 0 {
                     rows_file.write(&with_utc_timestamps(&typed.rows)?)?;
                 }
                 if !typed.rejected.is_empty() {
-                    rejected += typed.rejected.len() as u64;
                     reject_file.write(&rejects_batch(file, &typed.rejected, loaded_at)?)?;
                 }
                 Ok(())
@@ -729,9 +708,8 @@ impl Warehouse for BigQueryWarehouse {
                         .uri_of(&staging.location().object_name(&name)),
                 );
             }
-            outcome.rows_written += rows_loaded;
-            outcome.rejected += rejected;
-            ledger_rows.push((file.clone(), rows_loaded, rejected));
+            let counts = tally.file_done();
+            ledger_rows.push((file.clone(), counts.loaded, counts.rejected));
         }
         let mut landed = Vec::new();
         let mut land = |staging_file: &mut StagingFile, name: &str| -> Result<Option<String>> {
@@ -786,8 +764,7 @@ impl Warehouse for BigQueryWarehouse {
                 tracing::warn!(uri = %uri, error = %e, "could not delete a staging file");
             }
         }
-        outcome.affected_dates = dates.into_iter().collect();
-        Ok(outcome)
+        Ok(tally.finish())
     }
 
     fn dedup(&mut self, _now: i64) -> Result<DedupOutcome> {

@@ -1,18 +1,13 @@
 //! load-raw on the embedded warehouse: the staged files' rows appended to `raw_events`,
 //! their old rows, rejects and ledger entries replaced, in one transaction.
 
-use std::collections::BTreeSet;
-
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Date32Type;
 use duckdb::params;
 
 use super::config::{leave_a_core, restore_threads};
 use super::{DuckDbWarehouse, db_err, sql};
 use crate::error::{PipelineError, Result};
 use crate::lake::LakeFile;
-use crate::typing::{date_of_epoch_day, epoch_day_of_date};
-use crate::warehouse::{RawLoadOutcome, RawSource};
+use crate::warehouse::{RawLoadOutcome, RawLoadTally, RawSource};
 use crate::window::parse_date;
 
 impl DuckDbWarehouse {
@@ -43,8 +38,7 @@ impl DuckDbWarehouse {
         source: &mut dyn RawSource,
     ) -> Result<RawLoadOutcome> {
         self.in_transaction("loading raw rows", |conn| {
-            let mut outcome = RawLoadOutcome::default();
-            let mut dates = BTreeSet::new();
+            let mut tally = RawLoadTally::default();
             for file in files {
                 let e = || db_err("replacing the rows of a file");
                 {
@@ -56,9 +50,7 @@ impl DuckDbWarehouse {
                         .map_err(e())?;
                     for row in old {
                         let (d, n) = row.map_err(e())?;
-                        let d = parse_date("raw event date", &d)?;
-                        dates.insert(epoch_day_of_date(d));
-                        outcome.rows_replaced += n as u64;
+                        tally.replaced(parse_date("raw event date", &d)?, n.max(0) as u64);
                     }
                 }
                 conn.execute(
@@ -71,15 +63,13 @@ impl DuckDbWarehouse {
                     params![file.day.to_string(), file.uri],
                 )
                 .map_err(e())?;
-                let mut rows_loaded = 0u64;
                 let mut rejects = Vec::new();
                 {
                     // Flushed after every batch: DuckDB's appender otherwise collects
                     // a couple of hundred thousand rows in memory outside its memory_limit.
                     let mut appender = conn.appender("raw_events").map_err(e())?;
                     source.read(file, &mut |typed| {
-                        rows_loaded += typed.rows.num_rows() as u64;
-                        collect_dates(&mut dates, &typed.rows);
+                        tally.typed(&typed);
                         rejects.extend(typed.rejected);
                         appender
                             .append_record_batch(typed.rows)
@@ -113,6 +103,7 @@ impl DuckDbWarehouse {
                     }
                     appender.flush().map_err(e())?;
                 }
+                let counts = tally.file_done();
                 conn.execute(sql::DELETE_LEDGER_ENTRY, params![file.uri])
                     .map_err(e())?;
                 conn.execute(
@@ -125,37 +116,20 @@ impl DuckDbWarehouse {
                         file.checksum,
                         file.ingested_at,
                         loaded_at,
-                        rows_loaded as i64,
-                        rejects.len() as i64
+                        counts.loaded as i64,
+                        counts.rejected as i64
                     ],
                 )
                 .map_err(e())?;
-                outcome.rows_written += rows_loaded;
-                outcome.rejected += rejects.len() as u64;
             }
             let mut stmt = conn
                 .prepare(sql::INSERT_PENDING_DATE)
                 .map_err(db_err("queueing dates for dedup"))?;
-            for d in &dates {
-                let date = date_of_epoch_day(*d);
+            for date in tally.affected_dates() {
                 stmt.execute(params![date.to_string()])
                     .map_err(db_err("queueing dates for dedup"))?;
-                outcome.affected_dates.push(date);
             }
-            Ok(outcome)
+            Ok(tally.finish())
         })
-    }
-}
-
-fn collect_dates(set: &mut BTreeSet<i32>, batch: &RecordBatch) {
-    if let Ok(idx) = batch.schema().index_of("event_date") {
-        let dates = batch.column(idx).as_primitive::<Date32Type>();
-        let mut last = None;
-        for d in dates.values().iter() {
-            if last != Some(*d) {
-                set.insert(*d);
-                last = Some(*d);
-            }
-        }
     }
 }
