@@ -282,7 +282,14 @@ pub fn run(config: &ChaosConfig) -> Result<Vec<FaultOutcome>, HarnessError> {
                 world.prepare()?;
                 try_fault(&mut outcome, config.disk_fulls, &budget, |i, outcome| {
                     world.change_one_day(i)?;
-                    let headroom = dice.roll() % DISK_FULL_HEADROOM;
+                    // A try that found room enough strikes nothing; each next one leaves
+                    // less room, and the last none, so the fault strikes at least once.
+                    let last = i + 1 >= 4 * config.disk_fulls;
+                    let headroom = if last {
+                        0
+                    } else {
+                        dice.roll() % (DISK_FULL_HEADROOM >> i.min(16))
+                    };
                     let struck = world.run_on_full_disk(headroom, outcome)?;
                     Ok((struck, world.recover(outcome, false)?))
                 })?;
