@@ -580,10 +580,10 @@ fn check_primary_key(table: &str, columns: &[String]) -> Result<()> {
         [key] if key == "event_key" => {
             tracing::warn!(
                 table,
-                "the table's primary key is (event_key), the layout of earlier versions: \
+                "the table's primary key is (event_key) alone: \
                  daily runs write random pages once it outgrows the buffer pool; \
                  `ALTER TABLE {table} DROP PRIMARY KEY, ADD PRIMARY KEY (event_date, event_key), \
-                 DROP INDEX {table}_event_date` moves it to the current layout"
+                 DROP INDEX {table}_event_date` clusters it by date"
             );
             Ok(())
         }

@@ -144,7 +144,7 @@ pub struct FileCounts {
 }
 
 impl RawLoadTally {
-    /// Rows of an earlier version of a file, on `date`, that this load replaces.
+    /// Rows of the file's previously loaded version, on `date`, that this load replaces.
     pub fn replaced(&mut self, date: NaiveDate, rows: u64) {
         self.dates.insert(date);
         self.outcome.rows_replaced += rows;
