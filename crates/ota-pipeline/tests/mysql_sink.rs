@@ -285,9 +285,9 @@ fn insert_path_upserts_deletes_and_rejects_whole_batches() {
 }
 
 /// Upserts of three dates in one batch, then tombstones of two of them: each delete
-/// removes its own date's row, whether the table has the current layout or the
-/// `(event_key)` primary key of tables created by earlier versions.
-fn tombstones_delete_their_rows(legacy_layout: bool) {
+/// removes its own date's row, whether the table is clustered by
+/// `(event_date, event_key)` or keyed by `(event_key)` alone.
+fn tombstones_delete_their_rows(keyed_by_event_key_alone: bool) {
     let sink = Sink::new(LoadMethod::LoadData);
     let (k1, k2, k3) = ([0x31u8; 16], [0x32u8; 16], [0x33u8; 16]);
     let first = [
@@ -295,7 +295,7 @@ fn tombstones_delete_their_rows(legacy_layout: bool) {
         change_on("2024-01-01", "U", AT_1, &k1, &[]),
         change_on("2024-01-02", "U", AT_1, &k2, &[]),
     ];
-    if legacy_layout {
+    if keyed_by_event_key_alone {
         sink.create_table();
         sink.run(&[
             "ALTER TABLE ota_events DROP PRIMARY KEY, ADD PRIMARY KEY (event_key), ADD KEY ota_events_event_date (event_date)",
@@ -303,7 +303,7 @@ fn tombstones_delete_their_rows(legacy_layout: bool) {
         assert_eq!(sink.primary_key(), ["event_key"]);
     }
     assert_eq!(sink.apply(&first, AT_1).expect("upserts"), (3, 0));
-    if !legacy_layout {
+    if !keyed_by_event_key_alone {
         assert_eq!(sink.primary_key(), ["event_date", "event_key"]);
     }
     let all = vec![
