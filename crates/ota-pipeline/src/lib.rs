@@ -4,9 +4,9 @@
 //! Layout: [`contract`] and [`typing`] define the events and their typing rules,
 //! [`typed_batch`] applies them to Arrow batches; [`lake`], [`warehouse`] and [`mysql`]
 //! are the backends, each behind a small trait or type; [`steps`] holds one function per
-//! step binary; [`cli`] the shared flags and the summary/exit-code wrapper.
+//! step binary. The flags and the summary/exit-code wrapper live with the binaries, in
+//! the `ota-cli` crate.
 
-pub mod cli;
 pub mod contract;
 pub mod error;
 pub mod gcp;

@@ -71,6 +71,54 @@ impl std::fmt::Display for DateWindow {
     }
 }
 
+/// How a step's window was given, which decides what the step may assume of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSource {
+    /// A start or end date was named: a backfill of exactly those days.
+    Named,
+    /// Only the reference date was given (a scheduled run's data interval).
+    Reference,
+    /// Nothing was given: the days ending today.
+    Today,
+}
+
+/// The window a step was asked to work on, resolved once, and how it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestedWindow {
+    pub window: DateWindow,
+    pub source: WindowSource,
+}
+
+impl RequestedWindow {
+    /// Resolves the optional dates as [`DateWindow::resolve`] does; `None` is not given.
+    pub fn resolve(
+        start: Option<&str>,
+        end: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Self> {
+        let window = DateWindow::resolve(start, end, reference)?;
+        let source = if start.is_some() || end.is_some() {
+            WindowSource::Named
+        } else if reference.is_some() {
+            WindowSource::Reference
+        } else {
+            WindowSource::Today
+        };
+        Ok(RequestedWindow { window, source })
+    }
+
+    /// Whether the user named the days (a backfill, for export-mysql).
+    pub fn is_named(&self) -> bool {
+        self.source == WindowSource::Named
+    }
+
+    /// Whether the run said which days it means, by dates or a reference date, rather
+    /// than falling back to today.
+    pub fn is_pinned(&self) -> bool {
+        self.source != WindowSource::Today
+    }
+}
+
 /// Parses a strict `YYYY-MM-DD` date.
 pub fn parse_date(what: &str, text: &str) -> Result<NaiveDate> {
     let ok_shape = text.len() == 10
@@ -126,5 +174,21 @@ mod tests {
         let err = DateWindow::resolve(Some("2024-03-05"), Some("2024-03-01"), None).unwrap_err();
         assert!(err.to_string().contains("before start"), "{err}");
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_requested_window_knows_how_it_was_given() {
+        let r = Some("2024-03-10");
+        let named = RequestedWindow::resolve(None, Some("2024-03-01"), r).unwrap();
+        assert!(named.is_named() && named.is_pinned());
+        assert_eq!(named.window.start, d("2024-02-28"));
+        let scheduled = RequestedWindow::resolve(None, None, r).unwrap();
+        assert_eq!(scheduled.source, WindowSource::Reference);
+        assert!(!scheduled.is_named() && scheduled.is_pinned());
+        let before = Utc::now().date_naive();
+        let today = RequestedWindow::resolve(None, None, None).unwrap();
+        let after = Utc::now().date_naive();
+        assert!(!today.is_pinned());
+        assert!([before, after].contains(&today.window.end), "{today:?}");
     }
 }

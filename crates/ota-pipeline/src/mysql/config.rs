@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::error::{PipelineError, Result};
 
 /// How batches reach the serving table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadMethod {
     /// LOAD DATA LOCAL INFILE, falling back to INSERT when the server refuses it.

@@ -1,18 +1,17 @@
 //! dedup: rebuild only the event dates whose raw rows changed.
 
-use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::Result;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::Access;
+use crate::warehouse::{Access, WarehouseConfig};
+use crate::window::RequestedWindow;
 
 #[derive(Debug, Clone)]
 pub struct DedupConfig {
-    pub window: WindowArgs,
-    pub warehouse: WarehouseArgs,
+    pub window: RequestedWindow,
+    pub warehouse: WarehouseConfig,
 }
 
 pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
-    let window = config.window.resolve()?;
     let mut warehouse = config.warehouse.open(Access::ReadWrite, "dedup")?;
     let staged = warehouse.staged_files()?;
     let outcome = warehouse.dedup(chrono::Utc::now().timestamp_micros())?;
@@ -22,7 +21,10 @@ pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
         deleted = outcome.rows_deleted,
         "dedup done"
     );
-    let mut summary = StepSummary::new("dedup", Some(staged.as_ref().map_or(window, |s| s.window)));
+    let mut summary = StepSummary::new(
+        "dedup",
+        Some(staged.as_ref().map_or(config.window.window, |s| s.window)),
+    );
     let no_files = staged.as_ref().is_none_or(|s| s.files.is_empty());
     if no_files && outcome.rebuilt_dates.is_empty() {
         summary.status = Status::NoData;

@@ -7,19 +7,18 @@ use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::{PipelineError, Result};
 use crate::mysql::{MysqlConfig, MysqlTarget, split_changes};
 use crate::progress::Progress;
 use crate::summary::{Status, StepSummary};
 use crate::warehouse::change::{ChangeOffsets, DateChecksum};
-use crate::warehouse::{Access, ChangeSelection, Warehouse};
-use crate::window::DateWindow;
+use crate::warehouse::{Access, ChangeSelection, Warehouse, WarehouseConfig};
+use crate::window::{DateWindow, RequestedWindow};
 
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
-    pub window: WindowArgs,
-    pub warehouse: WarehouseArgs,
+    pub window: RequestedWindow,
+    pub warehouse: WarehouseConfig,
     pub mysql: MysqlConfig,
     pub batch_rows: usize,
     /// Re-sync every event date, not just the window's.
@@ -50,7 +49,7 @@ enum DateScope {
 
 impl DateScope {
     fn of(config: &ExportConfig, window: DateWindow) -> Self {
-        if config.full_refresh || !config.window.is_explicit() {
+        if config.full_refresh || !config.window.is_named() {
             DateScope::All
         } else {
             DateScope::Window(window)
@@ -74,9 +73,9 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
             "--batch-size must be at least 1".into(),
         ));
     }
-    let window = config.window.resolve()?;
+    let window = config.window.window;
     let mut warehouse = config.warehouse.open(Access::ReadOnly, "export-mysql")?;
-    if config.warehouse.dry_run {
+    if config.warehouse.run.dry_run {
         return dry_run(config, window, warehouse.as_mut());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +118,7 @@ fn dry_run(
         config.batch_rows,
         &mut |_| Ok(false),
     )?;
-    if config.window.is_explicit() {
+    if config.window.is_named() {
         let days: Vec<NaiveDate> = window.days().collect();
         warehouse.stream_changes(
             &ChangeSelection::Dates(days),
@@ -372,7 +371,7 @@ async fn export(
 
     let staged = warehouse.staged_files()?;
     let mut resynced = Vec::new();
-    if config.window.is_explicit() || config.full_refresh {
+    if config.window.is_named() || config.full_refresh {
         let scope = DateScope::of(config, window);
         let (wh, my) = both_checksums(scope, &mut warehouse, target).await?;
         let candidates = resync_dates(scope, &wh, &my);
@@ -416,7 +415,7 @@ async fn export(
         "mode",
         if config.full_refresh {
             "full-refresh"
-        } else if config.window.is_explicit() {
+        } else if config.window.is_named() {
             "backfill"
         } else {
             "incremental"

@@ -7,13 +7,13 @@ use std::fs::File;
 use arrow::array::RecordBatchReader;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::{PipelineError, Result};
 use crate::lake::{Lake, LakeFile, open_lake};
 use crate::progress::{Progress, estimated_total};
 use crate::summary::{Status, StepSummary};
 use crate::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
-use crate::warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource};
+use crate::warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource, WarehouseConfig};
+use crate::window::RequestedWindow;
 
 /// Rows per Arrow batch read from a file: about 12 MB typed. A few batches are in flight
 /// at once (decoded, typed, queued, appended), outside DuckDB's memory limit.
@@ -21,9 +21,9 @@ pub const READ_BATCH_ROWS: usize = 16_384;
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    pub window: WindowArgs,
+    pub window: RequestedWindow,
     pub lake_url: String,
-    pub warehouse: WarehouseArgs,
+    pub warehouse: WarehouseConfig,
     pub shrink: ShrinkGuard,
     pub quality: QualityLimits,
 }
@@ -68,7 +68,8 @@ impl QualityLimits {
 }
 
 /// What load-raw does with a file that has columns the event contract does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum UnknownColumns {
     /// Load the known columns and log a warning naming the others.
     Warn,
@@ -345,8 +346,8 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let staged = warehouse.staged_files()?.ok_or_else(|| {
         PipelineError::Config("nothing is staged in the warehouse: run stage-files first".into())
     })?;
-    if config.window.is_explicit() || config.window.has_reference() {
-        let asked = config.window.resolve()?;
+    if config.window.is_pinned() {
+        let asked = config.window.window;
         if asked != staged.window {
             return Err(PipelineError::Config(format!(
                 "the staged window is {}, not {asked}: run stage-files for {asked} first",

@@ -5,19 +5,18 @@ use std::path::PathBuf;
 
 use chrono::NaiveDate;
 
-use crate::cli::{WarehouseArgs, WindowArgs};
 use crate::error::Result;
 use crate::lake::{open_lake, validate_suffix};
 use crate::split::split_into_lake;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::{Access, StagedFiles};
-use crate::window::DateWindow;
+use crate::warehouse::{Access, StagedFiles, WarehouseConfig};
+use crate::window::{DateWindow, RequestedWindow};
 
 #[derive(Debug, Clone)]
 pub struct StageConfig {
-    pub window: WindowArgs,
+    pub window: RequestedWindow,
     pub lake_url: String,
-    pub warehouse: WarehouseArgs,
+    pub warehouse: WarehouseConfig,
     pub suffix: String,
     /// One large Parquet file to split into daily files first.
     pub from: Option<PathBuf>,
@@ -27,20 +26,20 @@ pub struct StageConfig {
 
 pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     validate_suffix(&config.suffix)?;
-    if config.warehouse.dry_run && config.from.is_some() {
+    if config.warehouse.run.dry_run && config.from.is_some() {
         return Err(crate::error::PipelineError::Config(
             "--dry-run cannot be combined with --from: splitting writes daily files to the lake"
                 .into(),
         ));
     }
-    let mut window = config.window.resolve()?;
+    let mut window = config.window.window;
     let lake = open_lake(&config.lake_url)?;
     let mut warehouse = config.warehouse.open(Access::ReadWrite, "stage-files")?;
     let mut summary = StepSummary::new("stage-files", None);
 
     if let Some(from) = &config.from {
         let split = split_into_lake(from, lake.as_ref(), &config.suffix)?;
-        if !config.window.is_explicit() {
+        if !config.window.is_named() {
             let today = chrono::Utc::now().date_naive();
             let (inside, outside): (Vec<_>, Vec<_>) = split
                 .days

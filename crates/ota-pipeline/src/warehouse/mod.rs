@@ -310,6 +310,21 @@ pub struct RunSettings {
     pub run_id: Option<String>,
 }
 
+/// Which warehouse a step works on and how it runs against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarehouseConfig {
+    /// `duckdb:///abs/path/warehouse.duckdb` or `bigquery://project/dataset?location=US`.
+    pub url: String,
+    pub run: RunSettings,
+}
+
+impl WarehouseConfig {
+    /// Opens this warehouse for the step `step`.
+    pub fn open(&self, access: Access, step: &str) -> Result<Box<dyn Warehouse>> {
+        open_warehouse(&self.url, &self.run, access, step)
+    }
+}
+
 /// Opens the warehouse at `url` for the step `step`.
 pub fn open_warehouse(
     url: &str,

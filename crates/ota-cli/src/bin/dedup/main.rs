@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ota_pipeline::cli::{WarehouseArgs, WindowArgs, run_step};
+use ota_cli::{WarehouseArgs, WindowArgs, run_step};
 use ota_pipeline::steps::{DedupConfig, dedup};
 
 #[derive(Parser)]
@@ -18,9 +18,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = DedupConfig {
-        window: cli.window,
-        warehouse: cli.warehouse,
-    };
-    run_step(|| dedup(&config))
+    run_step(|| {
+        let config = DedupConfig {
+            window: cli.window.request()?,
+            warehouse: cli.warehouse.config(),
+        };
+        dedup(&config)
+    })
 }

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ota_pipeline::cli::{WarehouseArgs, WindowArgs, run_step};
+use ota_cli::{WarehouseArgs, WindowArgs, run_step};
 use ota_pipeline::mysql::{DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig};
 use ota_pipeline::steps::{ExportConfig, export_mysql};
 
@@ -60,21 +60,23 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = ExportConfig {
-        window: cli.window,
-        warehouse: cli.warehouse,
-        mysql: MysqlConfig {
-            url: cli.mysql_url,
-            table: cli.mysql_table,
-            load_method: cli.load_method,
-            lock_timeout_secs: cli.lock_timeout,
-            io_timeout_secs: cli.mysql_timeout,
-        },
-        batch_rows: cli.batch_size,
-        full_refresh: cli.full_refresh,
-        reconcile: cli.reconcile,
-        #[cfg(debug_assertions)]
-        fail_after_batches: cli.fail_after_batches,
-    };
-    run_step(|| export_mysql(&config))
+    run_step(|| {
+        let config = ExportConfig {
+            window: cli.window.request()?,
+            warehouse: cli.warehouse.config(),
+            mysql: MysqlConfig {
+                url: cli.mysql_url,
+                table: cli.mysql_table,
+                load_method: cli.load_method,
+                lock_timeout_secs: cli.lock_timeout,
+                io_timeout_secs: cli.mysql_timeout,
+            },
+            batch_rows: cli.batch_size,
+            full_refresh: cli.full_refresh,
+            reconcile: cli.reconcile,
+            #[cfg(debug_assertions)]
+            fail_after_batches: cli.fail_after_batches,
+        };
+        export_mysql(&config)
+    })
 }

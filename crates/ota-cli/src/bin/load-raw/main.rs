@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ota_pipeline::cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
+use ota_cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
 use ota_pipeline::steps::{LoadConfig, QualityLimits, ShrinkGuard, UnknownColumns, load_raw};
 
 #[derive(Parser)]
@@ -43,18 +43,20 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = LoadConfig {
-        window: cli.window,
-        lake_url: cli.lake.lake_url,
-        warehouse: cli.warehouse,
-        shrink: ShrinkGuard {
-            allow: cli.allow_shrink,
-            max_loss_pct: cli.max_shrink_pct,
-        },
-        quality: QualityLimits {
-            max_rejected_pct: cli.max_rejected_pct,
-            unknown_columns: cli.unknown_columns,
-        },
-    };
-    run_step(|| load_raw(&config))
+    run_step(|| {
+        let config = LoadConfig {
+            window: cli.window.request()?,
+            lake_url: cli.lake.lake_url,
+            warehouse: cli.warehouse.config(),
+            shrink: ShrinkGuard {
+                allow: cli.allow_shrink,
+                max_loss_pct: cli.max_shrink_pct,
+            },
+            quality: QualityLimits {
+                max_rejected_pct: cli.max_rejected_pct,
+                unknown_columns: cli.unknown_columns,
+            },
+        };
+        load_raw(&config)
+    })
 }

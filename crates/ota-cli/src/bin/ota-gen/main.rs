@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ota_pipeline::cli::init_logging;
+use ota_cli::init_logging;
 use ota_pipeline::generate::{GenConfig, generate_daily_files, generate_single_file};
 use ota_pipeline::window::parse_date;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ota_pipeline::cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
+use ota_cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
 use ota_pipeline::steps::{StageConfig, stage_files};
 
 #[derive(Parser)]
@@ -32,13 +32,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = StageConfig {
-        window: cli.window,
-        lake_url: cli.lake.lake_url,
-        warehouse: cli.warehouse,
-        suffix: cli.suffix,
-        from: cli.from,
-        max_missing_days: cli.max_missing_days,
-    };
-    run_step(|| stage_files(&config))
+    run_step(|| {
+        let config = StageConfig {
+            window: cli.window.request()?,
+            lake_url: cli.lake.lake_url,
+            warehouse: cli.warehouse.config(),
+            suffix: cli.suffix,
+            from: cli.from,
+            max_missing_days: cli.max_missing_days,
+        };
+        stage_files(&config)
+    })
 }

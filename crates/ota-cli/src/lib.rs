@@ -1,5 +1,6 @@
-//! Flags shared by the step binaries, and the wrapper that runs a step, prints its
-//! summary as the last line of stdout and maps errors to exit codes.
+//! The command-line layer of the step binaries: the flags they share, turned into the
+//! library's configuration, and the wrapper that runs a step, prints its summary as the
+//! last line of stdout and maps errors to exit codes.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,10 +8,10 @@ use std::time::Instant;
 
 use clap::Args;
 
-use crate::error::Result;
-use crate::summary::{Status, StepSummary};
-use crate::warehouse::{Access, RunSettings, Warehouse, open_warehouse};
-use crate::window::DateWindow;
+use ota_pipeline::Result;
+use ota_pipeline::summary::{Status, StepSummary};
+use ota_pipeline::warehouse::{RunSettings, WarehouseConfig};
+use ota_pipeline::window::RequestedWindow;
 
 #[derive(Debug, Clone, Args)]
 pub struct WindowArgs {
@@ -34,22 +35,13 @@ fn given(value: &Option<String>) -> Option<&str> {
 }
 
 impl WindowArgs {
-    pub fn resolve(&self) -> Result<DateWindow> {
-        DateWindow::resolve(
+    /// The window these flags ask for, resolved once for the whole step.
+    pub fn request(&self) -> Result<RequestedWindow> {
+        RequestedWindow::resolve(
             given(&self.start_date),
             given(&self.end_date),
             given(&self.reference_date),
         )
-    }
-
-    /// Whether the user named the window (a backfill, for export-mysql).
-    pub fn is_explicit(&self) -> bool {
-        given(&self.start_date).is_some() || given(&self.end_date).is_some()
-    }
-
-    /// Whether a reference date was given.
-    pub fn has_reference(&self) -> bool {
-        given(&self.reference_date).is_some()
     }
 }
 
@@ -77,17 +69,15 @@ pub struct WarehouseArgs {
 }
 
 impl WarehouseArgs {
-    /// How the step runs against the warehouse, as the library takes it.
-    pub fn run_settings(&self) -> RunSettings {
-        RunSettings {
-            dry_run: self.dry_run,
-            run_id: self.run_id.clone(),
+    /// The warehouse these flags name and how the step runs against it.
+    pub fn config(&self) -> WarehouseConfig {
+        WarehouseConfig {
+            url: self.warehouse_url.clone(),
+            run: RunSettings {
+                dry_run: self.dry_run,
+                run_id: self.run_id.clone(),
+            },
         }
-    }
-
-    /// Opens the warehouse these flags name, for the step `step`.
-    pub fn open(&self, access: Access, step: &str) -> Result<Box<dyn Warehouse>> {
-        open_warehouse(&self.warehouse_url, &self.run_settings(), access, step)
     }
 }
 
@@ -138,6 +128,7 @@ pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ota_pipeline::window::WindowSource;
 
     fn args(start: &str, end: &str, reference: &str) -> WindowArgs {
         let some = |v: &str| Some(v.to_string());
@@ -150,15 +141,18 @@ mod tests {
 
     #[test]
     fn empty_values_count_as_not_given() {
-        let a = args("", " ", "2024-01-03");
-        assert!(!a.is_explicit());
-        let w = a.resolve().unwrap();
+        let a = args("", " ", "2024-01-03").request().unwrap();
+        assert_eq!(a.source, WindowSource::Reference);
         assert_eq!(
-            (w.start.to_string(), w.end.to_string()),
+            (a.window.start.to_string(), a.window.end.to_string()),
             ("2024-01-01".into(), "2024-01-03".into())
         );
-        let b = args("2024-01-02", "", "");
-        assert!(b.is_explicit() && !b.has_reference());
-        assert!(args("2024-02-30", "", "").resolve().is_err());
+        let b = args("2024-01-02", "", "").request().unwrap();
+        assert!(b.is_named());
+        assert_eq!(
+            args("", "", "").request().unwrap().source,
+            WindowSource::Today
+        );
+        assert!(args("2024-02-30", "", "").request().is_err());
     }
 }
