@@ -13,12 +13,13 @@ use base64::Engine;
 use chrono::NaiveDate;
 use serde_json::Value;
 
-use super::storage_read;
+use super::client::Param;
+use super::{BigQueryWarehouse, sql, storage_read};
 use crate::contract::{PRICE_PRECISION, PRICE_SCALE, TYPED_COLUMNS, TypedKind};
 use crate::error::{PipelineError, Result};
 use crate::typing::epoch_day_of_date;
 pub use crate::warehouse::change::CHANGE_SCHEMA;
-use crate::warehouse::change::{BatchRecutter, ChangeOffsets};
+use crate::warehouse::change::{BatchRecutter, ChangeOffsets, FeedOffset};
 use crate::window::parse_date;
 
 pub(super) fn cell_str(row: &[Value], i: usize) -> Option<&str> {
@@ -248,6 +249,135 @@ pub fn change_batch(rows: &[Vec<Value>]) -> Result<RecordBatch> {
     }
     RecordBatch::try_new(CHANGE_SCHEMA.clone(), columns)
         .map_err(|e| PipelineError::arrow("assembling a change batch", e))
+}
+
+/// What one export reads of the change feed: the event dates changed at or after its
+/// offset, and the `changed_at` of the latest run that changed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedBounds {
+    pub dates: Vec<NaiveDate>,
+    /// UTC microseconds; changes after it belong to the next export.
+    pub upto: i64,
+}
+
+impl BigQueryWarehouse {
+    /// The feed's bounds after `at` (µs), None when nothing changed since.
+    pub fn feed_bounds(&mut self, at: i64) -> Result<Option<FeedBounds>> {
+        let rows = self.read(
+            "read_feed_dates",
+            sql::FEED_DATES,
+            &[Param::int64("at", at)],
+        )?;
+        let mut dates = Vec::with_capacity(rows.len());
+        let mut upto = i64::MIN;
+        for r in &rows {
+            dates.push(cell_date(r, 0)?);
+            upto = upto.max(cell_i64(r, 1)?);
+        }
+        Ok((!dates.is_empty()).then_some(FeedBounds { dates, upto }))
+    }
+
+    /// The change feed after `offset` (None: from the start) within `bounds`, as
+    /// [`Warehouse::stream_changes`] streams it.
+    pub fn stream_feed_within(
+        &mut self,
+        offset: Option<FeedOffset>,
+        bounds: &FeedBounds,
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        let (at, key) = FeedOffset::position(offset);
+        let text = self.render(&sql::CHANGES_AFTER, None);
+        let params = [
+            Param::dates("dates", bounds.dates.iter().copied()),
+            Param::int64("at", at),
+            Param::int64("upto", bounds.upto),
+            Param::string("key_hex", crate::hex::encode(&key)),
+        ];
+        self.stream_query("read_changes", &text, &params, true, batch_rows, sink)
+    }
+
+    /// Runs one query job and streams its ordered result. The result is read through the
+    /// Storage Read API as Arrow with a single stream (BigQuery keeps an ORDER BY
+    /// result's order for one stream), one batch in memory at a time; where the API
+    /// cannot read the result table, the job's result pages are read instead. With
+    /// `feed_order`, rows out of `(changed_at, event_key)` order stop the read.
+    fn stream_query(
+        &mut self,
+        name: &str,
+        text: &str,
+        params: &[Param],
+        feed_order: bool,
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        let batch_rows = batch_rows.max(1);
+        let Some((job_id, table)) = self.jobs.query_result_table(name, text, params)? else {
+            return Ok(());
+        };
+        if let Some(table) = table
+            && let Some(reader) =
+                storage_read::open(self.jobs.runtime(), &self.storage_credentials, &table)?
+        {
+            return stream_batches(reader, feed_order, batch_rows, sink);
+        }
+        let mut last = None;
+        let mut batches = BatchRecutter::new(batch_rows, sink);
+        let (mut rows, mut token) = self.jobs.page(&job_id, None, batch_rows)?;
+        loop {
+            for chunk in rows.chunks(batch_rows) {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let batch = change_batch(chunk)?;
+                if feed_order {
+                    check_order(&batch, &mut last)?;
+                }
+                if !batches.push(batch)? {
+                    return Ok(());
+                }
+            }
+            match token {
+                Some(t) => (rows, token) = self.jobs.page(&job_id, Some(t), batch_rows)?,
+                None => return batches.finish(),
+            }
+        }
+    }
+
+    /// The change feed after `offset` (None: from the start), up to the latest run.
+    pub(super) fn stream_feed(
+        &mut self,
+        offset: Option<FeedOffset>,
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        match self.feed_bounds(FeedOffset::changed_at_of(offset))? {
+            Some(bounds) => self.stream_feed_within(offset, &bounds, batch_rows, sink),
+            None => Ok(()),
+        }
+    }
+
+    /// Every current row of some event dates, in key order (re-sync).
+    pub(super) fn stream_dates(
+        &mut self,
+        dates: &[NaiveDate],
+        batch_rows: usize,
+        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    ) -> Result<()> {
+        if dates.is_empty() {
+            return Ok(());
+        }
+        let text = self.render(&sql::ROWS_OF_DATES, None);
+        let params = [Param::dates("dates", dates.iter().copied())];
+        self.stream_query(
+            "read_rows_of_dates",
+            &text,
+            &params,
+            false,
+            batch_rows,
+            sink,
+        )
+    }
 }
 
 #[cfg(test)]

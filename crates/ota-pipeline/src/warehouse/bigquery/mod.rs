@@ -10,7 +10,9 @@
 
 pub mod client;
 pub mod config;
+mod dedup;
 pub mod feed;
+mod load;
 pub mod sql;
 mod staging;
 pub mod storage_read;
@@ -23,19 +25,18 @@ use md5::{Digest, Md5};
 use serde_json::Value;
 
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
-    RawLoadOutcome, RawLoadTally, RawSource, StagedFiles, Warehouse,
+    ChangeSelection, DateChecksum, DedupOutcome, QuarantineKind, QuarantinedFile, RawLoadOutcome,
+    RawSource, StagedFiles, Warehouse,
 };
 use crate::error::{PipelineError, Result};
 use crate::gcp::{CredentialVars, Credentials};
 use crate::lake::gcs::GcsLake;
-use crate::lake::{Lake, LakeFile, RecordedVersion};
-use crate::warehouse::change::BatchRecutter;
+use crate::lake::{LakeFile, RecordedVersion};
 use crate::window::DateWindow;
 use client::{Attach, JobSettings, Jobs, Param, QueryResult};
 pub use config::{BigQueryConfig, RunOptions};
-use feed::{cell_date, cell_i64, cell_str, change_batch, check_order, stream_batches};
-use staging::{StagingFile, files_batch, rejects_batch, with_utc_timestamps};
+pub use feed::FeedBounds;
+use feed::{cell_date, cell_i64, cell_str};
 
 pub const KEY_FILE_VAR: &str = "OTA_BQ_KEY_FILE";
 pub const ENDPOINT_VAR: &str = "OTA_BQ_ENDPOINT";
@@ -272,100 +273,6 @@ impl BigQueryWarehouse {
             ))
         })?;
         GcsLake::open(staging)
-    }
-}
-
-/// What one export reads of the change feed: the event dates changed at or after its
-/// offset, and the `changed_at` of the latest run that changed them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedBounds {
-    pub dates: Vec<NaiveDate>,
-    /// UTC microseconds; changes after it belong to the next export.
-    pub upto: i64,
-}
-
-impl BigQueryWarehouse {
-    /// The feed's bounds after `at` (µs), None when nothing changed since.
-    pub fn feed_bounds(&mut self, at: i64) -> Result<Option<FeedBounds>> {
-        let rows = self.read(
-            "read_feed_dates",
-            sql::FEED_DATES,
-            &[Param::int64("at", at)],
-        )?;
-        let mut dates = Vec::with_capacity(rows.len());
-        let mut upto = i64::MIN;
-        for r in &rows {
-            dates.push(cell_date(r, 0)?);
-            upto = upto.max(cell_i64(r, 1)?);
-        }
-        Ok((!dates.is_empty()).then_some(FeedBounds { dates, upto }))
-    }
-
-    /// The change feed after `offset` (None: from the start) within `bounds`, as
-    /// [`Warehouse::stream_changes`] streams it.
-    pub fn stream_feed_within(
-        &mut self,
-        offset: Option<FeedOffset>,
-        bounds: &FeedBounds,
-        batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
-    ) -> Result<()> {
-        let (at, key) = FeedOffset::position(offset);
-        let text = self.render(&sql::CHANGES_AFTER, None);
-        let params = [
-            Param::dates("dates", bounds.dates.iter().copied()),
-            Param::int64("at", at),
-            Param::int64("upto", bounds.upto),
-            Param::string("key_hex", crate::hex::encode(&key)),
-        ];
-        self.stream_query("read_changes", &text, &params, true, batch_rows, sink)
-    }
-
-    /// Runs one query job and streams its ordered result. The result is read through the
-    /// Storage Read API as Arrow with a single stream (BigQuery keeps an ORDER BY
-    /// result's order for one stream), one batch in memory at a time; where the API
-    /// cannot read the result table, the job's result pages are read instead. With
-    /// `feed_order`, rows out of `(changed_at, event_key)` order stop the read.
-    fn stream_query(
-        &mut self,
-        name: &str,
-        text: &str,
-        params: &[Param],
-        feed_order: bool,
-        batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
-    ) -> Result<()> {
-        let batch_rows = batch_rows.max(1);
-        let Some((job_id, table)) = self.jobs.query_result_table(name, text, params)? else {
-            return Ok(());
-        };
-        if let Some(table) = table
-            && let Some(reader) =
-                storage_read::open(self.jobs.runtime(), &self.storage_credentials, &table)?
-        {
-            return stream_batches(reader, feed_order, batch_rows, sink);
-        }
-        let mut last = None;
-        let mut batches = BatchRecutter::new(batch_rows, sink);
-        let (mut rows, mut token) = self.jobs.page(&job_id, None, batch_rows)?;
-        loop {
-            for chunk in rows.chunks(batch_rows) {
-                if chunk.is_empty() {
-                    continue;
-                }
-                let batch = change_batch(chunk)?;
-                if feed_order {
-                    check_order(&batch, &mut last)?;
-                }
-                if !batches.push(batch)? {
-                    return Ok(());
-                }
-            }
-            match token {
-                Some(t) => (rows, token) = self.jobs.page(&job_id, Some(t), batch_rows)?,
-                None => return batches.finish(),
-            }
-        }
     }
 
     /// Takes the dataset's writer lease for this run's step, or fails naming who holds
@@ -651,157 +558,11 @@ impl Warehouse for BigQueryWarehouse {
         loaded_at: i64,
         source: &mut dyn RawSource,
     ) -> Result<RawLoadOutcome> {
-        let mut tally = RawLoadTally::default();
-        if files.is_empty() {
-            // Nothing changed: no job at all.
-            return Ok(tally.finish());
-        }
-        let tag = self.work_tag(files);
-        let uris: Vec<String> = files.iter().map(|f| f.uri.clone()).collect();
-        let old = self.read(
-            "read_old_file_dates",
-            sql::OLD_FILE_DATES,
-            &[Param::strings("files", uris.iter().cloned())],
-        )?;
-        for r in &old {
-            tally.replaced(cell_date(r, 0)?, cell_i64(r, 1)?.max(0) as u64);
-        }
-        let create = self.render(&sql::CREATE_LOAD_WORK, Some(&tag));
-        let replace = self.render(&sql::REPLACE_FILE_ROWS, Some(&tag));
-        if self.jobs.settings().dry_run {
-            self.jobs
-                .query("load_work_tables", &create, &[], Attach::ByInputs(&[]))?;
-            self.jobs.report(format!(
-                "-- load typed Parquet of {} file(s) into the work tables\n",
-                files.len()
-            ));
-            self.jobs
-                .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
-            return Ok(tally.finish());
-        }
-
-        // Type every file into local Parquet, land it in the staging area.
-        let staging = self.staging_lake()?;
-        let scratch = staging.scratch_dir()?;
-        let prefix = format!("_ota_load/{tag}");
-        let mut row_uris = Vec::new();
-        let mut reject_file = StagingFile::create(&scratch, &format!("{tag}-rejects.parquet"))?;
-        let mut ledger_rows = Vec::new();
-        for (i, file) in files.iter().enumerate() {
-            let mut rows_file = StagingFile::create(&scratch, &format!("{tag}-rows-{i}.parquet"))?;
-            source.read(file, &mut |typed| {
-                tally.typed(&typed);
-                if typed.rows.num_rows() > 0 {
-                    rows_file.write(&with_utc_timestamps(&typed.rows)?)?;
-                }
-                if !typed.rejected.is_empty() {
-                    reject_file.write(&rejects_batch(file, &typed.rejected, loaded_at)?)?;
-                }
-                Ok(())
-            })?;
-            if rows_file.finish()? {
-                let name = format!("{prefix}/rows-{i}.parquet");
-                staging.put_file(&name, &rows_file.path)?;
-                row_uris.push(
-                    staging
-                        .location()
-                        .uri_of(&staging.location().object_name(&name)),
-                );
-            }
-            let counts = tally.file_done();
-            ledger_rows.push((file.clone(), counts.loaded, counts.rejected));
-        }
-        let mut landed = Vec::new();
-        let mut land = |staging_file: &mut StagingFile, name: &str| -> Result<Option<String>> {
-            if staging_file.finish()? {
-                let object = format!("{prefix}/{name}");
-                staging.put_file(&object, &staging_file.path)?;
-                let uri = staging
-                    .location()
-                    .uri_of(&staging.location().object_name(&object));
-                landed.push(uri.clone());
-                Ok(Some(uri))
-            } else {
-                Ok(None)
-            }
-        };
-        let rejects_uri = land(&mut reject_file, "rejects.parquet")?;
-        let mut files_file = StagingFile::create(&scratch, &format!("{tag}-files.parquet"))?;
-        files_file.write(&files_batch(&ledger_rows, loaded_at)?)?;
-        let files_uri = land(&mut files_file, "files.parquet")?;
-
-        self.jobs
-            .query("load_work_tables", &create, &[], Attach::ByInputs(&[]))?;
-        let dataset = self.config.dataset.clone();
-        if !row_uris.is_empty() {
-            self.jobs.load_parquet(
-                "load_rows",
-                &row_uris,
-                &dataset,
-                &format!("_ota_work_rows_{tag}"),
-            )?;
-        }
-        if let Some(uri) = rejects_uri {
-            self.jobs.load_parquet(
-                "load_rejects",
-                &[uri],
-                &dataset,
-                &format!("_ota_work_rejects_{tag}"),
-            )?;
-        }
-        if let Some(uri) = files_uri {
-            self.jobs.load_parquet(
-                "load_files",
-                &[uri],
-                &dataset,
-                &format!("_ota_work_files_{tag}"),
-            )?;
-        }
-        self.jobs
-            .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
-        for uri in row_uris.iter().chain(&landed) {
-            if let Err(e) = staging.delete(uri) {
-                tracing::warn!(uri = %uri, error = %e, "could not delete a staging file");
-            }
-        }
-        Ok(tally.finish())
+        self.load_files(files, loaded_at, source)
     }
 
     fn dedup(&mut self, _now: i64) -> Result<DedupOutcome> {
-        let mut outcome = DedupOutcome::default();
-        let pending = self.read("read_pending_dates", sql::PENDING_DATES, &[])?;
-        for r in &pending {
-            outcome.rebuilt_dates.push(cell_date(r, 0)?);
-        }
-        if outcome.rebuilt_dates.is_empty() {
-            return Ok(outcome);
-        }
-        let tag = self.work_tag(&[]);
-        let text = self.render(&sql::DEDUP, Some(&tag));
-        // A retried dedup finds the merge of the same pending dates its first try started.
-        let inputs: Vec<String> = pending.iter().map(|r| format!("{:?}", r)).collect();
-        let Some(result) = self
-            .jobs
-            .query("dedup_merge", &text, &[], Attach::ByInputs(&inputs))?
-        else {
-            return Ok(outcome);
-        };
-        let row = result
-            .rows
-            .first()
-            .ok_or_else(|| PipelineError::Warehouse {
-                context: "rebuilding dedup dates".into(),
-                source: "the dedup script reported nothing".into(),
-            })?;
-        let changed_at = cell_i64(row, 0)?;
-        let read = cell_i64(row, 1)?;
-        let winners = cell_i64(row, 2)?;
-        outcome.changed_at = Some(changed_at);
-        outcome.rows_read = read as u64;
-        outcome.duplicates_removed = (read - winners).max(0) as u64;
-        outcome.rows_changed = cell_i64(row, 3)? as u64;
-        outcome.rows_deleted = cell_i64(row, 4)? as u64;
-        Ok(outcome)
+        self.rebuild_dedup_dates()
     }
 
     fn stream_changes(
@@ -811,28 +572,8 @@ impl Warehouse for BigQueryWarehouse {
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()> {
         match selection {
-            ChangeSelection::After(offset) => {
-                let at = FeedOffset::changed_at_of(*offset);
-                match self.feed_bounds(at)? {
-                    Some(bounds) => self.stream_feed_within(*offset, &bounds, batch_rows, sink),
-                    None => Ok(()),
-                }
-            }
-            ChangeSelection::Dates(dates) => {
-                if dates.is_empty() {
-                    return Ok(());
-                }
-                let text = self.render(&sql::ROWS_OF_DATES, None);
-                let params = [Param::dates("dates", dates.iter().copied())];
-                self.stream_query(
-                    "read_rows_of_dates",
-                    &text,
-                    &params,
-                    false,
-                    batch_rows,
-                    sink,
-                )
-            }
+            ChangeSelection::After(offset) => self.stream_feed(*offset, batch_rows, sink),
+            ChangeSelection::Dates(dates) => self.stream_dates(dates, batch_rows, sink),
         }
     }
 
