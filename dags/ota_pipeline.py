@@ -55,10 +55,15 @@ PLAIN_SETTINGS = (
     "OTA_MYSQL_LOAD_METHOD",
     "OTA_LOCK_TIMEOUT",
     "OTA_MYSQL_TIMEOUT",
+    "OTA_ALLOW_SHRINK",
     "OTA_MAX_SHRINK_PCT",
     "OTA_MAX_REJECTED_PCT",
+    "OTA_MAX_EVENT_DAY_DISTANCE",
     "OTA_ON_UNKNOWN_COLUMNS",
     "OTA_MAX_MISSING_DAYS",
+    "OTA_DELETE_ABSENT_DATES",
+    "OTA_MAX_RESYNC_DELETE_PCT",
+    "OTA_SCRATCH_DIR",
     "OTA_GCS_ENDPOINT",
     "OTA_BQ_ENDPOINT",
     "OTA_BQ_STORAGE_ENDPOINT",
@@ -417,7 +422,8 @@ def task_retries() -> int:
 
 # The binaries' exit code for input or settings the user must fix (docs/design.md: 2).
 USER_ERROR_EXIT = 2
-# load-raw's exit code when it loaded what it could and quarantined files.
+# The exit code of a step that did what it could and held the rest back: load-raw
+# quarantined files, export-mysql kept dates it would not delete.
 PARTIAL_EXIT = 3
 
 
@@ -442,7 +448,8 @@ def exit_code_of(error: Exception) -> int | None:
 def run_step(operator, context):
     """Runs the step; a refusal of its input or settings (exit 2) fails the task at once,
     without the retries meant for faults: a retry would be refused the same way. So does
-    a load that quarantined files (exit 3), unless ``OTA_ON_QUARANTINE=warn``."""
+    a step that held part of its work back (exit 3: quarantined files, dates an export
+    would not delete), unless ``OTA_ON_QUARANTINE=warn``."""
     from airflow.exceptions import AirflowException, AirflowFailException
 
     try:
@@ -457,9 +464,10 @@ def run_step(operator, context):
                 "not retried: fix the params or settings and trigger again"
             ) from error
         if code == PARTIAL_EXIT:
+            held = "quarantined files" if operator.task_id == "load_raw" else "held dates"
             message = (
-                f"{operator.task_id} quarantined files (exit 3): their names and reasons are in "
-                "files_quarantined of the summary above; the other files loaded"
+                f"{operator.task_id} {held} (exit 3): their names and reasons are in "
+                "files_quarantined or held_dates of the summary above; the rest was done"
             )
             if on_quarantine() == "warn":
                 operator.log.warning("%s; carrying on (OTA_ON_QUARANTINE=warn)", message)

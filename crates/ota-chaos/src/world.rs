@@ -373,6 +373,22 @@ impl World {
                 .stderr(Stdio::piped());
             cmd.spawn().map_err(io(format!("starting {step}")))
         };
+        // Each run loads the set it staged itself, as each DAG run does.
+        if step == "load-raw" {
+            for run in ["a", "b"] {
+                let mut stage = self.step("stage-files");
+                stage
+                    .env("OTA_RUN_ID", format!("{}_{run}", self.run_id()))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                let staged = stage.status().map_err(io("running stage-files"))?;
+                if !staged.success() {
+                    outcome
+                        .problems
+                        .push(format!("stage-files of overlapping run {run} failed"));
+                }
+            }
+        }
         let (a, b) = (spawn("a")?, spawn("b")?);
         let outputs = [
             a.wait_with_output().map_err(io("waiting"))?,

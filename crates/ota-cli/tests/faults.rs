@@ -16,6 +16,8 @@ use common::{Env, Run, server_query};
 use mysql_async::prelude::Queryable;
 
 const PASSWORD: &str = "Kn0wn-Pa55w0rd-7c1";
+/// A password holding every character URLs reserve in the part where it sits.
+const RESERVED_PASSWORD: &str = "Kn0wn?Pa55#w0rd/7c1@x:y";
 
 /// A MySQL user with a password, allowed to use one database; dropped at the end.
 struct PasswordUser {
@@ -24,10 +26,14 @@ struct PasswordUser {
 
 impl PasswordUser {
     fn new(env: &Env) -> Self {
-        let name = format!("ota_pw_{}", std::process::id());
+        Self::with_password(env, "pw", PASSWORD)
+    }
+
+    fn with_password(env: &Env, tag: &str, password: &str) -> Self {
+        let name = format!("ota_{tag}_{}", std::process::id());
         for host in ["%", "localhost"] {
             server_query(&format!(
-                "CREATE USER IF NOT EXISTS '{name}'@'{host}' IDENTIFIED BY '{PASSWORD}'"
+                "CREATE USER IF NOT EXISTS '{name}'@'{host}' IDENTIFIED BY '{password}'"
             ));
             server_query(&format!(
                 "GRANT ALL PRIVILEGES ON `{}`.* TO '{name}'@'{host}'",
@@ -121,6 +127,31 @@ fn no_step_ever_prints_the_mysql_password() {
             run.stderr
         );
     }
+
+    // A password with characters URLs reserve: unencoded, the URL is refused (exit 2)
+    // without a fragment of it printed; percent-encoded, it connects.
+    let reserved = PasswordUser::with_password(&env, "rsv", RESERVED_PASSWORD);
+    let raw = format!("mysql://{}:{RESERVED_PASSWORD}@{host_db}", reserved.name);
+    let run = run_with_url(&env, "export-mysql", &raw, &window);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("percent-encoded"), "{}", run.stderr);
+    for fragment in RESERVED_PASSWORD
+        .split(['?', '#', '/', '@', ':'])
+        .filter(|f| f.len() >= 4)
+    {
+        assert_never_printed(&run, fragment, "a password with reserved characters");
+    }
+    let encoded: String = RESERVED_PASSWORD
+        .chars()
+        .map(|c| match c {
+            '?' | '#' | '/' | '@' | ':' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    let url = format!("mysql://{}:{encoded}@{host_db}", reserved.name);
+    let run = run_with_url(&env, "export-mysql", &url, &window).ok();
+    assert_never_printed(&run, &encoded, "the encoded password");
+    assert_never_printed(&run, RESERVED_PASSWORD, "the decoded password");
 }
 
 /// A loopback TCP proxy to the MySQL server that stops forwarding, without closing
@@ -290,6 +321,50 @@ fn a_connection_that_stops_answering_mid_batch_fails_within_the_timeout() {
             "the offset moved back: {before:?} -> {after:?}"
         );
     }
+    reconcile_is_clean(&env);
+}
+
+#[test]
+fn a_session_whose_client_went_quiet_frees_the_export_lock_within_the_timeout() {
+    let env = Env::new();
+    env.generate("2024-01-01", 3, 400);
+    let window = ["--start-date", "2024-01-01", "--end-date", "2024-01-03"];
+    for step in ["stage-files", "load-raw", "dedup"] {
+        env.run(step, &window).ok();
+    }
+    // The first export's client goes quiet mid-export and never says goodbye: the
+    // proxy holds its bytes and keeps both sockets open, as a half-open connection does.
+    let proxy = StallingProxy::start(300_000);
+    let url = format!(
+        "mysql://root@127.0.0.1:{}/{}?prefer_socket=false",
+        proxy.port, env.db
+    );
+    let first = run_with_url(
+        &env,
+        "export-mysql",
+        &url,
+        &["--batch-size", "200", "--mysql-timeout", "3"],
+    );
+    assert!(
+        proxy.stalled.load(Ordering::SeqCst),
+        "the proxy never stalled"
+    );
+    assert_eq!(first.code, 1, "{}", first.stderr);
+    // A second export, straight to the server, gets the lock once the server has let go
+    // of the quiet session: within its limits, not the server's defaults (30 s mid-
+    // statement, 8 hours idle).
+    let started = Instant::now();
+    let second = env.run(
+        "export-mysql",
+        &["--lock-timeout", "120", "--mysql-timeout", "3"],
+    );
+    let waited = started.elapsed();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(
+        waited < Duration::from_secs(20),
+        "waited {waited:?} for the lock"
+    );
+    drop(proxy);
     reconcile_is_clean(&env);
 }
 
@@ -590,71 +665,6 @@ fn tls_modes_against_a_server_with_a_self_signed_ca_and_one_without_tls() {
     assert_eq!(run.summary()["status"], "ok");
 }
 
-/// Every batch of a file with its `timestamp` column rebuilt by `f` (which may change
-/// its type).
-fn with_timestamps(
-    batches: Vec<arrow::array::RecordBatch>,
-    f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef,
-) -> Vec<arrow::array::RecordBatch> {
-    with_column(batches, "timestamp", f)
-}
-
-/// Every batch of a file with its column `name` rebuilt by `f` (which may change its type).
-fn with_column(
-    batches: Vec<arrow::array::RecordBatch>,
-    name: &str,
-    f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef,
-) -> Vec<arrow::array::RecordBatch> {
-    use arrow::datatypes::{Field, Schema};
-    batches
-        .into_iter()
-        .map(|b| {
-            let idx = b.schema().index_of(name).expect("column");
-            let mut columns = b.columns().to_vec();
-            columns[idx] = f(&columns[idx]);
-            let fields: Vec<Field> = b
-                .schema()
-                .fields()
-                .iter()
-                .zip(&columns)
-                .map(|(field, column)| Field::new(field.name(), column.data_type().clone(), true))
-                .collect();
-            arrow::array::RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-                .expect("batch")
-        })
-        .collect()
-}
-
-/// The int64 nanoseconds of the case data divided down to another unit.
-fn nanos_divided_by(by: i64) -> impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef {
-    use arrow::array::{AsArray, Int64Array};
-    use arrow::datatypes::Int64Type;
-    move |column| {
-        let ns = column.as_primitive::<Int64Type>();
-        Arc::new(ns.iter().map(|v| v.map(|v| v / by)).collect::<Int64Array>())
-    }
-}
-
-fn replace_file(path: &std::path::Path, batches: &[arrow::array::RecordBatch]) {
-    thread::sleep(Duration::from_millis(20));
-    common::write_parquet(path, batches);
-}
-
-/// The `files_quarantined` entries of a load-raw summary: (file name, kind).
-fn quarantined(run: &Run) -> Vec<(String, String)> {
-    run.summary()["files_quarantined"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|q| {
-            let uri = q["uri"].as_str().unwrap_or_default();
-            let name = uri.rsplit('/').next().unwrap_or_default().to_string();
-            (name, q["kind"].as_str().unwrap_or_default().to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn a_shrunk_redelivery_is_refused_unless_allowed() {
     let env = Env::new();
@@ -672,12 +682,12 @@ fn a_shrunk_redelivery_is_refused_unless_allowed() {
         .map(|b| b.slice(0, b.num_rows() / 5))
         .collect();
     for shrunk in [&empty, &fifth] {
-        replace_file(&day1, shrunk);
+        common::replace_file(&day1, shrunk);
         env.run("stage-files", &window).ok();
         let run = env.run("load-raw", &window);
         assert_eq!(run.code, 3, "{}", run.stderr);
         assert_eq!(
-            quarantined(&run),
+            common::quarantined(&run),
             vec![("20240101_OTA.parquet".to_string(), "shrunk".to_string())]
         );
         assert!(run.stderr.contains("--allow-shrink"), "{}", run.stderr);
@@ -691,8 +701,8 @@ fn a_shrunk_redelivery_is_refused_unless_allowed() {
         &[&window[..], &["--max-shrink-pct", "90"]].concat(),
     );
     assert_eq!(looser.code, 0, "{}", looser.stderr);
-    assert!(quarantined(&looser).is_empty());
-    replace_file(&day1, &empty);
+    assert!(common::quarantined(&looser).is_empty());
+    common::replace_file(&day1, &empty);
     env.run("stage-files", &window).ok();
     assert_eq!(env.run("load-raw", &window).code, 3);
     env.run("load-raw", &[&window[..], &["--allow-shrink"]].concat())
@@ -720,7 +730,7 @@ fn a_corrupt_file_is_quarantined_the_others_load_and_its_next_version_loads() {
     assert_eq!(summary["status"], "partial");
     assert_eq!(summary["files_loaded"].as_array().map(Vec::len), Some(2));
     assert_eq!(
-        quarantined(&load),
+        common::quarantined(&load),
         vec![("20240102_OTA.parquet".to_string(), "unreadable".to_string())]
     );
     assert!(
@@ -740,13 +750,13 @@ fn a_corrupt_file_is_quarantined_the_others_load_and_its_next_version_loads() {
     let again = env.run("load-raw", &window);
     assert_eq!(again.code, 3, "{}", again.stderr);
     assert_eq!(again.summary()["files_loaded"], serde_json::json!([]));
-    assert_eq!(quarantined(&again).len(), 1);
+    assert_eq!(common::quarantined(&again).len(), 1);
 
     // A good version lands: it loads and leaves quarantine.
     replace_file_bytes(&day2, &good);
     env.run("stage-files", &window).ok();
     let fixed = env.run("load-raw", &window).ok();
-    assert!(quarantined(&fixed).is_empty());
+    assert!(common::quarantined(&fixed).is_empty());
     env.run("dedup", &window).ok();
     env.run("export-mysql", &window).ok();
     let days =
@@ -754,7 +764,7 @@ fn a_corrupt_file_is_quarantined_the_others_load_and_its_next_version_loads() {
     assert_eq!(days, ["2024-01-01", "2024-01-02", "2024-01-03"]);
     reconcile_is_clean(&env);
     let rerun = env.run("load-raw", &window).ok();
-    assert!(quarantined(&rerun).is_empty());
+    assert!(common::quarantined(&rerun).is_empty());
 }
 
 fn replace_file_bytes(path: &std::path::Path, bytes: &[u8]) {
@@ -769,11 +779,17 @@ fn epoch_timestamps_in_seconds_or_milliseconds_land_on_their_day_not_in_1970() {
     let env = Env::new();
     env.generate("2024-01-01", 3, 300);
     let ms = env.file("2024-01-02");
-    let batches = with_timestamps(common::read_parquet(&ms), nanos_divided_by(1_000_000));
-    replace_file(&ms, &batches);
+    let batches = common::with_timestamps(
+        common::read_parquet(&ms),
+        common::nanos_divided_by(1_000_000),
+    );
+    common::replace_file(&ms, &batches);
     let s = env.file("2024-01-03");
-    let batches = with_timestamps(common::read_parquet(&s), nanos_divided_by(1_000_000_000));
-    replace_file(&s, &batches);
+    let batches = common::with_timestamps(
+        common::read_parquet(&s),
+        common::nanos_divided_by(1_000_000_000),
+    );
+    common::replace_file(&s, &batches);
     let summaries = env.pipeline(
         &["--start-date", "2024-01-01", "--end-date", "2024-01-03"],
         &[],
@@ -831,14 +847,20 @@ fn a_key_value_that_is_not_utf8_rejects_its_row_not_the_file() {
         env.run(step, &window).ok();
     }
     let load = |batches: Vec<arrow::array::RecordBatch>| {
-        replace_file(&file, &with_column(batches, "request_id", as_bytes(false)));
+        common::replace_file(
+            &file,
+            &common::with_column(batches, "request_id", as_bytes(false)),
+        );
         env.run("stage-files", &window).ok();
         env.run("load-raw", &window).ok().summary()
     };
     // request_id as bytes, all valid: the day loads as it did as text.
     let clean = load(original.clone());
     // One request_id is not UTF-8: that row alone is rejected, the file loads.
-    replace_file(&file, &with_column(original, "request_id", as_bytes(true)));
+    common::replace_file(
+        &file,
+        &common::with_column(original, "request_id", as_bytes(true)),
+    );
     env.run("stage-files", &window).ok();
     let corrupt = env.run("load-raw", &window).ok().summary();
     assert_eq!(corrupt["status"], "ok", "{corrupt}");
@@ -883,7 +905,7 @@ fn a_year_9999_row_does_not_stretch_a_historic_load_over_millennia() {
         .ok();
     // Microsecond TIMESTAMPs; one row dated 9999-12-31.
     const YEAR_9999_US: i64 = 253_402_214_400_000_000;
-    let mut batches = with_timestamps(common::read_parquet(&case_data), |column| {
+    let mut batches = common::with_timestamps(common::read_parquet(&case_data), |column| {
         let ns = column.as_primitive::<Int64Type>();
         Arc::new(
             ns.iter()
@@ -891,7 +913,7 @@ fn a_year_9999_row_does_not_stretch_a_historic_load_over_millennia() {
                 .collect::<TimestampMicrosecondArray>(),
         )
     });
-    batches[0] = with_timestamps(vec![batches[0].clone()], |column| {
+    batches[0] = common::with_timestamps(vec![batches[0].clone()], |column| {
         let us = column.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         Arc::new(
             us.iter()

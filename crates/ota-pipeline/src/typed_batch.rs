@@ -48,6 +48,61 @@ pub struct TypedBatch {
     pub rejected: Vec<RejectedRow>,
 }
 
+impl TypedBatch {
+    /// Rejects the rows whose event date lies more than `max_days` days from `file_day`
+    /// (days since the epoch): a file's events happen around its day (late events a day
+    /// or two before), so a row far from it has a timestamp of another unit or from a
+    /// broken clock, and would touch a partition of its own far away.
+    pub fn reject_far_from(self, file_day: i32, max_days: u32) -> Result<TypedBatch> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Date32Type;
+        let TypedBatch { rows, mut rejected } = self;
+        let schema = rows.schema();
+        let column = |name: &str| {
+            schema
+                .index_of(name)
+                .map(|i| rows.column(i))
+                .map_err(|e| PipelineError::arrow("reading typed rows", e))
+        };
+        let days = column("event_date")?.as_primitive::<Date32Type>();
+        let far =
+            |day: i32| (i64::from(day) - i64::from(file_day)).unsigned_abs() > u64::from(max_days);
+        if !days.values().iter().any(|d| far(*d)) {
+            return Ok(TypedBatch { rows, rejected });
+        }
+        let source_rows = column("source_row")?.as_primitive::<arrow::datatypes::Int64Type>();
+        let request_ids = column("request_id")?.as_string::<i32>();
+        let micros = column("timestamp")?.as_primitive::<TimestampMicrosecondType>();
+        let mut keep = Vec::with_capacity(rows.num_rows());
+        for (row, day) in days.values().iter().enumerate() {
+            let is_far = far(*day);
+            keep.push(!is_far);
+            if is_far {
+                let date = typing::date_of_epoch_day(*day);
+                let distance = (i64::from(*day) - i64::from(file_day)).unsigned_abs();
+                rejected.push(RejectedRow {
+                    source_row: source_rows.value(row),
+                    reason: format!(
+                        "event date {date} is {distance} days from the file's day {}, more \
+                         than --max-event-day-distance {max_days}: a timestamp of another \
+                         unit, or a broken clock",
+                        typing::date_of_epoch_day(file_day)
+                    ),
+                    request_id: request_ids
+                        .is_valid(row)
+                        .then(|| request_ids.value(row).to_string()),
+                    raw_timestamp: chrono::DateTime::from_timestamp_micros(micros.value(row))
+                        .map(|t| t.to_rfc3339()),
+                });
+            }
+        }
+        rejected.sort_by_key(|r| r.source_row);
+        let rows = filter_record_batch(&rows, &BooleanArray::from(keep))
+            .map_err(|e| PipelineError::arrow("dropping rows far from the file's day", e))?;
+        Ok(TypedBatch { rows, rejected })
+    }
+}
+
 /// Maps a file's schema onto the contract once per file.
 #[derive(Debug, Clone)]
 pub struct ColumnMapping {
@@ -248,51 +303,94 @@ fn encode_event_key(buf: &mut Vec<u8>, typed: &[TypedValues], row: usize) {
 }
 
 fn encode_content(buf: &mut Vec<u8>, values: &TypedValues, row: usize) {
-    fn text(buf: &mut Vec<u8>, a: &StringArray, row: usize) {
-        if a.is_null(row) {
-            buf.push(0);
+    fn text(a: &StringArray, row: usize) -> ContentValue<'_> {
+        if a.is_valid(row) {
+            ContentValue::Text(a.value(row).as_bytes())
         } else {
-            let v = a.value(row).as_bytes();
-            buf.push(1);
-            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            buf.extend_from_slice(v);
+            ContentValue::Null
         }
     }
+    fn or_null(
+        valid: bool,
+        value: impl FnOnce() -> ContentValue<'static>,
+    ) -> ContentValue<'static> {
+        if valid { value() } else { ContentValue::Null }
+    }
     match values {
-        TypedValues::Text(a) => text(buf, a, row),
-        TypedValues::Integer(a) => {
-            push_opt(buf, a.is_valid(row).then(|| a.value(row).to_le_bytes()))
-        }
-        TypedValues::Float(a) => push_opt(
+        TypedValues::Text(a) => encode_value(buf, text(a, row)),
+        TypedValues::Integer(a) => encode_value(
             buf,
-            a.is_valid(row)
-                .then(|| a.value(row).to_bits().to_le_bytes()),
+            or_null(a.is_valid(row), || ContentValue::Integer(a.value(row))),
         ),
-        TypedValues::Boolean(a) => push_opt(buf, a.is_valid(row).then(|| [a.value(row) as u8])),
-        TypedValues::Price { value, raw } => {
-            push_opt(
-                buf,
-                value.is_valid(row).then(|| value.value(row).to_le_bytes()),
-            );
-            text(buf, raw, row);
-        }
-        TypedValues::Timestamp { micros, .. } => push_opt(
+        TypedValues::Float(a) => encode_value(
             buf,
-            micros
-                .is_valid(row)
-                .then(|| micros.value(row).to_le_bytes()),
+            or_null(a.is_valid(row), || ContentValue::Float(a.value(row))),
+        ),
+        TypedValues::Boolean(a) => encode_value(
+            buf,
+            or_null(a.is_valid(row), || ContentValue::Boolean(a.value(row))),
+        ),
+        TypedValues::Price { value, raw } => {
+            encode_value(
+                buf,
+                or_null(value.is_valid(row), || {
+                    ContentValue::Decimal(value.value(row))
+                }),
+            );
+            encode_value(buf, text(raw, row));
+        }
+        TypedValues::Timestamp { micros, .. } => encode_value(
+            buf,
+            or_null(micros.is_valid(row), || {
+                ContentValue::Micros(micros.value(row))
+            }),
         ),
     }
 }
 
-fn push_opt<const N: usize>(buf: &mut Vec<u8>, v: Option<[u8; N]>) {
-    match v {
-        Some(bytes) => {
-            buf.push(1);
-            buf.extend_from_slice(&bytes);
-        }
-        None => buf.push(0),
+/// One typed content value as the event key and `row_hash` encode it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ContentValue<'a> {
+    Null,
+    /// UTF-8 bytes.
+    Text(&'a [u8]),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+    /// The price scaled by 10^`PRICE_SCALE`.
+    Decimal(i128),
+    /// UTC microseconds.
+    Micros(i64),
+}
+
+/// Appends one value to a row's canonical encoding (docs/design.md, "Deduplication"):
+/// `0x00` for NULL, else `0x01` and the value — text as its u32 little-endian byte length
+/// and bytes, numbers little-endian, floats by their bits. The MD5 of a row's content
+/// columns so encoded, in `TYPED_COLUMNS` order, is its `row_hash`, whichever side
+/// (typing, or a MySQL row read back) encodes it.
+pub fn encode_value(buf: &mut Vec<u8>, value: ContentValue<'_>) {
+    fn some(buf: &mut Vec<u8>, bytes: &[u8]) {
+        buf.push(1);
+        buf.extend_from_slice(bytes);
     }
+    match value {
+        ContentValue::Null => buf.push(0),
+        ContentValue::Text(v) => {
+            buf.push(1);
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            buf.extend_from_slice(v);
+        }
+        ContentValue::Integer(v) => some(buf, &v.to_le_bytes()),
+        ContentValue::Float(v) => some(buf, &v.to_bits().to_le_bytes()),
+        ContentValue::Boolean(v) => some(buf, &[v as u8]),
+        ContentValue::Decimal(v) => some(buf, &v.to_le_bytes()),
+        ContentValue::Micros(v) => some(buf, &v.to_le_bytes()),
+    }
+}
+
+/// The MD5 of an encoding built with [`encode_value`].
+pub fn digest(encoding: &[u8]) -> [u8; 16] {
+    Md5::digest(encoding).into()
 }
 
 /// Why rows of a batch cannot be typed: the first problem found in each row.

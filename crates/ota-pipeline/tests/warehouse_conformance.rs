@@ -207,7 +207,7 @@ fn the_ledger_records_each_loaded_version(backend: Backend) {
         (1, "1", "100")
     );
     assert_eq!(entry.loaded_at, loaded_at);
-    assert_eq!(entry.rows, 1);
+    assert_eq!(entry.rows_loaded, 1);
 }
 
 /// Quarantine entries: recorded per URI (a second entry replaces the first), read back
@@ -377,6 +377,28 @@ impl RawSource for WideSource {
     }
 }
 
+/// The feed's origin: none before the first dedup run, then that run's `changed_at`,
+/// kept by every later run (it names the feed an offset belongs to).
+fn the_feed_origin_is_the_first_dedup_run(backend: Backend) {
+    let mut wh = backend.open();
+    assert_eq!(wh.feed_origin().expect("origin"), None);
+    let ts = DAY1_NS + 3_600_000_000_000;
+    let mut files = Files(BTreeMap::new());
+    files.0.insert(file("a", 100).uri, vec![("r1", ts, "one")]);
+    files.0.insert(file("a", 200).uri, vec![("r1", ts, "two")]);
+    wh.load_raw(&[file("a", 100)], 1, &mut files).expect("load");
+    let first = wh.dedup(1_704_070_800_000_000).expect("dedup");
+    let origin = wh.feed_origin().expect("origin");
+    assert!(
+        origin.is_some() && origin == first.changed_at,
+        "{origin:?} {first:?}"
+    );
+    wh.load_raw(&[file("a", 200)], 2, &mut files).expect("load");
+    let second = wh.dedup(1_704_070_900_000_000).expect("dedup");
+    assert!(second.changed_at > first.changed_at, "{first:?} {second:?}");
+    assert_eq!(wh.feed_origin().expect("origin"), origin);
+}
+
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
         mod duckdb {
@@ -405,6 +427,7 @@ conformance!(
     the_quarantine_records_and_releases_file_versions,
     ties_break_on_source_file_then_source_row,
     typed_values_round_trip,
+    the_feed_origin_is_the_first_dedup_run,
 );
 
 /// BigQuery reads the feed as two jobs: the changed dates, then the changes. A dedup

@@ -334,3 +334,68 @@ pub fn mtime_micros(path: &Path) -> i64 {
         })
         .expect("mtime")
 }
+
+/// Every batch of a file with its `timestamp` column rebuilt by `f` (which may change
+/// its type).
+pub fn with_timestamps(
+    batches: Vec<arrow::array::RecordBatch>,
+    f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef,
+) -> Vec<arrow::array::RecordBatch> {
+    with_column(batches, "timestamp", f)
+}
+
+/// Every batch of a file with its column `name` rebuilt by `f` (which may change its type).
+pub fn with_column(
+    batches: Vec<arrow::array::RecordBatch>,
+    name: &str,
+    f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef,
+) -> Vec<arrow::array::RecordBatch> {
+    use arrow::datatypes::{Field, Schema};
+    batches
+        .into_iter()
+        .map(|b| {
+            let idx = b.schema().index_of(name).expect("column");
+            let mut columns = b.columns().to_vec();
+            columns[idx] = f(&columns[idx]);
+            let fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(field, column)| Field::new(field.name(), column.data_type().clone(), true))
+                .collect();
+            arrow::array::RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+                .expect("batch")
+        })
+        .collect()
+}
+
+/// The int64 nanoseconds of the case data divided down to another unit.
+pub fn nanos_divided_by(by: i64) -> impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef {
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::Int64Type;
+    move |column| {
+        let ns = column.as_primitive::<Int64Type>();
+        std::sync::Arc::new(ns.iter().map(|v| v.map(|v| v / by)).collect::<Int64Array>())
+    }
+}
+
+pub fn replace_file(path: &std::path::Path, batches: &[arrow::array::RecordBatch]) {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write_parquet(path, batches);
+}
+
+/// The `files_quarantined` entries of a load-raw summary: (file name, kind).
+pub fn quarantined(run: &Run) -> Vec<(String, String)> {
+    run.summary()["files_quarantined"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|q| {
+            let uri = q["uri"].as_str().unwrap_or_default();
+            let name = uri.rsplit('/').next().unwrap_or_default().to_string();
+            (name, q["kind"].as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}

@@ -253,7 +253,7 @@ mod tests {
             generation: file.generation.clone(),
             checksum: "not-read".into(),
             loaded_at,
-            rows: 1,
+            rows_loaded: 1,
         }
     }
 

@@ -39,27 +39,28 @@ pub struct RecordedVersion {
     pub checksum: String,
     /// When the load that recorded it began, UTC microseconds.
     pub loaded_at: i64,
-    /// Rows the load read from it (loaded and rejected).
-    pub rows: u64,
+    /// Rows the load landed in the raw table (rejected rows not counted): what a new
+    /// version of the file would replace.
+    pub rows_loaded: u64,
 }
 
 impl RecordedVersion {
     /// A ledger row as either warehouse stores it: (size, generation, checksum,
-    /// loaded_at, rows). An unknown `loaded_at` (never in practice) reads as 0, so the
+    /// loaded_at, rows loaded). An unknown `loaded_at` (never in practice) reads as 0, so the
     /// file is read again; negative counts as 0.
     pub fn from_ledger_row(
         size: i64,
         generation: String,
         checksum: String,
         loaded_at: Option<i64>,
-        rows: Option<i64>,
+        rows_loaded: Option<i64>,
     ) -> Self {
         RecordedVersion {
             size: size.max(0) as u64,
             generation,
             checksum,
             loaded_at: loaded_at.unwrap_or(0),
-            rows: rows.unwrap_or(0).max(0) as u64,
+            rows_loaded: rows_loaded.unwrap_or(0).max(0) as u64,
         }
     }
 

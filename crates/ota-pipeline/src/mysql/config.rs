@@ -124,21 +124,26 @@ impl ConnectionSettings {
             ));
         }
         let masked_url = mask_url(&config.url);
-        let (base, query) = match config.url.split_once('?') {
-            Some((base, query)) => (base, query),
-            None => (config.url.as_str(), ""),
-        };
+        let parsed = parse_url(&config.url)
+            .filter(|u| u.scheme() == "mysql")
+            .ok_or_else(|| {
+                PipelineError::Config(format!(
+                    "MySQL URL {masked_url} is not a URL of the form \
+                     mysql://user:password@host:3306/database: a password holding a \
+                     character URLs reserve (/ ? # @ : % and space) must be \
+                     percent-encoded (%2F %3F %23 %40 %3A %25 %20)"
+                ))
+            })?;
         let mut ssl_mode = SslMode::Preferred;
         let mut ssl_ca: Option<PathBuf> = None;
-        let mut driver_params = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match name {
+        let mut driver_params: Vec<(String, String)> = Vec::new();
+        for (name, value) in parsed.query_pairs() {
+            match name.as_ref() {
                 "ssl-mode" | "ssl_mode" | "sslmode" => {
-                    ssl_mode = SslMode::parse(value, &config.url)?
+                    ssl_mode = SslMode::parse(&value, &config.url)?
                 }
-                "ssl-ca" | "ssl_ca" => ssl_ca = Some(PathBuf::from(percent_decode(value))),
-                _ => driver_params.push(pair),
+                "ssl-ca" | "ssl_ca" => ssl_ca = Some(PathBuf::from(value.as_ref())),
+                _ => driver_params.push((name.into_owned(), value.into_owned())),
             }
         }
         if ssl_ca.is_some() && !matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyIdentity) {
@@ -154,12 +159,12 @@ impl ConnectionSettings {
                 ca.display()
             )));
         }
-        let driver_url = if driver_params.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{}", driver_params.join("&"))
-        };
-        let opts = Opts::from_url(&driver_url).map_err(|e| {
+        let mut driver_url = parsed.clone();
+        driver_url.set_query(None);
+        if !driver_params.is_empty() {
+            driver_url.query_pairs_mut().extend_pairs(&driver_params);
+        }
+        let opts = Opts::from_url(driver_url.as_str()).map_err(|e| {
             PipelineError::Config(format!(
                 "MySQL URL {masked_url}: {}",
                 redact(&e.to_string(), &config.url)
@@ -199,73 +204,76 @@ impl ConnectionSettings {
     }
 }
 
-/// `mysql://user:***@host:port/db`: the URL with its password masked, for logs. A URL
-/// without a scheme (`user:pass@host/db`) is masked alike.
-pub fn mask_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
+/// A MySQL URL as the URL parser reads it, or None where it cannot be read as one
+/// unambiguously: no host, a fragment, or an `@` left in the path (a password holding a
+/// character URLs reserve — `/ ? # @ :` — not percent-encoded, so where it ends is a guess).
+pub fn parse_url(raw: &str) -> Option<url::Url> {
+    let parsed = url::Url::parse(raw).ok()?;
+    let ambiguous = !parsed.has_host()
+        || parsed.fragment().is_some()
+        || parsed.path().contains('@')
+        || (parsed.username().is_empty() && credentials_part(raw).is_some());
+    (!ambiguous).then_some(parsed)
+}
+
+/// The text between the scheme and the last `@` (where a password may be), if any.
+fn credentials_part(raw: &str) -> Option<&str> {
+    let rest = raw.split_once("://").map_or(raw, |(_, rest)| rest);
+    rest.rsplit_once('@').map(|(userinfo, _)| userinfo)
+}
+
+/// `mysql://user:***@host:port/db`: the URL with its password masked, for logs. A URL the
+/// parser cannot read unambiguously (no scheme, reserved characters in the password) is
+/// masked from the user name up to its last `@`, which may hide more than the password
+/// but never less.
+pub fn mask_url(raw: &str) -> String {
+    if let Some(mut parsed) = parse_url(raw) {
+        if parsed.password().is_none() {
+            return raw.to_string();
+        }
+        let _ = parsed.set_password(Some("***"));
+        // The password may be repeated anywhere, a parameter of the query included.
+        let query = parsed.query().map(|q| redact(q, raw));
+        parsed.set_query(query.as_deref());
+        return parsed.to_string();
+    }
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), raw),
     };
-    // The query (`?ssl-ca=/path`) may hold an `@` of its own.
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, Some(query)),
-        None => (rest, None),
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
+    let Some((userinfo, after)) = rest.rsplit_once('@') else {
+        return raw.to_string();
     };
     let Some((user, _)) = userinfo.split_once(':') else {
-        return url.to_string();
+        return raw.to_string();
     };
-    let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
-    // The password may be repeated anywhere, a parameter of the query included.
-    let query = query
-        .map(|q| format!("?{}", redact(q, url)))
-        .unwrap_or_default();
-    format!("{scheme}{user}:***@{host}{query}")
+    format!("{scheme}{user}:***@{}", redact(after, raw))
 }
 
 /// `text` with the password of `url` (as written and percent-decoded) replaced by `***`.
 pub fn redact(text: &str, url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.split_once('?').map_or(rest, |(rest, _)| rest);
-    let Some((userinfo, _)) = rest.rsplit_once('@') else {
-        return text.to_string();
-    };
-    let Some((_, password)) = userinfo.split_once(':') else {
-        return text.to_string();
-    };
+    let mut secrets: Vec<String> = Vec::new();
+    if let Some(password) = parse_url(url).and_then(|u| u.password().map(str::to_string)) {
+        secrets.push(percent_decode(&password));
+        secrets.push(password);
+    }
+    if let Some((_, password)) = credentials_part(url).and_then(|u| u.split_once(':')) {
+        secrets.push(percent_decode(password));
+        secrets.push(password.to_string());
+    }
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = text.to_string();
-    for secret in [password.to_string(), percent_decode(password)] {
-        if !secret.is_empty() {
-            out = out.replace(&secret, "***");
-        }
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret.as_str(), "***");
     }
     out
 }
 
 /// `%XX` escapes decoded (bytes that do not form UTF-8 are kept as they were written).
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map_or_else(|_| s.to_string(), |d| d.into_owned())
 }
 
 #[cfg(test)]
@@ -303,6 +311,41 @@ mod tests {
             redact("bad s3cr@t and s3cr%40t", "u:s3cr%40t@h"),
             "bad *** and ***"
         );
+        // Reserved characters left unencoded: everything up to the last @ is hidden.
+        for raw in [
+            "mysql://u:pa?ss@h/db",
+            "mysql://u:pa#ss@h/db",
+            "mysql://u:pa/ss@h/db",
+            "mysql://u:12/ss@h/db",
+            "mysql://u:p:a@h/db",
+        ] {
+            let masked = mask_url(raw);
+            assert_eq!(masked, "mysql://u:***@h/db", "{raw}");
+        }
+    }
+
+    #[test]
+    fn passwords_with_reserved_characters_must_be_percent_encoded() {
+        for raw in [
+            "mysql://ota:Kn0wn?Pa55@h/db",
+            "mysql://ota:Kn0wn#Pa55@h/db",
+            "mysql://ota:Kn0wn/Pa55@h/db",
+            "mysql://ota:123/Pa55@h/db",
+        ] {
+            let err = ConnectionSettings::from_config(&config(raw))
+                .err()
+                .unwrap_or_else(|| panic!("{raw} should be refused"));
+            let shown = format!("{err} {err:?}");
+            for fragment in ["Kn0wn", "Pa55", "123"] {
+                assert!(!shown.contains(fragment), "{shown}");
+            }
+            assert!(shown.contains("percent-encoded"), "{shown}");
+            assert_eq!(err.exit_code(), 2);
+        }
+        let encoded = ConnectionSettings::from_config(&config("mysql://ota:Kn0wn%3FPa%2F55@h/db"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(encoded.opts.pass(), Some("Kn0wn?Pa/55"));
+        assert_eq!(encoded.masked_url, "mysql://ota:***@h/db");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! tombstones deleted by key; re-syncs compare through a staging table first).
 
 pub mod config;
+pub mod content;
 pub mod encode;
 pub mod sql;
+pub mod table_contract;
 
 pub use config::{
     ConnectionSettings, DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig, SslMode, mask_url,
@@ -84,7 +86,20 @@ pub struct MysqlTarget {
     locked: bool,
     masked_url: String,
     io_timeout: Duration,
+    /// The warehouse feed the offsets this run saves are positions in.
+    feed_id: Option<String>,
 }
+
+/// A table's forward offset as stored: the position, and which warehouse feed it is a
+/// position in (None for an offset saved before feeds were told apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOffset {
+    pub offset: FeedOffset,
+    pub feed_id: Option<String>,
+}
+
+/// Where an offset restarted for a new feed stands: before every change of it.
+const FEED_START: &str = "1000-01-01 00:00:00.000000";
 
 impl MysqlTarget {
     /// Connects (creating the database if it does not exist), sets up the session and
@@ -145,6 +160,7 @@ impl MysqlTarget {
             locked: false,
             masked_url,
             io_timeout,
+            feed_id: None,
         };
         target.setup().await?;
         target.log_transport().await?;
@@ -175,6 +191,15 @@ impl MysqlTarget {
         c.exec_drop(sql::SESSION_LOCK_WAITS, (lock_wait, lock_wait))
             .within(self.io_timeout, "setting the session's lock waits")
             .await?;
+        // The server lets go of a session whose client went quiet: within one exchange's
+        // limit mid-statement, and between statements after twice that (a live export
+        // pings while it waits on the warehouse, see `alive_while`).
+        c.exec_drop(
+            sql::SESSION_NET_TIMEOUTS,
+            (lock_wait, lock_wait, idle_limit(self.io_timeout).as_secs()),
+        )
+        .within(self.io_timeout, "setting the session's network timeouts")
+        .await?;
         c.query_drop(sql::create_target(&self.table))
             .within(self.io_timeout, format!("creating table {}", self.table))
             .await?;
@@ -189,13 +214,66 @@ impl MysqlTarget {
         c.query_drop(sql::CREATE_OFFSETS)
             .within(self.io_timeout, "creating the offsets table")
             .await?;
+        let has_feed_id: Option<u64> = c
+            .query_first(sql::OFFSETS_HAVE_FEED_ID)
+            .within(self.io_timeout, "reading the offsets table's columns")
+            .await?;
+        if has_feed_id == Some(0) {
+            c.query_drop(sql::ADD_OFFSETS_FEED_ID)
+                .within(self.io_timeout, "adding feed_id to the offsets table")
+                .await?;
+        }
         c.query_drop(sql::create_stage())
             .within(self.io_timeout, "creating the staging table")
             .await?;
         c.query_drop(sql::create_resync_keys())
             .within(self.io_timeout, "creating the re-sync table")
             .await?;
-        Ok(())
+        self.check_contract().await
+    }
+
+    /// Refuses a serving table altered by hand (see [`table_contract`]).
+    async fn check_contract(&mut self) -> Result<()> {
+        use table_contract::{COLUMNS, ENGINE, FOREIGN_KEYS, TRIGGERS, UNIQUE_KEYS};
+        let reading = format!("reading the definition of {}", self.table);
+        let t = (&self.table,);
+        let c = &mut self.conn;
+        let engine: Option<Option<String>> = c
+            .exec_first(ENGINE, t)
+            .within(self.io_timeout, &reading)
+            .await?;
+        let columns: Vec<(String, String, String, Option<String>)> =
+            c.exec(COLUMNS, t).within(self.io_timeout, &reading).await?;
+        let unique_keys: Vec<(String, String)> = c
+            .exec(UNIQUE_KEYS, t)
+            .within(self.io_timeout, &reading)
+            .await?;
+        let foreign_keys: Vec<(String, String, String)> = c
+            .exec(FOREIGN_KEYS, (&self.table, &self.table))
+            .within(self.io_timeout, &reading)
+            .await?;
+        let triggers: Vec<(String, String)> = c
+            .exec(TRIGGERS, t)
+            .within(self.io_timeout, &reading)
+            .await?;
+        let facts = table_contract::TableFacts {
+            engine: engine.flatten(),
+            columns: columns
+                .into_iter()
+                .map(|(name, column_type, nullable, collation)| {
+                    let facts = table_contract::ColumnFacts {
+                        column_type,
+                        nullable: nullable.eq_ignore_ascii_case("YES"),
+                        collation,
+                    };
+                    (name, facts)
+                })
+                .collect(),
+            unique_keys: unique_keys.into_iter().collect(),
+            foreign_keys,
+            triggers,
+        };
+        table_contract::check(&self.table, &facts)
     }
 
     pub fn masked_url(&self) -> &str {
@@ -224,6 +302,25 @@ impl MysqlTarget {
         }
     }
 
+    /// Awaits `work` (the next batch from the warehouse), pinging the server while it
+    /// takes long, so the server's idle limit (`wait_timeout`) only ever closes a session
+    /// whose client is gone.
+    pub async fn alive_while<T>(&mut self, work: impl Future<Output = T>) -> Result<T> {
+        let period = (idle_limit(self.io_timeout) / 4).max(Duration::from_millis(500));
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                () = tokio::time::sleep(period) => {
+                    self.conn
+                        .ping()
+                        .within(self.io_timeout, "keeping the MySQL session alive")
+                        .await?;
+                }
+            }
+        }
+    }
+
     /// Releases the lock and closes the connection.
     pub async fn close(mut self) -> Result<()> {
         if self.locked {
@@ -239,13 +336,13 @@ impl MysqlTarget {
     }
 
     /// The forward offset of the table, if any batch was ever exported.
-    pub async fn offset(&mut self) -> Result<Option<FeedOffset>> {
-        let row: Option<(String, String)> = self
+    pub async fn offset(&mut self) -> Result<Option<StoredOffset>> {
+        let row: Option<(String, String, Option<String>)> = self
             .conn
             .exec_first(sql::SELECT_OFFSET, (&self.table,))
             .within(self.io_timeout, "reading the offset")
             .await?;
-        let Some((at, key)) = row else {
+        let Some((at, key, feed_id)) = row else {
             return Ok(None);
         };
         let changed_at = chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%d %H:%M:%S%.f")
@@ -258,10 +355,38 @@ impl MysqlTarget {
         for (i, b) in event_key.iter_mut().enumerate() {
             *b = u8::from_str_radix(key.get(i * 2..i * 2 + 2).unwrap_or("00"), 16).unwrap_or(0);
         }
-        Ok(Some(FeedOffset {
-            changed_at,
-            event_key,
+        Ok(Some(StoredOffset {
+            offset: FeedOffset {
+                changed_at,
+                event_key,
+            },
+            feed_id,
         }))
+    }
+
+    /// The warehouse feed the offsets this run saves belong to.
+    pub fn feed_from(&mut self, feed_id: Option<String>) {
+        self.feed_id = feed_id;
+    }
+
+    /// Records that an offset saved without a feed id is a position in this run's feed.
+    pub async fn adopt_feed(&mut self) -> Result<()> {
+        self.conn
+            .exec_drop(sql::ADOPT_FEED, (&self.feed_id, &self.table))
+            .within(self.io_timeout, "recording the offset's feed")
+            .await
+    }
+
+    /// Moves the offset to the start of this run's feed: the table follows another
+    /// warehouse's feed from now on (a full re-sync follows).
+    pub async fn restart_offset(&mut self) -> Result<()> {
+        self.conn
+            .exec_drop(
+                sql::SAVE_OFFSET,
+                (&self.table, FEED_START, &[0u8; 16][..], &self.feed_id),
+            )
+            .within(self.io_timeout, "restarting the offset")
+            .await
     }
 
     /// Loads one whole batch into the (emptied) staging table.
@@ -418,6 +543,7 @@ impl MysqlTarget {
                     &self.table,
                     encode::datetime_text(offset.changed_at),
                     &offset.event_key[..],
+                    &self.feed_id,
                 ),
             )
             .within(self.io_timeout, "saving the offset")
@@ -537,34 +663,67 @@ impl MysqlTarget {
         Ok(deleted)
     }
 
-    /// Per event date between two dates: rows and row_hash checksum.
+    /// Re-sync, before [`MysqlTarget::delete_unknown`]: per date, the rows it would delete.
+    pub async fn count_unknown(&mut self, dates: &[NaiveDate]) -> Result<BTreeMap<NaiveDate, u64>> {
+        let mut counts = BTreeMap::new();
+        for d in dates {
+            let n: Option<u64> = self
+                .conn
+                .exec_first(sql::count_unknown_of_date(&self.table), (d.to_string(),))
+                .within(
+                    self.io_timeout,
+                    format!("counting rows of {d} the warehouse does not hold"),
+                )
+                .await?;
+            counts.insert(*d, n.unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    /// Per event date between two dates: rows and the checksum of their `row_hash`,
+    /// recomputed from each row's content as read back (see [`content`]), one date at a
+    /// time.
     pub async fn checksums(
         &mut self,
         start: NaiveDate,
         end: NaiveDate,
     ) -> Result<BTreeMap<NaiveDate, DateChecksum>> {
-        let rows: Vec<(String, u64, Option<String>)> = self
+        let dates: Vec<String> = self
             .conn
             .exec(
-                sql::checksums_between(&self.table),
+                sql::dates_between(&self.table),
                 (start.to_string(), end.to_string()),
             )
-            .within(self.io_timeout, "checksumming MySQL rows")
+            .within(self.io_timeout, "listing the served event dates")
             .await?;
+        let statement = sql::content_of_date(&self.table);
         let mut out = BTreeMap::new();
-        for (date, count, sum) in rows {
-            let date = crate::window::parse_date("MySQL event date", &date)?;
-            let checksum = sum.as_deref().unwrap_or("0").parse::<u128>().map_err(|e| {
-                PipelineError::Drift(format!(
-                    "MySQL checksum {sum:?} of {date} is not a number: {e}"
-                ))
-            })?;
+        for date in dates {
+            let mut sum = content::ContentChecksum::default();
+            let mut failure = None;
+            let conn = &mut self.conn;
+            async {
+                let mut rows = conn.exec_iter(statement.as_str(), (date.as_str(),)).await?;
+                rows.for_each(|row| {
+                    if failure.is_none()
+                        && let Err(e) = sum.add(&row)
+                    {
+                        failure = Some(e);
+                    }
+                })
+                .await
+            }
+            .within(
+                self.io_timeout,
+                format!("checksumming the MySQL rows of {date}"),
+            )
+            .await?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
             out.insert(
-                date,
-                DateChecksum {
-                    rows: count,
-                    checksum,
-                },
+                crate::window::parse_date("MySQL event date", &date)?,
+                sum.sum,
             );
         }
         Ok(out)
@@ -594,6 +753,12 @@ fn check_primary_key(table: &str, columns: &[String]) -> Result<()> {
             other.join(", ")
         ))),
     }
+}
+
+/// How long the server keeps an idle session of ours: twice one exchange's limit, and at
+/// least 10 s (the export also waits on the warehouse between statements, pinging).
+fn idle_limit(io_timeout: Duration) -> Duration {
+    (io_timeout * 2).max(Duration::from_secs(10))
 }
 
 fn refuses_local_infile(e: &mysql_async::Error) -> bool {

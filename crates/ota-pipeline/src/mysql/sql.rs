@@ -10,17 +10,30 @@ pub const CREATE_OFFSETS: &str = "CREATE TABLE IF NOT EXISTS ota_pipeline_offset
     target_table VARCHAR(64) NOT NULL PRIMARY KEY,
     changed_at DATETIME(6) NOT NULL,
     event_key BINARY(16) NOT NULL,
-    updated_at DATETIME(6) NOT NULL
+    updated_at DATETIME(6) NOT NULL,
+    feed_id VARCHAR(64) NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
 
-pub const SELECT_OFFSET: &str = "SELECT CAST(changed_at AS CHAR), HEX(event_key)
+/// Whether the offsets table has its `feed_id` column (tables made before it had none).
+pub const OFFSETS_HAVE_FEED_ID: &str = "SELECT COUNT(*) FROM information_schema.COLUMNS \
+WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ota_pipeline_offsets' AND COLUMN_NAME = 'feed_id'";
+
+pub const ADD_OFFSETS_FEED_ID: &str =
+    "ALTER TABLE ota_pipeline_offsets ADD COLUMN feed_id VARCHAR(64) NULL";
+
+pub const SELECT_OFFSET: &str = "SELECT CAST(changed_at AS CHAR), HEX(event_key), feed_id
 FROM ota_pipeline_offsets WHERE target_table = ?";
 
+/// Saves a table's offset with the id of the warehouse feed it is a position in.
 pub const SAVE_OFFSET: &str =
-    "INSERT INTO ota_pipeline_offsets (target_table, changed_at, event_key, updated_at)
-VALUES (?, ?, ?, UTC_TIMESTAMP(6))
+    "INSERT INTO ota_pipeline_offsets (target_table, changed_at, event_key, updated_at, feed_id)
+VALUES (?, ?, ?, UTC_TIMESTAMP(6), ?)
 ON DUPLICATE KEY UPDATE changed_at = VALUES(changed_at), event_key = VALUES(event_key),
-    updated_at = VALUES(updated_at)";
+    updated_at = VALUES(updated_at), feed_id = VALUES(feed_id)";
+
+/// Records which feed an offset saved without one belongs to.
+pub const ADOPT_FEED: &str = "UPDATE ota_pipeline_offsets SET feed_id = ? \
+WHERE target_table = ? AND feed_id IS NULL";
 
 pub const SESSION_SETUP: &str = "SET SESSION time_zone = '+00:00', \
     sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', \
@@ -31,6 +44,13 @@ pub const SESSION_SETUP: &str = "SET SESSION time_zone = '+00:00', \
 /// `LOCK TABLES` by another session) before failing.
 pub const SESSION_LOCK_WAITS: &str =
     "SET SESSION lock_wait_timeout = ?, innodb_lock_wait_timeout = ?";
+
+/// How long the server keeps this session when its client goes quiet: mid-statement
+/// (`net_read_timeout`, `net_write_timeout`) and between statements (`wait_timeout`). A
+/// client that died half-open (no FIN reached the server) would otherwise keep the export
+/// lock and its row locks for the server's default of 8 hours.
+pub const SESSION_NET_TIMEOUTS: &str =
+    "SET SESSION net_read_timeout = ?, net_write_timeout = ?, wait_timeout = ?";
 
 pub const SESSION_CIPHER: &str = "SHOW SESSION STATUS LIKE 'Ssl_cipher'";
 
@@ -48,7 +68,8 @@ pub const STAGE_TABLE: &str = "ota_stage";
 /// Keys seen while re-syncing dates (per connection).
 pub const RESYNC_KEYS_TABLE: &str = "ota_resync_keys";
 
-fn mysql_type(kind: TypedKind) -> &'static str {
+/// The MySQL type of a typed column.
+pub fn mysql_type(kind: TypedKind) -> &'static str {
     match kind {
         TypedKind::Key => "BINARY(16)",
         TypedKind::Date => "DATE",
@@ -216,10 +237,18 @@ pub fn upsert_from_stage(table: &str) -> String {
 }
 
 /// Re-sync: drops staged rows the target already holds with the same content, leaving
-/// only rows that are missing or differ.
+/// only rows that are missing or differ. Every content column is compared (NULL-safe),
+/// and `row_hash` too: a row edited by hand differs even where its hash was left alone.
 pub fn drop_unchanged_from_stage(table: &str) -> String {
+    let same: Vec<String> = super::content::content_columns()
+        .into_iter()
+        .map(|(name, _)| name)
+        .chain(["row_hash"])
+        .map(|c| format!("t.`{c}` <=> s.`{c}`"))
+        .collect();
     format!(
-        "DELETE s FROM `{STAGE_TABLE}` s JOIN `{table}` t ON t.`event_date` = s.`event_date` AND t.`event_key` = s.`event_key` AND t.`row_hash` = s.`row_hash`"
+        "DELETE s FROM `{STAGE_TABLE}` s JOIN `{table}` t ON t.`event_date` = s.`event_date` AND t.`event_key` = s.`event_key` AND {}",
+        same.join(" AND ")
     )
 }
 
@@ -245,10 +274,32 @@ WHERE t.`event_date` = ? AND k.`event_key` IS NULL"
     )
 }
 
-/// Per event date: rows and the sum of the first 8 bytes of row_hash, between two dates.
-pub fn checksums_between(table: &str) -> String {
+/// Re-sync: how many target rows of one event date the warehouse does not hold (what
+/// [`delete_unknown_of_date`] would delete).
+pub fn count_unknown_of_date(table: &str) -> String {
     format!(
-        "SELECT CAST(`event_date` AS CHAR), COUNT(*), CAST(SUM(CAST(CONV(HEX(LEFT(`row_hash`, 8)), 16, 10) AS UNSIGNED)) AS CHAR) \
-FROM `{table}` WHERE `event_date` BETWEEN ? AND ? GROUP BY `event_date`"
+        "SELECT COUNT(*) FROM `{table}` t LEFT JOIN `{RESYNC_KEYS_TABLE}` k ON k.`event_key` = t.`event_key` \
+WHERE t.`event_date` = ? AND k.`event_key` IS NULL"
+    )
+}
+
+/// The event dates served between two dates (one range of the primary key).
+pub fn dates_between(table: &str) -> String {
+    format!(
+        "SELECT DISTINCT CAST(`event_date` AS CHAR) FROM `{table}` WHERE `event_date` BETWEEN ? AND ? \
+ORDER BY 1"
+    )
+}
+
+/// Every served row of one event date, as its content columns in hashing order: what
+/// reconcile and re-sync recompute `row_hash` from.
+pub fn content_of_date(table: &str) -> String {
+    let columns: Vec<&str> = super::content::content_columns()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    format!(
+        "SELECT {} FROM `{table}` WHERE `event_date` = ?",
+        quoted_list(&columns)
     )
 }

@@ -13,7 +13,7 @@ pub struct DedupConfig {
 
 pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     let mut warehouse = config.warehouse.open(Access::ReadWrite, "dedup")?;
-    let staged = warehouse.staged_files()?;
+    let staged = warehouse.staged_files(config.warehouse.run.staging_key())?;
     let outcome = warehouse.dedup(chrono::Utc::now().timestamp_micros())?;
     tracing::info!(
         dates = outcome.rebuilt_dates.len(),

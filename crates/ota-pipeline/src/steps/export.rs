@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::error::{PipelineError, Result};
-use crate::mysql::{MysqlConfig, MysqlTarget, split_changes};
+use crate::mysql::{MysqlConfig, MysqlTarget, StoredOffset, split_changes};
 use crate::progress::Progress;
 use crate::summary::{Status, StepSummary};
 use crate::warehouse::change::{ChangeOffsets, DateChecksum};
@@ -25,10 +25,55 @@ pub struct ExportConfig {
     pub full_refresh: bool,
     /// Only compare warehouse and MySQL per event date.
     pub reconcile: bool,
+    /// What a re-sync may delete from MySQL.
+    pub resync: ResyncGuard,
     /// Tests of crash safety (debug builds only): stop before committing the batch
     /// after this many.
     #[cfg(debug_assertions)]
     pub fail_after_batches: Option<u64>,
+}
+
+/// What a re-sync may delete from what MySQL serves. A date the warehouse holds nothing
+/// of may be a date it never loaded (a new warehouse, a lost file), not an empty one; a
+/// re-sync that would delete most of a date is more likely a broken warehouse than a
+/// correction. Either date is left as it is and reported unless the run says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncGuard {
+    /// Delete the served rows of event dates the warehouse holds no row of
+    /// (`--delete-absent-dates`).
+    pub delete_absent_dates: bool,
+    /// The largest share of a date's served rows, in percent, a re-sync may delete
+    /// (`--max-resync-delete-pct`; 100: no limit).
+    pub max_delete_pct: u8,
+}
+
+impl Default for ResyncGuard {
+    fn default() -> Self {
+        ResyncGuard {
+            delete_absent_dates: false,
+            max_delete_pct: DEFAULT_MAX_RESYNC_DELETE_PCT,
+        }
+    }
+}
+
+/// The default `--max-resync-delete-pct`, the same share as load-raw's shrink guard: a
+/// re-sync repairs drift, which is a few rows, not half a day.
+pub const DEFAULT_MAX_RESYNC_DELETE_PCT: u8 = 50;
+
+impl ResyncGuard {
+    /// Whether deleting `deleting` of a date's `served` rows is more than allowed.
+    pub fn forbids(&self, served: u64, deleting: u64) -> bool {
+        u128::from(deleting) * 100 > u128::from(served) * u128::from(self.max_delete_pct)
+    }
+}
+
+/// An event date a re-sync left as MySQL serves it, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldDate {
+    pub event_date: NaiveDate,
+    pub mysql_rows: u64,
+    pub warehouse_rows: u64,
+    pub reason: String,
 }
 
 /// One line of the reconcile table.
@@ -204,6 +249,10 @@ async fn reconcile(
         .into_iter()
         .collect();
     let table = drift(&dates, &wh, &my);
+    // Changes the feed holds past MySQL's offset are not applied yet (another run's
+    // dedup may land between an export and its reconcile): pending, not drift.
+    let offset = target.offset().await?.map(|stored| stored.offset);
+    let pending = warehouse.dates_changed_after(offset)?;
     if let DateScope::All = scope {
         // Every event date was compared, not a window.
         summary.window = None;
@@ -212,21 +261,28 @@ async fn reconcile(
         "{:<12} {:>12} {:>12} {:>26} {:>26}  status",
         "event_date", "wh_rows", "mysql_rows", "wh_checksum", "mysql_checksum"
     ));
-    let mut drifting = Vec::new();
+    let (mut drifting, mut waiting) = (Vec::new(), Vec::new());
     for line in &table {
-        let ok = line.warehouse == line.mysql;
-        if !ok {
+        let state = if line.warehouse == line.mysql {
+            "ok"
+        } else if pending.contains(&line.event_date) {
+            waiting.push(line.event_date);
+            "pending"
+        } else {
             drifting.push(line.event_date);
-        }
+            "DRIFT"
+        };
         summary.report.push(format!(
-            "{:<12} {:>12} {:>12} {:>26} {:>26}  {}",
+            "{:<12} {:>12} {:>12} {:>26} {:>26}  {state}",
             line.event_date.to_string(),
             line.warehouse.rows,
             line.mysql.rows,
             line.warehouse.checksum,
             line.mysql.checksum,
-            if ok { "ok" } else { "DRIFT" }
         ));
+    }
+    if !waiting.is_empty() {
+        tracing::info!(dates = ?waiting, "these dates have changes the next export applies");
     }
     summary.counts.rows_read = table.iter().map(|l| l.warehouse.rows).sum();
     summary.status = if drifting.is_empty() {
@@ -240,6 +296,7 @@ async fn reconcile(
     summary.detail("mode", "reconcile");
     summary.detail("dates", table.len());
     summary.detail("drift_dates", drifting);
+    summary.detail("pending_dates", waiting);
     Ok(())
 }
 
@@ -290,17 +347,31 @@ impl<T: Send + 'static> WarehouseReader<T> {
     }
 }
 
+/// What one re-sync transaction did.
+enum Resynced {
+    /// Committed: (upserted, deleted, batches, rows read).
+    Done(u64, u64, u64, u64),
+    /// Rolled back: these dates would lose more served rows than allowed (date, rows it
+    /// would delete).
+    Refused(Vec<(NaiveDate, u64)>),
+}
+
 /// Re-syncs event dates in one MySQL transaction: upserts every warehouse row of them
-/// that is missing or differs, then deletes the rows the warehouse does not hold.
-/// Returns (upserted, deleted, batches, rows read).
+/// that is missing or differs, then deletes the rows the warehouse does not hold, unless
+/// that would delete more of a date than `guard` allows (dates in `exempt` excepted):
+/// then nothing is kept and the dates are named. Hands the warehouse back.
 async fn resync(
     config: &ExportConfig,
     warehouse: Box<dyn Warehouse>,
     target: &mut MysqlTarget,
     dates: &[NaiveDate],
+    served: &BTreeMap<NaiveDate, DateChecksum>,
+    exempt: &BTreeSet<NaiveDate>,
     warehouse_rows: u64,
-) -> Result<(u64, u64, u64, u64)> {
-    target.begin_resync().await?;
+) -> (Result<Resynced>, Option<Box<dyn Warehouse>>) {
+    if let Err(e) = target.begin_resync().await {
+        return (Err(e), Some(warehouse));
+    }
     let mut progress = Progress::new("export-mysql", "rows re-synced", Some(warehouse_rows));
     let mut reader = WarehouseReader::spawn(
         warehouse,
@@ -309,18 +380,131 @@ async fn resync(
         Ok,
     );
     let (mut upserted, mut batches, mut rows) = (0, 0, 0);
-    while let Some(batch) = reader.next().await {
-        let batch = batch?;
-        upserted += target.apply_resync(&batch).await?;
-        batches += 1;
-        rows += batch.num_rows() as u64;
-        progress.advance(batch.num_rows() as u64);
+    let mut failed = None;
+    loop {
+        let batch = match target.alive_while(reader.next()).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        let applied = match batch {
+            Ok(batch) => target
+                .apply_resync(&batch)
+                .await
+                .map(|n| (n, batch.num_rows())),
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok((n, read)) => {
+                upserted += n;
+                batches += 1;
+                rows += read as u64;
+                progress.advance(read as u64);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    reader.finish()?;
+    let warehouse = match reader.finish() {
+        Ok(w) => w,
+        Err(e) => return (Err(failed.unwrap_or(e)), None),
+    };
+    if let Some(e) = failed {
+        return (Err(e), Some(warehouse));
+    }
     progress.finish();
-    let deleted = target.delete_unknown(dates).await?;
-    target.commit_resync().await?;
-    Ok((upserted, deleted, batches, rows))
+    let outcome = async {
+        let unknown = target.count_unknown(dates).await?;
+        let over: Vec<(NaiveDate, u64)> = unknown
+            .into_iter()
+            .filter(|(d, deleting)| {
+                !exempt.contains(d)
+                    && config
+                        .resync
+                        .forbids(served.get(d).map_or(0, |c| c.rows), *deleting)
+            })
+            .collect();
+        if !over.is_empty() {
+            target.rollback().await;
+            return Ok(Resynced::Refused(over));
+        }
+        let deleted = target.delete_unknown(dates).await?;
+        target.commit_resync().await?;
+        Ok(Resynced::Done(upserted, deleted, batches, rows))
+    }
+    .await;
+    (outcome, Some(warehouse))
+}
+
+/// Reads the table's offset and checks it belongs to this warehouse's feed: a feed
+/// applied after another feed's offset would skip changes and leave the other's rows
+/// behind. With `--full-refresh` the table moves to this feed (from its start, a full
+/// re-sync following); otherwise the run is refused. Returns where the feed is read from.
+async fn offset_in_this_feed(
+    config: &ExportConfig,
+    warehouse: &mut dyn Warehouse,
+    target: &mut MysqlTarget,
+) -> Result<Option<crate::warehouse::FeedOffset>> {
+    let origin = warehouse.feed_origin()?;
+    let feed_id = origin.map(feed_name);
+    target.feed_from(feed_id.clone());
+    let Some(StoredOffset {
+        offset,
+        feed_id: stored,
+    }) = target.offset().await?
+    else {
+        return Ok(None);
+    };
+    let (Some(origin), Some(ours)) = (origin, feed_id) else {
+        // No dedup run yet: no feed to apply, nothing to compare.
+        return Ok(Some(offset));
+    };
+    // An offset saved without a feed id is this feed's if it is not older than the feed
+    // (every position in a feed is at or after its first change).
+    let theirs = match stored {
+        Some(theirs) => theirs,
+        None if offset.changed_at >= origin => {
+            target.adopt_feed().await?;
+            return Ok(Some(offset));
+        }
+        None => "an older one".to_string(),
+    };
+    if theirs == ours {
+        return Ok(Some(offset));
+    }
+    if !config.full_refresh {
+        return Err(PipelineError::Config(format!(
+            "MySQL table {} follows the change feed of another warehouse (feed {theirs}), \
+             not the one of {} (feed {ours}): a new warehouse or a rebuilt file. Its changes \
+             after the stored offset would skip rows and leave the other's rows behind, so \
+             nothing was applied. To serve this warehouse from now on, run export-mysql \
+             --full-refresh: it applies this feed from its start and re-syncs every date \
+             (dates this warehouse holds nothing of are kept and reported)",
+            config.mysql.table,
+            warehouse.url()
+        )));
+    }
+    tracing::warn!(
+        table = %config.mysql.table,
+        from = %theirs,
+        to = %ours,
+        "the table moves to this warehouse's change feed: applying it from its start, then re-syncing every date"
+    );
+    target.restart_offset().await?;
+    Ok(None)
+}
+
+/// How a feed is named in the offsets table: when it began.
+fn feed_name(origin: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(origin).map_or_else(
+        || origin.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
 }
 
 async fn export(
@@ -330,7 +514,7 @@ async fn export(
     target: &mut MysqlTarget,
     summary: &mut StepSummary,
 ) -> Result<()> {
-    let start_offset = target.offset().await?;
+    let start_offset = offset_in_this_feed(config, warehouse.as_mut(), target).await?;
     let mut offset = start_offset;
     let (mut upserted, mut deleted, mut batches, mut rows) = (0u64, 0u64, 0u64, 0u64);
     tracing::info!(mysql = %target.masked_url(), offset = ?offset, "exporting the change feed");
@@ -344,7 +528,7 @@ async fn export(
     );
     // Where the backend can count the feed cheaply, progress shows a total and time left.
     let mut progress = Progress::new("export-mysql", "change rows applied", feed_length);
-    while let Some(batch) = reader.next().await {
+    while let Some(batch) = target.alive_while(reader.next()).await? {
         let (changes, batch) = batch?;
         let next = ChangeOffsets::of(&batch)?.last().ok_or_else(|| {
             PipelineError::Internal(
@@ -369,38 +553,96 @@ async fn export(
     let mut warehouse = reader.finish()?;
     progress.finish();
 
-    let staged = warehouse.staged_files()?;
+    let staged = warehouse.staged_files(config.warehouse.run.staging_key())?;
     let mut resynced = Vec::new();
+    let mut held: Vec<HeldDate> = Vec::new();
     if config.window.is_named() || config.full_refresh {
         let scope = DateScope::of(config, window);
         let (wh, my) = both_checksums(scope, &mut warehouse, target).await?;
-        let candidates = resync_dates(scope, &wh, &my);
-        let drifting: Vec<NaiveDate> = candidates
+        let rows_of = |sums: &BTreeMap<NaiveDate, DateChecksum>, d: &NaiveDate| {
+            sums.get(d).map_or(0, |c| c.rows)
+        };
+        let held_date = |d: NaiveDate, reason: String| HeldDate {
+            event_date: d,
+            mysql_rows: rows_of(&my, &d),
+            warehouse_rows: rows_of(&wh, &d),
+            reason,
+        };
+        let mut drifting: Vec<NaiveDate> = resync_dates(scope, &wh, &my)
             .into_iter()
             .filter(|d| {
                 wh.get(d).copied().unwrap_or_default() != my.get(d).copied().unwrap_or_default()
             })
             .collect();
-        if !drifting.is_empty() {
+        // A date the warehouse holds nothing of is unknown to it, not known to be empty.
+        let absent: BTreeSet<NaiveDate> = drifting
+            .iter()
+            .copied()
+            .filter(|d| rows_of(&wh, d) == 0)
+            .collect();
+        if !config.resync.delete_absent_dates {
+            drifting.retain(|d| !absent.contains(d));
+            held.extend(absent.iter().map(|d| {
+                held_date(
+                    *d,
+                    "the warehouse holds no row of this date: it may never have loaded it, \
+                     so MySQL keeps what it serves; --delete-absent-dates deletes them"
+                        .into(),
+                )
+            }));
+        }
+        while !drifting.is_empty() {
             tracing::info!(dates = ?drifting, "re-syncing event dates that differ from the warehouse");
-            let warehouse_rows = drifting
-                .iter()
-                .map(|d| wh.get(d).map_or(0, |c| c.rows))
-                .sum();
-            let outcome = resync(config, warehouse, target, &drifting, warehouse_rows).await;
-            let (u, d, b, r) = match outcome {
-                Ok(counts) => counts,
+            let warehouse_rows = drifting.iter().map(|d| rows_of(&wh, d)).sum();
+            let (outcome, back) = resync(
+                config,
+                warehouse,
+                target,
+                &drifting,
+                &my,
+                &absent,
+                warehouse_rows,
+            )
+            .await;
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
                 Err(e) => {
                     target.rollback().await;
                     return Err(e);
                 }
             };
-            upserted += u;
-            deleted += d;
-            batches += b;
-            rows += r;
-            resynced = drifting;
+            warehouse = back.ok_or_else(|| {
+                PipelineError::Internal("the warehouse reader thread panicked".into())
+            })?;
+            match outcome {
+                Resynced::Done(u, d, b, r) => {
+                    upserted += u;
+                    deleted += d;
+                    batches += b;
+                    rows += r;
+                    resynced = std::mem::take(&mut drifting);
+                }
+                Resynced::Refused(over) => {
+                    for (d, deleting) in over {
+                        drifting.retain(|x| *x != d);
+                        held.push(held_date(
+                            d,
+                            format!(
+                                "re-syncing it would delete {deleting} of the {} rows MySQL \
+                                 serves, more than --max-resync-delete-pct {}: MySQL keeps \
+                                 them; check the warehouse, or raise the limit if it is right",
+                                rows_of(&my, &d),
+                                config.resync.max_delete_pct
+                            ),
+                        ));
+                    }
+                }
+            }
         }
+    }
+    held.sort_by_key(|h| h.event_date);
+    for h in &held {
+        tracing::error!(date = %h.event_date, mysql_rows = h.mysql_rows, warehouse_rows = h.warehouse_rows, reason = %h.reason, "event date held: not re-synced");
     }
 
     summary.counts.rows_read = rows;
@@ -410,6 +652,9 @@ async fn export(
     let no_files = staged.as_ref().is_none_or(|s| s.files.is_empty());
     if no_files && rows == 0 {
         summary.status = Status::NoData;
+    }
+    if !held.is_empty() {
+        summary.status = Status::Partial;
     }
     summary.detail(
         "mode",
@@ -426,6 +671,7 @@ async fn export(
     summary.detail("batches", batches);
     summary.detail("offset", offset);
     summary.detail("resynced_dates", resynced);
+    summary.detail("held_dates", &held);
     summary.detail("table", &config.mysql.table);
     Ok(())
 }

@@ -28,6 +28,12 @@ pub struct LoadConfig {
     pub quality: QualityLimits,
 }
 
+/// The default `--max-rejected-pct`. Sources reject well under 1% of their rows (a
+/// missing request_id here and there); a file with more than a tenth unkeyable is a broken
+/// export or a changed schema, and loading what is left of it would shrink its days
+/// downstream without anyone deciding so.
+pub const DEFAULT_MAX_REJECTED_PCT: u8 = 10;
+
 /// What load-raw does with a file whose content is of doubtful quality: each limit
 /// quarantines the file (loading the others) instead of letting it through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +43,23 @@ pub struct QualityLimits {
     pub max_rejected_pct: u8,
     /// A file with columns the contract does not know: loaded with a warning, or held.
     pub unknown_columns: UnknownColumns,
+    /// Rows whose event date lies more than this many days from their file's day are
+    /// rejected (`--max-event-day-distance`).
+    pub max_event_day_distance: u32,
 }
+
+/// The default `--max-event-day-distance`: a month covers events an app queued offline
+/// for days and re-deliveries of late data, while a timestamp of the wrong unit (years
+/// off) or a broken clock is rejected instead of touching a partition of its own: one
+/// file can then reach at most 61 event dates (BigQuery caps a job at 4,000 partitions).
+pub const DEFAULT_MAX_EVENT_DAY_DISTANCE: u32 = 30;
 
 impl Default for QualityLimits {
     fn default() -> Self {
         QualityLimits {
-            max_rejected_pct: 100,
+            max_rejected_pct: DEFAULT_MAX_REJECTED_PCT,
             unknown_columns: UnknownColumns::Warn,
+            max_event_day_distance: DEFAULT_MAX_EVENT_DAY_DISTANCE,
         }
     }
 }
@@ -99,25 +115,50 @@ impl Default for ShrinkGuard {
 }
 
 impl ShrinkGuard {
-    /// Why a version of `rows` rows must not replace one of `before` rows, if it must not.
-    pub fn refusal(&self, before: u64, rows: u64) -> Option<String> {
-        if self.allow || before == 0 || rows >= before {
-            return None;
+    /// Whether `landing` rows may replace the `before` rows a file's loaded version
+    /// landed: a version that loses more than the limit (or lands none) must not.
+    pub fn forbids(&self, before: u64, landing: u64) -> bool {
+        if self.allow || before == 0 || landing >= before {
+            return false;
         }
-        let lost = before - rows;
         // Compared in whole rows: lost/before > pct/100.
-        if rows > 0 && u128::from(lost) * 100 <= u128::from(before) * u128::from(self.max_loss_pct)
-        {
-            return None;
-        }
-        Some(format!(
-            "this version holds {rows} rows where the loaded one held {before} \
-             (-{}%, more than --max-shrink-pct {}): refused, nothing was replaced; \
-             pass --allow-shrink if the smaller file is right",
-            lost * 100 / before,
-            self.max_loss_pct
-        ))
+        let lost = before - landing;
+        landing == 0 || u128::from(lost) * 100 > u128::from(before) * u128::from(self.max_loss_pct)
     }
+
+    /// Why a version holding `rows` rows in all must not replace one that landed
+    /// `before`, if it must not (checked on the file's footer, before reading it).
+    pub fn refusal(&self, before: u64, rows: u64) -> Option<String> {
+        self.forbids(before, rows).then(|| {
+            format!(
+                "this version holds {rows} rows where the loaded one landed {before} \
+                 (-{}%, more than --max-shrink-pct {}): refused, nothing was replaced; \
+                 pass --allow-shrink if the smaller file is right",
+                loss_pct(before, rows),
+                self.max_loss_pct
+            )
+        })
+    }
+
+    /// Why a version whose typing kept `landing` of its rows (`rejected` rejected) must
+    /// not replace one that landed `before`, if it must not: a file of as many rows as
+    /// before, none of them loadable, would otherwise empty its day downstream.
+    pub fn refusal_after_typing(&self, before: u64, landing: u64, rejected: u64) -> Option<String> {
+        self.forbids(before, landing).then(|| {
+            format!(
+                "only {landing} of its rows could be loaded ({rejected} rejected; the log \
+                 gives the first reason) where the loaded version landed {before} \
+                 (-{}%, more than --max-shrink-pct {}): refused, nothing was replaced; \
+                 pass --allow-shrink if the smaller day is right",
+                loss_pct(before, landing),
+                self.max_loss_pct
+            )
+        })
+    }
+}
+
+fn loss_pct(before: u64, now: u64) -> u64 {
+    before.saturating_sub(now) * 100 / before.max(1)
 }
 
 /// Reads daily Parquet files from the lake and types their rows.
@@ -126,7 +167,7 @@ pub struct ParquetRawSource<'a> {
     loaded_at: i64,
     shrink: ShrinkGuard,
     quality: QualityLimits,
-    /// Rows of the versions loaded before, by URI.
+    /// Rows the versions loaded before landed, by URI.
     rows_before: BTreeMap<String, u64>,
     pub rows_read: u64,
     pub unknown_columns: BTreeSet<String>,
@@ -147,7 +188,12 @@ impl<'a> ParquetRawSource<'a> {
                 allow: true,
                 max_loss_pct: 100,
             },
-            quality: QualityLimits::default(),
+            // No limits until the caller sets them, like the shrink guard above.
+            quality: QualityLimits {
+                max_rejected_pct: 100,
+                unknown_columns: UnknownColumns::Warn,
+                max_event_day_distance: u32::MAX,
+            },
             rows_before: BTreeMap::new(),
             rows_read: 0,
             unknown_columns: BTreeSet::new(),
@@ -176,8 +222,9 @@ impl<'a> ParquetRawSource<'a> {
         self
     }
 
-    /// Refuses versions that lose more rows than `shrink` allows, against the row counts
-    /// of the versions loaded before.
+    /// Refuses versions that would land fewer rows than `shrink` allows, against the rows
+    /// the versions loaded before landed: once on the footer's row count, and again after
+    /// typing on the rows that are not rejected.
     pub fn with_shrink_guard(
         mut self,
         shrink: ShrinkGuard,
@@ -220,7 +267,10 @@ impl RawSource for ParquetRawSource<'_> {
         };
         let copy = self.lake.local_copy(file)?;
         let handle = File::open(copy.path()).map_err(|e| PipelineError::io(copy.path(), e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
+        let builder = catch_decoder_panic(|| ParquetRecordBatchReaderBuilder::try_new(handle))
+            .map_err(|panic| {
+                unreadable(format!("the Parquet decoder failed on its footer: {panic}"))
+            })?
             .map_err(|e| unreadable(format!("not a readable Parquet file: {e}")))?;
         if let Some(&before) = self.rows_before.get(&file.uri) {
             let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
@@ -239,9 +289,8 @@ impl RawSource for ParquetRawSource<'_> {
             self.bytes_opened,
             self.bytes_to_read.saturating_sub(self.bytes_opened),
         ));
-        let reader = builder
-            .with_batch_size(READ_BATCH_ROWS)
-            .build()
+        let reader = catch_decoder_panic(|| builder.with_batch_size(READ_BATCH_ROWS).build())
+            .map_err(|panic| unreadable(format!("the Parquet decoder failed on it: {panic}")))?
             .map_err(|e| unreadable(format!("not a readable Parquet file: {e}")))?;
         let mapping = ColumnMapping::new(&reader.schema());
         for required in ["request_id", "timestamp"] {
@@ -278,19 +327,33 @@ impl RawSource for ParquetRawSource<'_> {
         // Decoding and typing run on their own thread, a couple of batches ahead of the
         // warehouse appends on this one: the two are the step's main costs.
         let (mapping, lineage, unreadable) = (&mapping, &lineage, &unreadable);
+        let max_distance = self.quality.max_event_day_distance;
         let progress = &mut self.progress;
         let rows = std::thread::scope(|scope| -> Result<(i64, u64)> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(TypedBatch, i64)>>(2);
             scope.spawn(move || {
+                let mut reader = reader;
                 let mut row = 0i64;
-                for batch in reader {
+                loop {
+                    let batch = match next_decoded(&mut reader) {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) => break,
+                        Err(panic) => {
+                            let _ = tx.send(Err(unreadable(format!(
+                                "the Parquet decoder failed on it after row {row}: {panic}"
+                            ))));
+                            break;
+                        }
+                    };
                     let typed = batch
                         .map_err(|e| unreadable(format!("corrupt data after row {row}: {e}")))
                         .and_then(|b| {
                             let n = b.num_rows() as i64;
-                            let typed = type_batch(&b, mapping, lineage, row).map_err(|e| {
-                                unreadable(format!("rows after {row} cannot be typed: {e}"))
-                            })?;
+                            let typed = type_batch(&b, mapping, lineage, row)
+                                .and_then(|t| t.reject_far_from(lineage.source_day, max_distance))
+                                .map_err(|e| {
+                                    unreadable(format!("rows after {row} cannot be typed: {e}"))
+                                })?;
                             Ok((typed, n))
                         });
                     let stop = typed.is_err();
@@ -328,6 +391,16 @@ impl RawSource for ParquetRawSource<'_> {
                 "rows rejected (kept in raw_rejects with the reason)"
             );
         }
+        if let Some(&before) = self.rows_before.get(&file.uri) {
+            let landing = (rows.max(0) as u64).saturating_sub(rejected);
+            if let Some(reason) = self.shrink.refusal_after_typing(before, landing, rejected) {
+                return Err(PipelineError::BadContent {
+                    uri: file.uri.clone(),
+                    reason,
+                    kind: QuarantineKind::Shrunk,
+                });
+            }
+        }
         if let Some(reason) = self.quality.rejected_refusal(rejected, rows.max(0) as u64) {
             return Err(PipelineError::BadContent {
                 uri: file.uri.clone(),
@@ -340,11 +413,34 @@ impl RawSource for ParquetRawSource<'_> {
     }
 }
 
+/// Runs a call into the Parquet decoder, turning a panic in it into the panic's message:
+/// a file malformed in a way the decoder does not check for is that file's fault
+/// (quarantined as unreadable), not a crash of the step on every run.
+fn catch_decoder_panic<T>(decode: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
+/// The next batch of a decoder, with a panic inside it caught (see [`catch_decoder_panic`]).
+fn next_decoded<I: Iterator>(reader: &mut I) -> std::result::Result<Option<I::Item>, String> {
+    catch_decoder_panic(|| reader.next())
+}
+
 pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let lake = open_lake(&config.lake_url)?;
     let mut warehouse = config.warehouse.open(Access::ReadWrite, "load-raw")?;
-    let staged = warehouse.staged_files()?.ok_or_else(|| {
-        PipelineError::Config("nothing is staged in the warehouse: run stage-files first".into())
+    let run_key = config.warehouse.run.staging_key();
+    let staged = warehouse.staged_files(run_key)?.ok_or_else(|| {
+        PipelineError::Config(if run_key.is_empty() {
+            "nothing is staged in the warehouse: run stage-files first".into()
+        } else {
+            format!("nothing is staged in the warehouse for run {run_key}: run stage-files first, with the same --run-id")
+        })
     })?;
     if config.window.is_pinned() {
         let asked = config.window.window;
@@ -391,7 +487,7 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
     let loaded_at = chrono::Utc::now().timestamp_micros();
     let rows_before: BTreeMap<String, u64> = ledger
         .iter()
-        .map(|(uri, version)| (uri.clone(), version.rows))
+        .map(|(uri, version)| (uri.clone(), version.rows_loaded))
         .collect();
     // One transaction for all files; a file whose content cannot be loaded is quarantined
     // and the others are loaded again without it.
@@ -483,5 +579,53 @@ mod tests {
         assert!(allowed.refusal(1_000, 0).is_none());
         let message = guard.refusal(1_000, 0).unwrap_or_default();
         assert!(message.contains("--allow-shrink") && message.contains("1000"));
+    }
+
+    #[test]
+    fn after_typing_the_guard_counts_the_rows_that_would_land_not_those_read() {
+        let guard = ShrinkGuard::default();
+        // As many rows as before, every one rejected: nothing would land.
+        let message = guard
+            .refusal_after_typing(1_000, 0, 1_000)
+            .unwrap_or_default();
+        assert!(
+            message.contains("1000 rejected") && message.contains("--allow-shrink"),
+            "{message}"
+        );
+        assert!(guard.refusal_after_typing(1_000, 499, 501).is_some());
+        assert!(guard.refusal_after_typing(1_000, 500, 500).is_none());
+        let allowed = ShrinkGuard {
+            allow: true,
+            ..guard
+        };
+        assert!(allowed.refusal_after_typing(1_000, 0, 1_000).is_none());
+    }
+
+    #[test]
+    fn a_panic_in_the_decoder_is_the_files_error_not_the_steps_end() {
+        struct Exploding(u32);
+        impl Iterator for Exploding {
+            type Item = u32;
+            fn next(&mut self) -> Option<u32> {
+                self.0 += 1;
+                if self.0 > 2 {
+                    panic!("index out of bounds: the len is 3 but the index is 7");
+                }
+                Some(self.0)
+            }
+        }
+        let mut reader = Exploding(0);
+        assert_eq!(next_decoded(&mut reader), Ok(Some(1)));
+        assert_eq!(next_decoded(&mut reader), Ok(Some(2)));
+        let error = next_decoded(&mut reader).unwrap_err();
+        assert!(error.contains("index out of bounds"), "{error}");
+    }
+
+    #[test]
+    fn the_default_rejected_limit_holds_a_file_with_a_tenth_unkeyable() {
+        let limits = QualityLimits::default();
+        assert!(limits.rejected_refusal(10, 100).is_none());
+        assert!(limits.rejected_refusal(11, 100).is_some());
+        assert!(limits.rejected_refusal(1, 1).is_some());
     }
 }

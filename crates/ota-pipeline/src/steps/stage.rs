@@ -81,10 +81,13 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     {
         return Err(crate::error::PipelineError::MissingDays { missing, limit });
     }
-    warehouse.stage_files(&StagedFiles {
-        window,
-        files: files.clone(),
-    })?;
+    warehouse.stage_files(
+        config.warehouse.run.staging_key(),
+        &StagedFiles {
+            window,
+            files: files.clone(),
+        },
+    )?;
     tracing::info!(window = %window, files = files.len(), "staged files");
 
     summary.window = Some(window);

@@ -220,11 +220,13 @@ pub enum ChangeSelection {
 pub trait Warehouse: Send {
     fn url(&self) -> &str;
 
-    /// Records the files of the window as the staged set (replacing the previous one).
-    fn stage_files(&mut self, staged: &StagedFiles) -> Result<()>;
+    /// Records the files of the window as the staged set of the run `run_key` (see
+    /// [`RunSettings::staging_key`]), replacing that run's previous one: runs that
+    /// overlap each keep their own.
+    fn stage_files(&mut self, run_key: &str, staged: &StagedFiles) -> Result<()>;
 
-    /// The staged set, if stage-files ran.
-    fn staged_files(&mut self) -> Result<Option<StagedFiles>>;
+    /// The staged set of the run `run_key`, if stage-files ran for it.
+    fn staged_files(&mut self, run_key: &str) -> Result<Option<StagedFiles>>;
 
     /// What the file ledger recorded of these URIs, by URI (those it knows).
     fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, RecordedVersion>>;
@@ -267,6 +269,16 @@ pub trait Warehouse: Send {
         sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
     ) -> Result<()>;
 
+    /// When this warehouse's change feed began: the first dedup run's `changed_at`, UTC
+    /// microseconds (None before any). An offset is a position in one feed; this tells a
+    /// warehouse's feed from another's (a new URL, a rebuilt file), so MySQL never applies
+    /// one feed after an offset taken in another.
+    fn feed_origin(&mut self) -> Result<Option<i64>>;
+
+    /// The event dates the feed has changes of after `offset` (None: from its start): what
+    /// an export has yet to apply, so a reconcile calls them pending, not drift.
+    fn dates_changed_after(&mut self, offset: Option<FeedOffset>) -> Result<BTreeSet<NaiveDate>>;
+
     /// About how many changes the feed holds after `offset` (at least as many as it will
     /// stream), for the progress log's total and time left; None where counting would
     /// cost a query job of its own (BigQuery bills each).
@@ -306,8 +318,18 @@ pub enum Access {
 pub struct RunSettings {
     /// BigQuery: print statements with their estimates instead of running them.
     pub dry_run: bool,
-    /// What BigQuery job ids derive from, so a retried task re-attaches to its jobs.
+    /// What BigQuery job ids derive from, so a retried task re-attaches to its jobs;
+    /// also which staged set is the run's own.
     pub run_id: Option<String>,
+}
+
+impl RunSettings {
+    /// The key of the run's staged set: its run id, so two runs that overlap (a scheduled
+    /// run and a backfill, two manual triggers) never load each other's files. Runs
+    /// started by hand without one share the set ''.
+    pub fn staging_key(&self) -> &str {
+        self.run_id.as_deref().unwrap_or("")
+    }
 }
 
 /// Which warehouse a step works on and how it runs against it.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ota_cli::{WarehouseArgs, WindowArgs, run_step};
 use ota_pipeline::mysql::{DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig};
-use ota_pipeline::steps::{ExportConfig, export_mysql};
+use ota_pipeline::steps::{DEFAULT_MAX_RESYNC_DELETE_PCT, ExportConfig, ResyncGuard, export_mysql};
 
 #[derive(Parser)]
 #[command(name = "export-mysql", version, about, long_about = None)]
@@ -51,6 +51,16 @@ struct Cli {
     /// Compare row counts and checksums per event date; exit 1 on any drift. Writes nothing.
     #[arg(long)]
     reconcile: bool,
+    /// When re-syncing, delete the served rows of event dates the warehouse holds no row
+    /// of (by default such a date is kept and reported: the warehouse may never have
+    /// loaded it).
+    #[arg(long, env = "OTA_DELETE_ABSENT_DATES")]
+    delete_absent_dates: bool,
+    /// The largest share of a date's served rows, in percent, a re-sync may delete; a
+    /// date past it is kept as it is and reported (exit 3).
+    #[arg(long, env = "OTA_MAX_RESYNC_DELETE_PCT", default_value_t = DEFAULT_MAX_RESYNC_DELETE_PCT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_resync_delete_pct: u8,
     /// Tests of crash safety (debug builds only): stop before committing the batch after
     /// this many.
     #[cfg(debug_assertions)]
@@ -74,6 +84,10 @@ fn main() -> ExitCode {
             batch_rows: cli.batch_size,
             full_refresh: cli.full_refresh,
             reconcile: cli.reconcile,
+            resync: ResyncGuard {
+                delete_absent_dates: cli.delete_absent_dates,
+                max_delete_pct: cli.max_resync_delete_pct,
+            },
             #[cfg(debug_assertions)]
             fail_after_batches: cli.fail_after_batches,
         };

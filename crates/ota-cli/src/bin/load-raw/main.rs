@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ota_cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
-use ota_pipeline::steps::{LoadConfig, QualityLimits, ShrinkGuard, UnknownColumns, load_raw};
+use ota_pipeline::steps::{
+    DEFAULT_MAX_EVENT_DAY_DISTANCE, DEFAULT_MAX_REJECTED_PCT, LoadConfig, QualityLimits,
+    ShrinkGuard, UnknownColumns, load_raw,
+};
 
 #[derive(Parser)]
 #[command(name = "load-raw", version, about, long_about = None)]
@@ -27,9 +30,13 @@ struct Cli {
     max_shrink_pct: u8,
     /// The largest share of a file's rows, in percent, that may be rejected as unkeyable
     /// before the file is quarantined instead of loaded (100: no limit).
-    #[arg(long, env = "OTA_MAX_REJECTED_PCT", default_value_t = 100,
+    #[arg(long, env = "OTA_MAX_REJECTED_PCT", default_value_t = DEFAULT_MAX_REJECTED_PCT,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     max_rejected_pct: u8,
+    /// Rows whose event date lies more than this many days from their file's day are
+    /// rejected with the reason (a timestamp of another unit, a broken clock).
+    #[arg(long, env = "OTA_MAX_EVENT_DAY_DISTANCE", default_value_t = DEFAULT_MAX_EVENT_DAY_DISTANCE)]
+    max_event_day_distance: u32,
     /// A file with columns the event contract does not know: load the known ones with a
     /// warning, or quarantine the file.
     #[arg(
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
             quality: QualityLimits {
                 max_rejected_pct: cli.max_rejected_pct,
                 unknown_columns: cli.unknown_columns,
+                max_event_day_distance: cli.max_event_day_distance,
             },
         };
         load_raw(&config)

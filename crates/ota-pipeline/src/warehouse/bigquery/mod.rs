@@ -17,7 +17,7 @@ pub mod sql;
 mod staging;
 pub mod storage_read;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
@@ -25,8 +25,8 @@ use md5::{Digest, Md5};
 use serde_json::Value;
 
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, QuarantineKind, QuarantinedFile, RawLoadOutcome,
-    RawSource, StagedFiles, Warehouse,
+    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
+    RawLoadOutcome, RawSource, StagedFiles, Warehouse,
 };
 use crate::error::{PipelineError, Result};
 use crate::gcp::{CredentialVars, Credentials};
@@ -82,6 +82,10 @@ fn lease_holder(run_key: &str, step: &str) -> String {
 }
 
 /// The names templates may use, rendered to qualified identifiers.
+/// How long the staged set of a run stays after it was staged (a week: longer than any
+/// run's retries); the set of runs started by hand stays until the next one.
+const STAGED_SET_RETENTION_MICROS: i64 = 7 * 24 * 3_600 * 1_000_000;
+
 const TABLES: [&str; 14] = [
     "writer_lease",
     "raw_events",
@@ -89,8 +93,8 @@ const TABLES: [&str; 14] = [
     "raw_file_dates",
     "file_ledger",
     "file_quarantine",
-    "staged_runs",
-    "staged_files",
+    "run_staged_windows",
+    "run_staged_files",
     "staged_external",
     "dedup_pending_dates",
     "dedup_events",
@@ -386,11 +390,14 @@ impl Warehouse for BigQueryWarehouse {
         }))
     }
 
-    fn stage_files(&mut self, staged: &StagedFiles) -> Result<()> {
+    fn stage_files(&mut self, run_key: &str, staged: &StagedFiles) -> Result<()> {
         let staged_at = chrono::Utc::now().timestamp_micros();
         for (chunk_no, chunk) in staged.files.chunks(STAGED_FILES_PER_JOB).enumerate() {
             let mut text = self.render(sql::INSERT_STAGED_FILES_HEAD, None);
-            let mut params = vec![Param::int64("staged_at", staged_at)];
+            let mut params = vec![
+                Param::int64("staged_at", staged_at),
+                Param::string("run_key", run_key.to_string()),
+            ];
             for (i, f) in chunk.iter().enumerate() {
                 if i > 0 {
                     text.push_str(", ");
@@ -417,6 +424,7 @@ impl Warehouse for BigQueryWarehouse {
             "stage_run",
             &run,
             &[
+                Param::string("run_key", run_key.to_string()),
                 Param::int64("staged_at", staged_at),
                 Param::string("window_start", staged.window.start.to_string()),
                 Param::string("window_end", staged.window.end.to_string()),
@@ -431,7 +439,11 @@ impl Warehouse for BigQueryWarehouse {
             self.jobs.query(
                 name,
                 &text,
-                &[Param::int64("staged_at", staged_at)],
+                &[
+                    Param::string("run_key", run_key.to_string()),
+                    Param::int64("staged_at", staged_at),
+                    Param::int64("expired", staged_at - STAGED_SET_RETENTION_MICROS),
+                ],
                 Attach::ByInputs(&[]),
             )?;
         }
@@ -448,8 +460,13 @@ impl Warehouse for BigQueryWarehouse {
         Ok(())
     }
 
-    fn staged_files(&mut self) -> Result<Option<StagedFiles>> {
-        let runs = self.read("read_staged_run", sql::LATEST_STAGED_RUN, &[])?;
+    fn staged_files(&mut self, run_key: &str) -> Result<Option<StagedFiles>> {
+        let key = Param::string("run_key", run_key.to_string());
+        let runs = self.read(
+            "read_staged_run",
+            sql::LATEST_STAGED_RUN,
+            std::slice::from_ref(&key),
+        )?;
         let Some(run) = runs.first() else {
             return Ok(None);
         };
@@ -458,7 +475,7 @@ impl Warehouse for BigQueryWarehouse {
         let rows = self.read(
             "read_staged_files",
             sql::STAGED_FILES_OF_RUN,
-            &[Param::int64("staged_at", staged_at)],
+            &[key, Param::int64("staged_at", staged_at)],
         )?;
         let mut files = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -563,6 +580,26 @@ impl Warehouse for BigQueryWarehouse {
 
     fn dedup(&mut self, _now: i64) -> Result<DedupOutcome> {
         self.rebuild_dedup_dates()
+    }
+
+    /// By run: the dates of the runs after the offset's. An offset inside a run (an
+    /// export cut short) counts that run as applied; the export that follows applies it.
+    fn dates_changed_after(&mut self, offset: Option<FeedOffset>) -> Result<BTreeSet<NaiveDate>> {
+        let at = FeedOffset::changed_at_of(offset);
+        let rows = self.read(
+            "read_dates_changed_after",
+            sql::DATES_CHANGED_AFTER,
+            &[Param::int64("at", at)],
+        )?;
+        rows.iter().map(|r| feed::cell_date(r, 0)).collect()
+    }
+
+    fn feed_origin(&mut self) -> Result<Option<i64>> {
+        let rows = self.read("read_feed_origin", sql::FEED_ORIGIN, &[])?;
+        match rows.first().and_then(|r| feed::cell_str(r, 0)) {
+            Some(_) => rows.first().map(|r| feed::cell_i64(r, 0)).transpose(),
+            None => Ok(None),
+        }
     }
 
     fn stream_changes(

@@ -89,11 +89,11 @@ CREATE TABLE IF NOT EXISTS {{writer_lease}} (
 CREATE TABLE IF NOT EXISTS {{file_quarantine}} (
   uri STRING NOT NULL, source_day DATE, size INT64, generation STRING, checksum STRING,
   kind STRING, reason STRING, quarantined_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS {{staged_runs}} (
-  staged_at INT64 NOT NULL, window_start DATE, window_end DATE);
-CREATE TABLE IF NOT EXISTS {{staged_files}} (
-  staged_at INT64 NOT NULL, uri STRING NOT NULL, source_day DATE, size INT64,
-  generation STRING, checksum STRING, ingested_at INT64);
+CREATE TABLE IF NOT EXISTS {{run_staged_windows}} (
+  run_key STRING NOT NULL, staged_at INT64 NOT NULL, window_start DATE, window_end DATE);
+CREATE TABLE IF NOT EXISTS {{run_staged_files}} (
+  run_key STRING NOT NULL, staged_at INT64 NOT NULL, uri STRING NOT NULL, source_day DATE,
+  size INT64, generation STRING, checksum STRING, ingested_at INT64);
 CREATE TABLE IF NOT EXISTS {{dedup_pending_dates}} (event_date DATE NOT NULL, queued_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS {{dedup_events}} ({typed}, changed_at TIMESTAMP NOT NULL)
   PARTITION BY event_date CLUSTER BY event_key;
@@ -300,21 +300,26 @@ pub static CHECKSUMS_OF_ALL_DATES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The staged set: a run row makes the set of files with its `staged_at` visible.
+/// A run's staged set (`@run_key`): its newest set row makes the files with its
+/// `staged_at` visible.
 pub const LATEST_STAGED_RUN: &str =
     "SELECT staged_at, CAST(window_start AS STRING), CAST(window_end AS STRING)
-FROM {staged_runs} ORDER BY staged_at DESC LIMIT 1";
+FROM {run_staged_windows} WHERE run_key = @run_key ORDER BY staged_at DESC LIMIT 1";
 pub const STAGED_FILES_OF_RUN: &str =
     "SELECT uri, CAST(source_day AS STRING), size, generation, checksum, ingested_at
-FROM {staged_files} WHERE staged_at = @staged_at ORDER BY source_day, uri";
+FROM {run_staged_files} WHERE run_key = @run_key AND staged_at = @staged_at ORDER BY source_day, uri";
 pub const INSERT_STAGED_RUN: &str =
-    "INSERT INTO {staged_runs} (staged_at, window_start, window_end)
-VALUES (@staged_at, CAST(@window_start AS DATE), CAST(@window_end AS DATE))";
+    "INSERT INTO {run_staged_windows} (run_key, staged_at, window_start, window_end)
+VALUES (@run_key, @staged_at, CAST(@window_start AS DATE), CAST(@window_end AS DATE))";
 /// One VALUES tuple per file; the parameters are numbered (`@uri_0`, ...).
-pub const INSERT_STAGED_FILES_HEAD: &str = "INSERT INTO {staged_files} (staged_at, uri, source_day, size, generation, checksum, ingested_at) VALUES ";
-pub const STAGED_FILE_TUPLE: &str = "(@staged_at, @uri_{i}, CAST(@day_{i} AS DATE), @size_{i}, @generation_{i}, @checksum_{i}, @ingested_at_{i})";
-pub const DELETE_OLD_STAGED_RUNS: &str = "DELETE FROM {staged_runs} WHERE staged_at < @staged_at";
-pub const DELETE_OLD_STAGED_FILES: &str = "DELETE FROM {staged_files} WHERE staged_at < @staged_at";
+pub const INSERT_STAGED_FILES_HEAD: &str = "INSERT INTO {run_staged_files} (run_key, staged_at, uri, source_day, size, generation, checksum, ingested_at) VALUES ";
+pub const STAGED_FILE_TUPLE: &str = "(@run_key, @staged_at, @uri_{i}, CAST(@day_{i} AS DATE), @size_{i}, @generation_{i}, @checksum_{i}, @ingested_at_{i})";
+/// The run's earlier sets, and other runs' sets past their retention (`@expired`; the
+/// hand-run set, key '', is kept).
+pub const DELETE_OLD_STAGED_RUNS: &str = "DELETE FROM {run_staged_windows} \
+WHERE (run_key = @run_key AND staged_at < @staged_at) OR (run_key <> '' AND staged_at < @expired)";
+pub const DELETE_OLD_STAGED_FILES: &str = "DELETE FROM {run_staged_files} \
+WHERE (run_key = @run_key AND staged_at < @staged_at) OR (run_key <> '' AND staged_at < @expired)";
 
 /// The external table over exactly the staged URIs: BigQuery renders the bound URI list
 /// as a literal itself (`%T`), so no URI is ever spliced into SQL text.
@@ -323,7 +328,7 @@ pub const CREATE_STAGED_EXTERNAL: &str =
 OPTIONS (format = 'PARQUET', uris = %T)\"\"\", @uris)";
 
 pub const LEDGER_ENTRIES: &str = "SELECT uri, size, generation, checksum, UNIX_MICROS(loaded_at), \
-COALESCE(rows_loaded, 0) + COALESCE(rows_rejected, 0) FROM {file_ledger} WHERE uri IN UNNEST(@uris)";
+COALESCE(rows_loaded, 0) FROM {file_ledger} WHERE uri IN UNNEST(@uris)";
 
 pub const DELETE_QUARANTINE: &str = "DELETE FROM {file_quarantine} WHERE uri IN UNNEST(@uris)";
 pub const INSERT_QUARANTINE: &str = "INSERT INTO {file_quarantine} \
@@ -360,3 +365,10 @@ SELECT holder, step, UNIX_MICROS(expires_at) FROM {writer_lease} ORDER BY expire
 
 pub const RELEASE_LEASE: &str = "DELETE FROM {writer_lease} WHERE holder = @holder";
 pub const DROP_LEASE_TOKEN: &str = "DROP TABLE IF EXISTS {lease_token}";
+
+/// When the change feed began: the first dedup run's `changed_at` (NULL before any).
+pub const FEED_ORIGIN: &str = "SELECT UNIX_MICROS(MIN(changed_at)) FROM {dedup_runs}";
+
+/// The event dates of the dedup runs after @at (µs): what an export has yet to apply.
+pub const DATES_CHANGED_AFTER: &str = "SELECT DISTINCT CAST(event_date AS STRING)
+FROM {dedup_run_dates} WHERE UNIX_MICROS(changed_at) > @at";

@@ -1,6 +1,6 @@
 //! The embedded warehouse: one DuckDB database file (`duckdb:///abs/path/warehouse.duckdb`).
-//! Tables: `staged_window`/`staged_files` (the staged set, DuckDB's stand-in for the
-//! external table), `file_ledger`, `raw_events`, `raw_rejects`, `dedup_pending_dates`,
+//! Tables: `run_staged_windows`/`run_staged_files` (each run's staged set, DuckDB's
+//! stand-in for the external table), `file_ledger`, `raw_events`, `raw_rejects`, `dedup_pending_dates`,
 //! `dedup_events`, `dedup_tombstones` and `dedup_runs`.
 
 mod config;
@@ -13,7 +13,7 @@ use crate::warehouse::change::BatchRecutter;
 pub use config::{DEFAULT_MEMORY_LIMIT, DuckDbSettings, parse_location};
 use feed::{ROWS_PER_KEY_SLICE, ROWS_PER_SORT, select_dates};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -29,6 +29,10 @@ use crate::error::{PipelineError, Result};
 use crate::lake::{LakeFile, RecordedVersion};
 use crate::typing::date_of_epoch_day;
 use crate::window::{DateWindow, parse_date};
+
+/// How long the staged set of a run stays after it was staged (a week: longer than any
+/// run's retries); the set of runs started by hand stays until the next one.
+const STAGED_SET_RETENTION_MICROS: i64 = 7 * 24 * 3_600 * 1_000_000;
 
 /// Handle on the embedded warehouse.
 pub struct DuckDbWarehouse {
@@ -126,15 +130,19 @@ impl Warehouse for DuckDbWarehouse {
         &self.url
     }
 
-    fn stage_files(&mut self, staged: &StagedFiles) -> Result<()> {
+    fn stage_files(&mut self, run_key: &str, staged: &StagedFiles) -> Result<()> {
         let now = chrono::Utc::now().timestamp_micros();
+        let expired = now - STAGED_SET_RETENTION_MICROS;
         self.in_transaction("recording the staged files", |conn| {
             let e = db_err("recording the staged files");
-            conn.execute_batch(sql::CLEAR_STAGED)
+            conn.execute(sql::CLEAR_STAGED_SETS, params![run_key, expired])
+                .map_err(db_err("clearing the staged files"))?;
+            conn.execute(sql::CLEAR_STAGED_FILES, [])
                 .map_err(db_err("clearing the staged files"))?;
             conn.execute(
                 sql::INSERT_STAGED_WINDOW,
                 params![
+                    run_key,
                     staged.window.start.to_string(),
                     staged.window.end.to_string(),
                     now
@@ -146,6 +154,7 @@ impl Warehouse for DuckDbWarehouse {
                 .map_err(db_err("recording the staged files"))?;
             for f in &staged.files {
                 stmt.execute(params![
+                    run_key,
                     f.uri,
                     f.day.to_string(),
                     f.size as i64,
@@ -159,11 +168,13 @@ impl Warehouse for DuckDbWarehouse {
         })
     }
 
-    fn staged_files(&mut self) -> Result<Option<StagedFiles>> {
+    fn staged_files(&mut self, run_key: &str) -> Result<Option<StagedFiles>> {
         let window: Option<(String, String)> =
-            match self.conn.query_row(sql::SELECT_STAGED_WINDOW, [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            }) {
+            match self
+                .conn
+                .query_row(sql::SELECT_STAGED_WINDOW, [run_key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                }) {
                 Ok(w) => Some(w),
                 Err(duckdb::Error::QueryReturnedNoRows) => None,
                 Err(e) => return Err(PipelineError::warehouse("reading the staged window", e)),
@@ -180,7 +191,7 @@ impl Warehouse for DuckDbWarehouse {
             .prepare(sql::SELECT_STAGED_FILES)
             .map_err(db_err("reading the staged files"))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map([run_key], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -325,6 +336,26 @@ impl Warehouse for DuckDbWarehouse {
             ChangeSelection::After(offset) => self.stream_feed(*offset, &mut batches),
             ChangeSelection::Dates(dates) => self.stream_dates(dates, &mut batches),
         }
+    }
+
+    fn dates_changed_after(&mut self, offset: Option<FeedOffset>) -> Result<BTreeSet<NaiveDate>> {
+        let (at, key) = FeedOffset::position(offset);
+        let e = || db_err("reading the dates the feed has changes of");
+        let mut stmt = self.conn.prepare(sql::DATES_CHANGED_AFTER).map_err(e())?;
+        let rows = stmt
+            .query_map(params![at, key], |r| r.get::<_, String>(0))
+            .map_err(e())?;
+        let mut dates = BTreeSet::new();
+        for row in rows {
+            dates.insert(parse_date("feed event date", &row.map_err(e())?)?);
+        }
+        Ok(dates)
+    }
+
+    fn feed_origin(&mut self) -> Result<Option<i64>> {
+        self.conn
+            .query_row(sql::FEED_ORIGIN, [], |r| r.get::<_, Option<i64>>(0))
+            .map_err(db_err("reading when the change feed began"))
     }
 
     fn feed_length(&mut self, offset: Option<FeedOffset>) -> Result<Option<u64>> {

@@ -46,10 +46,13 @@ CREATE TABLE IF NOT EXISTS file_ledger (
 CREATE TABLE IF NOT EXISTS file_quarantine (
     uri VARCHAR NOT NULL, source_day DATE, size BIGINT, generation VARCHAR, checksum VARCHAR,
     kind VARCHAR, reason VARCHAR, quarantined_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS staged_window (window_start DATE, window_end DATE, staged_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS staged_files (
-    uri VARCHAR NOT NULL, source_day DATE, size BIGINT, generation VARCHAR, checksum VARCHAR,
-    ingested_at TIMESTAMP);
+DROP TABLE IF EXISTS staged_window;
+DROP TABLE IF EXISTS staged_files;
+CREATE TABLE IF NOT EXISTS run_staged_windows (
+    run_key VARCHAR NOT NULL, window_start DATE, window_end DATE, staged_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS run_staged_files (
+    run_key VARCHAR NOT NULL, uri VARCHAR NOT NULL, source_day DATE, size BIGINT,
+    generation VARCHAR, checksum VARCHAR, ingested_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS dedup_pending_dates (event_date DATE NOT NULL);
 CREATE TABLE IF NOT EXISTS dedup_events ({typed}, changed_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS dedup_tombstones (event_key BLOB NOT NULL, event_date DATE NOT NULL, changed_at TIMESTAMP NOT NULL);
@@ -65,17 +68,22 @@ pub fn set_threads(n: u32) -> String {
 }
 pub const RESET_THREADS: &str = "RESET threads";
 
-pub const CLEAR_STAGED: &str = "DELETE FROM staged_window; DELETE FROM staged_files;";
+/// Forgets a run's staged set (parameter: its key), and the sets of other runs staged
+/// before a cutoff (parameter: UTC microseconds; the hand-run set, key '', is kept).
+pub const CLEAR_STAGED_SETS: &str = "DELETE FROM run_staged_windows WHERE run_key = ? \
+OR (run_key <> '' AND staged_at < make_timestamp(?))";
+/// Then the files of the sets no longer there.
+pub const CLEAR_STAGED_FILES: &str =
+    "DELETE FROM run_staged_files WHERE run_key NOT IN (SELECT run_key FROM run_staged_windows)";
 pub const INSERT_STAGED_WINDOW: &str =
-    "INSERT INTO staged_window VALUES (?::DATE, ?::DATE, make_timestamp(?))";
+    "INSERT INTO run_staged_windows VALUES (?, ?::DATE, ?::DATE, make_timestamp(?))";
 pub const INSERT_STAGED_FILE: &str =
-    "INSERT INTO staged_files VALUES (?, ?::DATE, ?, ?, ?, make_timestamp(?))";
-pub const SELECT_STAGED_WINDOW: &str =
-    "SELECT window_start::VARCHAR, window_end::VARCHAR FROM staged_window LIMIT 1";
-pub const SELECT_STAGED_FILES: &str = "SELECT uri, source_day::VARCHAR, size, generation, checksum, epoch_us(ingested_at) FROM staged_files ORDER BY source_day, uri";
+    "INSERT INTO run_staged_files VALUES (?, ?, ?::DATE, ?, ?, ?, make_timestamp(?))";
+pub const SELECT_STAGED_WINDOW: &str = "SELECT window_start::VARCHAR, window_end::VARCHAR FROM run_staged_windows WHERE run_key = ? LIMIT 1";
+pub const SELECT_STAGED_FILES: &str = "SELECT uri, source_day::VARCHAR, size, generation, checksum, epoch_us(ingested_at) FROM run_staged_files WHERE run_key = ? ORDER BY source_day, uri";
 
 pub const SELECT_LEDGER_ENTRY: &str = "SELECT uri, size, generation, checksum, epoch_us(loaded_at), \
-     COALESCE(rows_loaded, 0) + COALESCE(rows_rejected, 0) FROM file_ledger WHERE uri = ?";
+     COALESCE(rows_loaded, 0) FROM file_ledger WHERE uri = ?";
 pub const DELETE_QUARANTINE_ENTRY: &str = "DELETE FROM file_quarantine WHERE uri = ?";
 pub const INSERT_QUARANTINE_ENTRY: &str =
     "INSERT INTO file_quarantine VALUES (?, ?::DATE, ?, ?, ?, ?, ?, make_timestamp(?))";
@@ -251,3 +259,16 @@ pub static ROWS_OF_DATES_SLICE: LazyLock<String> = LazyLock::new(|| rows_of_date
 pub const HASHES_OF_DATES: &str = "SELECT event_date, row_hash FROM dedup_events
 WHERE event_date IN (SELECT event_date FROM selected_dates)";
 pub const HASHES_OF_ALL_DATES: &str = "SELECT event_date, row_hash FROM dedup_events";
+
+/// When the change feed began: the first dedup run's `changed_at` (NULL before any).
+pub const FEED_ORIGIN: &str = "SELECT epoch_us(min(changed_at)) FROM dedup_runs";
+
+/// The event dates with changes after a feed position: `$1` changed_at µs, `$2` the key
+/// (exclusive; empty for none).
+pub const DATES_CHANGED_AFTER: &str = "SELECT DISTINCT event_date::VARCHAR FROM (
+    SELECT event_date FROM dedup_events
+    WHERE changed_at > make_timestamp($1) OR (changed_at = make_timestamp($1) AND event_key > $2)
+    UNION ALL
+    SELECT event_date FROM dedup_tombstones
+    WHERE changed_at > make_timestamp($1) OR (changed_at = make_timestamp($1) AND event_key > $2))
+ORDER BY 1";
