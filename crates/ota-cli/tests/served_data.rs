@@ -321,8 +321,8 @@ fn hand_edits_of_served_content_are_drift_and_a_backfill_repairs_them() {
     let reference = env.table_checksum();
     let clean = env.run("export-mysql", &["--reconcile"]);
     assert_eq!(clean.code, 0, "{}", clean.stdout);
-    // Edits that leave row_hash as it was, of text, a float, a timestamp and a NULL; and
-    // one that also rewrites row_hash to match the edited text.
+    // Edits that leave row_hash as it was, of text, a float, a timestamp and a NULL; one
+    // that also rewrites row_hash; and one of row_hash alone.
     let edits = [
         "UPDATE ota_events SET hotel_name = CONCAT(COALESCE(hotel_name, ''), '!') \
          WHERE event_date = '2024-01-01' ORDER BY event_key LIMIT 5",
@@ -334,6 +334,8 @@ fn hand_edits_of_served_content_are_drift_and_a_backfill_repairs_them() {
          WHERE event_date = '2024-01-01' AND country IS NOT NULL ORDER BY event_key LIMIT 1",
         "UPDATE ota_events SET utm_source = 'edited', row_hash = UNHEX(MD5('edited')) \
          WHERE event_date = '2024-01-02' ORDER BY event_key LIMIT 1",
+        "UPDATE ota_events SET row_hash = UNHEX(MD5('by hand')) \
+         WHERE event_date = '2024-01-01' ORDER BY event_key LIMIT 1",
     ];
     for edit in edits {
         env.mysql(async |c| {

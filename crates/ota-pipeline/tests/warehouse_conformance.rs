@@ -385,7 +385,7 @@ fn the_feed_origin_is_the_first_dedup_run(backend: Backend) {
     let ts = DAY1_NS + 3_600_000_000_000;
     let mut files = Files(BTreeMap::new());
     files.0.insert(file("a", 100).uri, vec![("r1", ts, "one")]);
-    files.0.insert(file("a", 200).uri, vec![("r1", ts, "two")]);
+    files.0.insert(file("b", 200).uri, vec![("r1", ts, "two")]);
     wh.load_raw(&[file("a", 100)], 1, &mut files).expect("load");
     let first = wh.dedup(1_704_070_800_000_000).expect("dedup");
     let origin = wh.feed_origin().expect("origin");
@@ -393,7 +393,7 @@ fn the_feed_origin_is_the_first_dedup_run(backend: Backend) {
         origin.is_some() && origin == first.changed_at,
         "{origin:?} {first:?}"
     );
-    wh.load_raw(&[file("a", 200)], 2, &mut files).expect("load");
+    wh.load_raw(&[file("b", 200)], 2, &mut files).expect("load");
     let second = wh.dedup(1_704_070_900_000_000).expect("dedup");
     assert!(second.changed_at > first.changed_at, "{first:?} {second:?}");
     assert_eq!(wh.feed_origin().expect("origin"), origin);

@@ -20,8 +20,8 @@ pub fn content_columns() -> Vec<(&'static str, TypedKind)> {
         .collect()
 }
 
-/// Recomputes the `row_hash` of rows read as (content columns…) and adds them to a
-/// date's checksum. Rows come through the binary protocol (a prepared statement), so
+/// Recomputes the `row_hash` of rows read as (content columns…, stored `row_hash`) and
+/// adds them to a date's checksum. Rows come through the binary protocol (a prepared statement), so
 /// floats arrive as their exact bits.
 pub struct ContentChecksum {
     kinds: Vec<TypedKind>,
@@ -40,7 +40,7 @@ impl Default for ContentChecksum {
 }
 
 impl ContentChecksum {
-    /// Adds one row of content columns.
+    /// Adds one row: its content columns, then its stored `row_hash`.
     pub fn add(&mut self, row: &Row) -> Result<()> {
         self.buf.clear();
         for (i, kind) in self.kinds.iter().enumerate() {
@@ -81,7 +81,17 @@ impl ContentChecksum {
                 _ => return Err(bad("not of the column's type")),
             }
         }
-        add_to_checksum(&mut self.sum, &digest(&self.buf));
+        let recomputed = digest(&self.buf);
+        add_to_checksum(&mut self.sum, &recomputed);
+        // A stored row_hash that does not match the row's content (edited by hand, on its
+        // own or with the content) makes the checksum differ too: the row is re-synced.
+        let stored = match row.as_ref(self.kinds.len()) {
+            Some(Value::Bytes(b)) => b.as_slice(),
+            _ => &[],
+        };
+        if stored != recomputed.as_slice() {
+            self.sum.checksum += 1;
+        }
         Ok(())
     }
 }

@@ -291,12 +291,13 @@ ORDER BY 1"
     )
 }
 
-/// Every served row of one event date, as its content columns in hashing order: what
-/// reconcile and re-sync recompute `row_hash` from.
+/// Every served row of one event date, as its content columns in hashing order and its
+/// stored `row_hash`: what reconcile and re-sync recompute `row_hash` from.
 pub fn content_of_date(table: &str) -> String {
     let columns: Vec<&str> = super::content::content_columns()
         .into_iter()
         .map(|(name, _)| name)
+        .chain(["row_hash"])
         .collect();
     format!(
         "SELECT {} FROM `{table}` WHERE `event_date` = ?",
