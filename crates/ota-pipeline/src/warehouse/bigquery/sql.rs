@@ -167,7 +167,10 @@ GROUP BY event_date ORDER BY 1";
 /// filters (the source days that hold those dates, from raw_file_dates, and the dates);
 /// the MERGE is scoped to the dates' range on the target and exactly to the dates for
 /// deletes. `changed_at` is strictly after every earlier run's. The last statement
-/// reports the run. Fails unless the run still holds the writer lease.
+/// reports the run. Fails unless the run still holds the writer lease. Only the queue
+/// entries it read (queued up to `queued_upto`) are taken off the queue: a date a load
+/// queued again after that stays queued for the next run, whatever this one saw of its
+/// rows.
 pub static DEDUP: LazyLock<String> = LazyLock::new(|| {
     let content_updates: Vec<String> = TYPED_COLUMNS
         .iter()
@@ -183,7 +186,9 @@ pub static DEDUP: LazyLock<String> = LazyLock::new(|| {
         .map(|c| format!("w.{}", c.name))
         .collect();
     format!(
-        "DECLARE dates ARRAY<DATE> DEFAULT (SELECT ARRAY_AGG(DISTINCT event_date) FROM {{dedup_pending_dates}});
+        "DECLARE queued_upto TIMESTAMP DEFAULT (SELECT MAX(queued_at) FROM {{dedup_pending_dates}});
+DECLARE dates ARRAY<DATE> DEFAULT (SELECT ARRAY_AGG(DISTINCT event_date) FROM {{dedup_pending_dates}}
+  WHERE queued_at <= queued_upto);
 DECLARE lo DATE DEFAULT (SELECT MIN(d) FROM UNNEST(dates) AS d);
 DECLARE hi DATE DEFAULT (SELECT MAX(d) FROM UNNEST(dates) AS d);
 DECLARE source_days ARRAY<DATE> DEFAULT (
@@ -232,7 +237,7 @@ WHEN NOT MATCHED BY TARGET THEN
   INSERT ({cols}, changed_at) VALUES ({values}, run_changed_at)
 WHEN NOT MATCHED BY SOURCE AND d.event_date BETWEEN lo AND hi AND d.event_date IN UNNEST(dates) THEN
   DELETE;
-DELETE FROM {{dedup_pending_dates}} WHERE event_date IN UNNEST(dates);
+DELETE FROM {{dedup_pending_dates}} WHERE event_date IN UNNEST(dates) AND queued_at <= queued_upto;
 INSERT INTO {{dedup_runs}} (changed_at, dates, rows_read, duplicates_removed, rows_changed, rows_deleted, finished_at)
   VALUES (run_changed_at, ARRAY_LENGTH(dates), rows_read, rows_read - winners, changed, vanished, CURRENT_TIMESTAMP());
 INSERT INTO {{dedup_run_dates}} (changed_at, event_date) SELECT run_changed_at, d FROM UNNEST(dates) AS d;
