@@ -13,17 +13,20 @@ binaries on PATH and settings from the ``OTA_*`` environment (tests, machines wi
 Docker). One function builds the command line for both.
 
 Credentials come from Airflow connections, resolved when a task runs and handed to the
-step privately (DockerOperator ``private_environment``; the local runner's process
-environment), never rendered into a template field or an XCom: MySQL from a MySQL
-connection (``OTA_MYSQL_CONN_ID``, default ``mysql_default``), the GCS and BigQuery keys
-from two Google Cloud connections (``OTA_GCS_CONN_ID``, ``OTA_BQ_CONN_ID``, default
-``google_cloud_default``). A connection that does not exist falls back to the
-environment (``OTA_MYSQL_URL``, the key files); a Google connection without a key leaves
-the binaries to Application Default Credentials (workload identity).
+step as files on a tmpfs, removed when it ends (Docker: the volume ``OTA_SECRETS_VOLUME``
+the worker mounts at ``OTA_SECRETS_DIR``; local: /dev/shm), never as environment that
+``docker inspect`` or a template field shows, and each step gets only those it uses:
+MySQL from a MySQL connection (``OTA_MYSQL_CONN_ID``, default ``mysql_default``) for the
+export and reconcile, the GCS key (``OTA_GCS_CONN_ID``, default ``google_cloud_default``)
+for the steps that read the lake, the BigQuery key (``OTA_BQ_CONN_ID``, default
+``google_cloud_bigquery``) for the steps on the warehouse. A MySQL connection that does
+not exist falls back to ``OTA_MYSQL_URL``; a Google connection without a key leaves the
+binaries to Application Default Credentials (workload identity).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -77,19 +80,39 @@ OPERATION_SETTINGS = {
     "OTA_DRY_RUN": "{{ ota_switch(params, 'dry_run') }}",
     "OTA_FULL_REFRESH": "{{ ota_switch(params, 'full_refresh') }}",
 }
-# Settings that carry credentials: hidden from the UI (DockerOperator private_environment).
-SECRET_SETTINGS = ("OTA_MYSQL_URL",)
-# Airflow connections of the credentials: env variable naming the id -> default id.
+# The credentials each step uses, and the only ones it gets: MySQL for the export and its
+# reconcile, the GCS key for the steps that read the lake, the BigQuery key for every step
+# (each uses the warehouse).
+STEP_CREDENTIALS = {
+    "stage_files": ("gcs", "bq"),
+    "load_raw": ("gcs", "bq"),
+    "dedup": ("bq",),
+    "export_mysql": ("mysql", "bq"),
+    "reconcile": ("mysql", "bq"),
+}
+# Each credential as the binaries read it from a file: the file's name, the variable
+# naming its path, and the variables that must not hold it as well.
+SECRET_FILES = {
+    "mysql": ("mysql-url", "OTA_MYSQL_URL_FILE", ("OTA_MYSQL_URL",)),
+    "gcs": ("gcs-key.json", "OTA_GCS_KEY_FILE", ("OTA_GCS_KEY_JSON",)),
+    "bq": ("bq-key.json", "OTA_BQ_KEY_FILE", ("OTA_BQ_KEY_JSON",)),
+}
+# Airflow connections of the credentials: env variable naming the id -> default id. The
+# two Google accounts are two connections: the lake's never holds the warehouse's key.
 CONNECTION_IDS = {
     "OTA_MYSQL_CONN_ID": "mysql_default",
     "OTA_GCS_CONN_ID": "google_cloud_default",
-    "OTA_BQ_CONN_ID": "google_cloud_default",
+    "OTA_BQ_CONN_ID": "google_cloud_bigquery",
 }
-# Service-account key files: host path variable -> path inside the container.
+# Service-account key files on the Docker host: credential -> (host path variable, path
+# inside the container).
 KEY_FILES = {
-    "OTA_GCS_KEY_FILE": "/run/secrets/gcs-key.json",
-    "OTA_BQ_KEY_FILE": "/run/secrets/bq-key.json",
+    "gcs": ("OTA_GCS_KEY_FILE", "/run/secrets/gcs-key.json"),
+    "bq": ("OTA_BQ_KEY_FILE", "/run/secrets/bq-key.json"),
 }
+# Where a Docker task sees the secrets volume (OTA_SECRETS_VOLUME) the worker writes its
+# credentials to (mounted in the worker at OTA_SECRETS_DIR).
+SECRETS_TARGET = "/run/ota-secrets"
 
 DOC = """
 ### OTA event pipeline
@@ -315,39 +338,100 @@ def uses_google(service: str, settings: dict[str, str]) -> bool:
     return url.startswith("bigquery://") and not endpoint
 
 
-def step_secrets() -> dict[str, str]:
-    """At run time: the credentials the step gets, from the Airflow connections, masked in
-    the task logs. Missing connections leave the environment's settings in place."""
+def step_secrets(step: str) -> dict[str, str]:
+    """At run time: the credentials ``step`` uses (STEP_CREDENTIALS), by credential, from
+    the Airflow connections, masked in the task logs. A missing MySQL connection falls
+    back to ``OTA_MYSQL_URL``; a Google connection without a key leaves the binaries to
+    Application Default Credentials."""
     from airflow.sdk.log import mask_secret
 
+    wanted = STEP_CREDENTIALS.get(step, ())
     secrets = {}
-    mysql = get_connection(connection_id("OTA_MYSQL_CONN_ID"))
-    if mysql is not None:
-        secrets["OTA_MYSQL_URL"] = mysql_url(mysql)
-    elif os.environ.get("OTA_MYSQL_URL"):
-        secrets["OTA_MYSQL_URL"] = os.environ["OTA_MYSQL_URL"]
-    for service, variable, key_var in (
-        ("gcs", "OTA_GCS_CONN_ID", "OTA_GCS_KEY_JSON"),
-        ("bq", "OTA_BQ_CONN_ID", "OTA_BQ_KEY_JSON"),
-    ):
-        if not uses_google(service, dict(os.environ)):
+    if "mysql" in wanted:
+        mysql = get_connection(connection_id("OTA_MYSQL_CONN_ID"))
+        if mysql is not None:
+            secrets["mysql"] = mysql_url(mysql)
+        elif os.environ.get("OTA_MYSQL_URL"):
+            secrets["mysql"] = os.environ["OTA_MYSQL_URL"]
+    for service, variable in (("gcs", "OTA_GCS_CONN_ID"), ("bq", "OTA_BQ_CONN_ID")):
+        if service not in wanted or not uses_google(service, dict(os.environ)):
             continue
         conn = get_connection(connection_id(variable))
         key = google_key(conn) if conn is not None else None
         if key:
-            secrets[key_var] = key
+            secrets[service] = key
     for value in secrets.values():
         mask_secret(value)
     return secrets
 
 
+@contextlib.contextmanager
+def secret_files(secrets: dict[str, str], root: str | None, readable_by_others: bool = False):
+    """Writes each credential to a file of its own in a fresh directory under ``root`` (a
+    tmpfs: /dev/shm where there is one) and yields {variable naming the file: its path};
+    the directory and files are removed when the step ends, failed or not. The directory
+    has a random name and its parent lets no one list it; the files are readable by their
+    owner only, or by anyone who knows the path (``readable_by_others``: a task container
+    that runs as another user)."""
+    import shutil
+    import tempfile
+
+    if not secrets:
+        yield {}
+        return
+    directory = tempfile.mkdtemp(prefix="ota-", dir=root)
+    try:
+        os.chmod(directory, 0o711 if readable_by_others else 0o700)
+        files = {}
+        for credential, value in secrets.items():
+            name, variable, _ = SECRET_FILES[credential]
+            path = os.path.join(directory, name)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644 if readable_by_others else 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(value)
+            files[variable] = path
+        yield files
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def cleared_settings(step: str, secrets: dict[str, str]) -> dict[str, str]:
+    """The variables of the worker's environment the step must not see: those holding a
+    credential it does not use, and those that would hold one it gets as a file; emptied
+    (an empty setting counts as not given)."""
+    cleared = {}
+    for credential, (_, file_variable, variables) in SECRET_FILES.items():
+        if credential not in STEP_CREDENTIALS.get(step, ()):
+            cleared.update({v: "" for v in (file_variable, *variables)})
+        elif credential in secrets:
+            cleared.update({v: "" for v in variables})
+    return cleared
+
+
+def local_secrets_root() -> str | None:
+    """Where the local runner writes credential files: a tmpfs where there is one."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
 def without_auth(url: str) -> str:
-    """A URL without user, password and query (an Asset URI must carry no credentials)."""
+    """``scheme://host[:port]/path`` of a URL, without user, password, query or fragment
+    (an Asset URI or a lineage namespace must carry no credentials). Never raises: a URL
+    that does not parse unambiguously (a password holding ``/ ? # :`` unencoded, a port
+    that is not a number) gives ``scheme://unparseable``, so the DAG still imports and
+    shows no fragment of it; the step itself then fails with the binary's clear error."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    scheme = url.partition("://")[0] if "://" in url else "unknown"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        ambiguous = "@" in parts.path or bool(parts.fragment)
+    except ValueError:
+        ambiguous, parts, port = True, None, None
+    if ambiguous or parts is None:
+        return f"{scheme}://unparseable"
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     # Written out by hand: urlunsplit drops the "//" of an empty host (duckdb:///path).
     return f"{parts.scheme}://{netloc}{parts.path}"
 
@@ -486,7 +570,7 @@ def lineage_datasets() -> dict[str, tuple[str, str]]:
     an embedded warehouse is its URL and the table."""
     from urllib.parse import urlsplit
 
-    lake = urlsplit(os.environ.get("OTA_LAKE_URL", "file:///data/lake"))
+    lake = urlsplit(without_auth(os.environ.get("OTA_LAKE_URL", "file:///data/lake")))
     warehouse_url = without_auth(os.environ.get("OTA_WAREHOUSE_URL", "duckdb:///data/warehouse.duckdb")).rstrip("/")
     warehouse = urlsplit(warehouse_url)
     mysql = urlsplit(
@@ -595,8 +679,10 @@ def local_operator():
 
     class StepBashOperator(StepOperator, BashOperator):
         def execute_step(self, context):
-            self.env = {**(self.env or {}), **step_secrets()}
-            return BashOperator.execute(self, context)
+            secrets = step_secrets(self.task_id)
+            with secret_files(secrets, local_secrets_root()) as files:
+                self.env = {**(self.env or {}), **cleared_settings(self.task_id, secrets), **files}
+                return BashOperator.execute(self, context)
 
     return StepBashOperator
 
@@ -609,8 +695,27 @@ def docker_operator():
 
     class StepDockerOperator(StepOperator, DockerOperator):
         def execute_step(self, context):
-            self._private_environment = {**(self._private_environment or {}), **step_secrets()}
-            return DockerOperator.execute(self, context)
+            from airflow.exceptions import AirflowFailException
+            from docker.types import Mount
+
+            secrets = step_secrets(self.task_id)
+            if not secrets:
+                return DockerOperator.execute(self, context)
+            root, volume = os.environ.get("OTA_SECRETS_DIR"), os.environ.get("OTA_SECRETS_VOLUME")
+            if not (root and volume and os.path.isdir(root)):
+                raise AirflowFailException(
+                    "credentials reach Docker tasks as files on a tmpfs volume, never as "
+                    "environment: set OTA_SECRETS_VOLUME (the Docker volume) and "
+                    "OTA_SECRETS_DIR (where this worker mounts it); the compose stack does"
+                )
+            with secret_files(secrets, root, readable_by_others=True) as files:
+                inside = {
+                    variable: f"{SECRETS_TARGET}/{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}"
+                    for variable, path in files.items()
+                }
+                self.environment = {**(self.environment or {}), **inside}
+                self.mounts = [*self.mounts, Mount(source=volume, target=SECRETS_TARGET, type="volume", read_only=True)]
+                return DockerOperator.execute(self, context)
 
     return StepDockerOperator
 
@@ -645,11 +750,10 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
 
     environment = {k: os.environ[k] for k in PLAIN_SETTINGS if os.environ.get(k)}
     environment.update(OPERATION_SETTINGS)
-    private = {k: os.environ[k] for k in SECRET_SETTINGS if os.environ.get(k)}
     mounts = []
-    for variable, target in KEY_FILES.items():
+    for credential, (variable, target) in KEY_FILES.items():
         host_path = os.environ.get(variable)
-        if host_path:
+        if host_path and credential in STEP_CREDENTIALS[step]:
             mounts.append(Mount(source=host_path, target=target, type="bind", read_only=True))
             environment[variable] = target
     data_dir = os.environ.get("OTA_DATA_DIR")
@@ -659,7 +763,6 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
         image=os.environ.get("OTA_IMAGE", "ota-pipeline:latest"),
         command=command,
         environment=environment,
-        private_environment=private,
         mounts=mounts,
         # uid:gid of the container (OTA_TASK_USER), so files it writes in a host folder
         # belong to that folder's owner; unset: the image's user.

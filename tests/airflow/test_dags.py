@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, airflow
+from conftest import REPO, airflow, mariadb
 
 DAG_FILE = REPO / "dags" / "ota_pipeline.py"
 
@@ -85,22 +85,28 @@ def test_docker_tasks_mount_keys_read_only_and_hide_secrets():
     for step in ("stage_files", "load_raw", "dedup", "export_mysql"):
         command = dag.get_task(step).command
         assert command[command.index("--run-id") + 1] == "{{ run_id }}", step
-    # Kept out of the templated, UI-visible fields.
-    assert task._private_environment == {"OTA_MYSQL_URL": "mysql://ota:s3cret@mysql:3306/ota"}
+    # No credential in any environment a container shows (docker inspect), visible or
+    # private: they reach the task as files when it runs (test_secrets.py).
+    assert not task._private_environment
     assert "OTA_MYSQL_URL" not in task.environment
     assert "s3cret" not in json.dumps(task.environment)
     assert task.environment["OTA_LAKE_URL"] == "gs://bucket/lake"
-    assert task.environment["OTA_GCS_KEY_FILE"] == "/run/secrets/gcs-key.json"
+    # Each step gets the keys it uses: the export no GCS key, the load both.
+    assert "OTA_GCS_KEY_FILE" not in task.environment
     assert task.environment["OTA_BQ_KEY_FILE"] == "/run/secrets/bq-key.json"
+    load = dag.get_task("load_raw")
+    assert load.environment["OTA_GCS_KEY_FILE"] == "/run/secrets/gcs-key.json"
+    assert load.environment["OTA_BQ_KEY_FILE"] == "/run/secrets/bq-key.json"
     # The trigger form's switches reach every step as settings, rendered per run.
     assert task.environment["OTA_FULL_REFRESH"] == "{{ ota_switch(params, 'full_refresh') }}"
     assert task.environment["OTA_DRY_RUN"] == "{{ ota_switch(params, 'dry_run') }}"
     reconcile = dag.get_task("reconcile")
     assert reconcile.command[0] == "export-mysql" and "--reconcile" in reconcile.command
-    mounts = {m["Target"]: m for m in task.mounts}
+    mounts = {m["Target"]: m for m in load.mounts}
     assert mounts["/run/secrets/gcs-key.json"]["Source"] == "/secrets/gcs.json"
     assert mounts["/run/secrets/bq-key.json"]["Source"] == "/secrets/bq.json"
     assert all(mounts[t]["ReadOnly"] for t in ["/run/secrets/gcs-key.json", "/run/secrets/bq-key.json"])
+    assert "/run/secrets/gcs-key.json" not in {m["Target"] for m in task.mounts}
     assert task.auto_remove == "success"
     assert task.mount_tmp_dir is False
     assert task.xcom_all is False
@@ -245,7 +251,7 @@ def test_a_dry_run_on_the_embedded_warehouse_fails_at_once(pipeline):
 
 def mysql_exec(pipeline, sql: str) -> str:
     proc = subprocess.run(
-        ["mariadb", "-h127.0.0.1", "-uroot", "-N", "-D", pipeline.db, "-e", sql],
+        mariadb("-N", "-D", pipeline.db, "-e", sql),
         check=True,
         capture_output=True,
         text=True,
@@ -442,7 +448,7 @@ def test_mysql_credentials_come_from_an_airflow_connection(pipeline):
         f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'; "
         f"GRANT ALL ON `{pipeline.db}`.* TO '{user}'@'127.0.0.1';"
     )
-    subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-e", grants], check=True)
+    subprocess.run(mariadb("-e", grants), check=True)
     try:
         pipeline.generate("2024-01-01", 2, 300)
         env = {k: v for k, v in pipeline.env.items() if k != "OTA_MYSQL_URL"}
@@ -473,9 +479,7 @@ def test_mysql_credentials_come_from_an_airflow_connection(pipeline):
         assert summary["status"] == "ok"
         assert summary["counts"]["rows_read"] > 400
     finally:
-        subprocess.run(
-            ["mariadb", "-h127.0.0.1", "-uroot", "-e", f"DROP USER IF EXISTS '{user}'@'127.0.0.1'"], check=False
-        )
+        subprocess.run(mariadb("-e", f"DROP USER IF EXISTS '{user}'@'127.0.0.1'"), check=False)
 
 
 def test_steps_declare_assets_share_one_pool_and_call_the_failure_hook(tmp_path, monkeypatch):

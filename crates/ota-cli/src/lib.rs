@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use clap::Args;
 
-use ota_pipeline::Result;
 use ota_pipeline::summary::{Status, StepSummary};
 use ota_pipeline::warehouse::{RunSettings, WarehouseConfig};
 use ota_pipeline::window::RequestedWindow;
+use ota_pipeline::{PipelineError, Result};
 
 #[derive(Debug, Clone, Args)]
 pub struct WindowArgs {
@@ -96,6 +96,34 @@ pub fn init_logging() {
 /// Runs a step: logs to stderr, then prints the summary as the very last line of stdout
 /// (after stderr is flushed, since Airflow merges the streams and keeps the last line).
 /// Exit codes: 0 ok or no data, 2 bad input or configuration, 1 anything else.
+/// A secret setting given as itself or as a file holding it (`--mysql-url-file`): the
+/// file's content without its trailing newline. An empty value counts as not given (a
+/// runner that hands the file clears the variable). Neither, or both, or a file that
+/// cannot be read is the user's to fix (exit 2), named without any content.
+pub fn secret_setting(
+    what: &str,
+    value: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<String> {
+    let value = value.filter(|v| !v.trim().is_empty());
+    let file = file.filter(|f| !f.as_os_str().is_empty());
+    match (value, file) {
+        (Some(_), Some(_)) => Err(PipelineError::Config(format!(
+            "{what}: give one of the two, not both"
+        ))),
+        (Some(value), None) => Ok(value),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| {
+                PipelineError::Config(format!(
+                    "cannot read the secret file {}: {e}",
+                    path.display()
+                ))
+            }),
+        (None, None) => Err(PipelineError::Config(format!("{what} is required"))),
+    }
+}
+
 pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
     init_logging();
     let started = Instant::now();

@@ -23,7 +23,11 @@ struct Cli {
         value_name = "URL",
         hide_env_values = true
     )]
-    mysql_url: String,
+    mysql_url: Option<String>,
+    /// A file holding the MySQL URL (a secret mounted into the container, say), so the
+    /// password is in no process's environment.
+    #[arg(long, env = "OTA_MYSQL_URL_FILE", value_name = "PATH")]
+    mysql_url_file: Option<std::path::PathBuf>,
     /// Target table (created if missing).
     #[arg(long, env = "OTA_MYSQL_TABLE", default_value = "ota_events")]
     mysql_table: String,
@@ -75,7 +79,11 @@ fn main() -> ExitCode {
             window: cli.window.request()?,
             warehouse: cli.warehouse.config(),
             mysql: MysqlConfig {
-                url: cli.mysql_url,
+                url: ota_cli::secret_setting(
+                    "--mysql-url (OTA_MYSQL_URL) or --mysql-url-file (OTA_MYSQL_URL_FILE)",
+                    cli.mysql_url,
+                    cli.mysql_url_file.as_deref(),
+                )?,
                 table: cli.mysql_table,
                 load_method: cli.load_method,
                 lock_timeout_secs: cli.lock_timeout,
