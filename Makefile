@@ -1,20 +1,20 @@
 # ota-pipeline. One target dir outside the clone, shared by builds, tests and CI, so the
 # bundled DuckDB (a long C++ build) compiles once per machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ota-pipeline/target
-OTA_MYSQL_URL ?= mysql://root@127.0.0.1:3306/ota
-export OTA_MYSQL_URL
 
 .PHONY: build demo test bench chaos lint fmt image up down smoke
 
 build:
 	cargo build --release -p ota-cli --bins
 
-## Runs the whole pipeline on the embedded default against MySQL at OTA_MYSQL_URL,
-## generating sample data first if data/ has none. PROFILE=dev builds unoptimised (faster).
+## Runs the whole pipeline on the embedded default, generating sample data first if data/
+## has none. MySQL: OTA_MYSQL_URL, else 127.0.0.1:3306, else a project-local MariaDB
+## started for it. Dev build by default; PROFILE=release for benchmarks and real volumes.
 demo:
 	scripts/demo.sh
 
-## The tests: unit tests plus end-to-end runs against the real MySQL/MariaDB server.
+## The tests: unit tests plus end-to-end runs against a real MySQL/MariaDB server
+## (OTA_TEST_MYSQL_URL, else 127.0.0.1:3306, else a project-local MariaDB started for it).
 test:
 	scripts/test.sh
 
@@ -28,8 +28,8 @@ test:
 CHAOS = $(CARGO_TARGET_DIR)/debug/ota-chaos --bin-dir $(CARGO_TARGET_DIR)/debug
 chaos:
 	cargo build -q -p ota-cli --bins -p ota-chaos
-	$(CHAOS) --server-url $${OTA_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}
-	scripts/with-emulators.sh $(CHAOS) --on-emulators --kills-per-step 3 \
+	scripts/with-mysql.sh sh -c '$(CHAOS) --server-url $$OTA_TEST_MYSQL_URL'
+	scripts/with-mysql.sh scripts/with-emulators.sh $(CHAOS) --on-emulators --kills-per-step 3 \
 	  --overlaps-per-step 2 --budget-secs 90
 
 lint:
@@ -68,4 +68,4 @@ smoke:
 ## Speed and memory figures: each step, and the export against MySQL's own LOAD DATA and a
 ## naive loader (docs/performance.md). ROWS_PER_DAY, DAYS, REPEAT, STEADY_ROWS_PER_DAY.
 bench:
-	scripts/bench.sh
+	scripts/with-mysql.sh scripts/bench.sh

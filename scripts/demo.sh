@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole pipeline on the embedded default (local lake folder + DuckDB) against the
-# MySQL at OTA_MYSQL_URL: generates sample case data if data/ has none, splits it into
-# daily files (the historic load), loads, deduplicates, exports, then reconciles.
+# Runs the whole pipeline on the embedded default (local lake folder + DuckDB) against
+# MySQL: generates sample case data if data/ has none, splits it into daily files (the
+# historic load), loads, deduplicates, exports, then reconciles.
+# MySQL: OTA_MYSQL_URL; unset, the server at 127.0.0.1:3306, or when none answers there
+# a project-local MariaDB started for the demo (scripts/with-mysql.sh). PROFILE=release
+# builds optimised (for real volumes and benchmarks; the first build takes about an hour
+# on 2 cores, the dev build about 20 minutes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/need.sh
+. scripts/need.sh
+need rust
+if [ -z "${OTA_WITH_MYSQL:-}" ]; then
+  exec env OTA_WITH_MYSQL=1 scripts/with-mysql.sh "$0" "$@"
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ota-pipeline/target}"
-PROFILE="${PROFILE:-release}"
+PROFILE="${PROFILE:-dev}"
 if [ "$PROFILE" = dev ]; then OUT=debug; else OUT="$PROFILE"; fi
 
 cargo build --profile "$PROFILE" -p ota-cli --bins
@@ -32,7 +42,8 @@ step() {
 }
 
 step stage-files --from "$CASE_DATA"
-read -r START END < <(python3 -c 'import json,sys; w=json.loads(sys.argv[1])["window"]; print(w["start"], w["end"])' "$LAST")
+START=$(printf '%s' "$LAST" | sed -n 's/.*"window":{"start":"\([0-9-]*\)","end":"\([0-9-]*\)".*/\1/p')
+END=$(printf '%s' "$LAST" | sed -n 's/.*"window":{"start":"\([0-9-]*\)","end":"\([0-9-]*\)".*/\2/p')
 step load-raw --start-date "$START" --end-date "$END"
 step dedup --start-date "$START" --end-date "$END"
 step export-mysql --start-date "$START" --end-date "$END"

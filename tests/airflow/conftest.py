@@ -32,6 +32,14 @@ os.environ.update(
 MYSQL_SERVER = os.environ.get("OTA_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
 
 
+def mariadb(*args: str) -> list[str]:
+    """The mariadb client's command line, as root on the test server."""
+    from urllib.parse import urlsplit
+
+    server = urlsplit(MYSQL_SERVER)
+    return ["mariadb", f"-h{server.hostname or '127.0.0.1'}", f"-P{server.port or 3306}", "-uroot", *args]
+
+
 def airflow(*args: str, env: dict | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs the real airflow CLI of this virtualenv."""
     cli = Path(sys.executable).parent / "airflow"
@@ -103,7 +111,7 @@ class Pipeline:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def drop(self) -> None:
-        subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-e", f"DROP DATABASE IF EXISTS `{self.db}`"], check=False)
+        subprocess.run(mariadb("-e", f"DROP DATABASE IF EXISTS `{self.db}`"), check=False)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ table as one run over the whole range."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import Pipeline, airflow
+from conftest import Pipeline, airflow, mariadb
 from test_dags import json_output
 
 CHECKSUM_SQL = (
@@ -24,7 +25,7 @@ CHECKSUM_SQL = (
 
 def table_checksum(pipeline: Pipeline) -> str:
     out = subprocess.run(
-        ["mariadb", "-h127.0.0.1", "-uroot", "-N", "-e", CHECKSUM_SQL.format(db=pipeline.db)],
+        mariadb("-N", "-e", CHECKSUM_SQL.format(db=pipeline.db)),
         capture_output=True,
         text=True,
         check=True,
@@ -69,6 +70,30 @@ def wait_until(what: str, check, timeout: float, every: float = 2.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextlib.contextmanager
+def scheduler_running(env: dict, logs: Path, port: int):
+    """The execution API server on ``port`` and a scheduler, running until the block ends;
+    their logs in ``logs``."""
+    api = start(["api-server", "--apps", "execution", "--port", str(port)], env, logs / "api.log")
+    scheduler = None
+    try:
+
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until("the execution API", healthy, timeout=120)
+        scheduler = start(["scheduler"], env, logs / "scheduler.log")
+        yield
+    finally:
+        if scheduler is not None:
+            stop(scheduler)
+        stop(api)
+
+
 def plant_drift(pipeline: Pipeline) -> None:
     """MySQL drifts from the warehouse: a row lost on 2024-01-02, one changed by hand on
     2024-01-01, and a row the warehouse never held on 2024-01-02."""
@@ -80,7 +105,7 @@ def plant_drift(pipeline: Pipeline) -> None:
         "INSERT INTO ota_events (event_key, event_date, request_id, row_hash, changed_at) "
         "VALUES (UNHEX(MD5('bogus')), '2024-01-02', 'bogus', UNHEX(MD5('x')), NOW(6));"
     )
-    subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-e", sql], check=True)
+    subprocess.run(mariadb("-e", sql), check=True)
 
 
 def test_backfill_of_three_days_equals_one_run_over_the_range_and_repairs_drift(pipeline, tmp_path_factory):
@@ -115,19 +140,7 @@ def test_backfill_of_three_days_equals_one_run_over_the_range_and_repairs_drift(
         env=env,
     )
     logs = tmp_path_factory.mktemp("airflow-logs")
-    api = start(["api-server", "--apps", "execution", "--port", str(port)], env, logs / "api.log")
-    scheduler = None
-    try:
-
-        def healthy():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_until("the execution API", healthy, timeout=120)
-        scheduler = start(["scheduler"], env, logs / "scheduler.log")
+    with scheduler_running(env, logs, port):
 
         def backfill_runs():
             runs = json_output(airflow("dags", "list-runs", "ota_pipeline", "-o", "json", env=env).stdout)
@@ -138,10 +151,6 @@ def test_backfill_of_three_days_equals_one_run_over_the_range_and_repairs_drift(
 
         runs = wait_until("3 successful backfill runs", backfill_runs, timeout=420, every=5)
         assert len(runs) == 3
-    finally:
-        if scheduler is not None:
-            stop(scheduler)
-        stop(api)
 
     single = Pipeline(tmp_path_factory.mktemp("single"))
     try:

@@ -6,10 +6,10 @@ drift, both end green, and MySQL equals one clean run over all the days."""
 from __future__ import annotations
 
 import json
-import urllib.request
+import uuid
 
 from conftest import Pipeline, airflow
-from test_backfill import free_port, start, stop, table_checksum, wait_until
+from test_backfill import free_port, scheduler_running, table_checksum, wait_until
 from test_dags import json_output
 
 CASE_DAYS = ("2024-01-01", 3)
@@ -52,42 +52,25 @@ def test_a_historic_load_and_a_daily_run_at_once_end_green_and_equal_one_clean_r
     airflow("dags", "reserialize", env=env)
     for dag_id in ("ota_historic_load", "ota_pipeline"):
         airflow("dags", "unpause", dag_id, env=env)
-    airflow("dags", "trigger", "ota_historic_load", "-c", json.dumps({"source_file": case_data}), env=env)
-    airflow(
-        "dags",
-        "trigger",
-        "ota_pipeline",
-        "-c",
-        json.dumps({"start_date": "2024-01-04", "end_date": "2024-01-05"}),
-        env=env,
-    )
+    tag = uuid.uuid4().hex[:8]
+    mine = {"ota_historic_load": f"overlap_historic_{tag}", "ota_pipeline": f"overlap_daily_{tag}"}
+    confs = {
+        "ota_historic_load": {"source_file": case_data},
+        "ota_pipeline": {"start_date": "2024-01-04", "end_date": "2024-01-05"},
+    }
+    for dag_id, run_id in mine.items():
+        airflow("dags", "trigger", dag_id, "--run-id", run_id, "-c", json.dumps(confs[dag_id]), env=env)
     logs = tmp_path_factory.mktemp("overlap-logs")
-    api = start(["api-server", "--apps", "execution", "--port", str(port)], env, logs / "api.log")
-    scheduler = None
-    try:
-
-        def healthy():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_until("the execution API", healthy, timeout=120)
-        scheduler = start(["scheduler"], env, logs / "scheduler.log")
+    with scheduler_running(env, logs, port):
 
         def both_done():
-            runs = runs_of("ota_historic_load", env) + runs_of("ota_pipeline", env)
+            runs = [r for dag_id in mine for r in runs_of(dag_id, env) if r.get("run_id") in mine.values()]
             failed = [r for r in runs if r.get("state") == "failed"]
             assert not failed, f"runs failed: {failed}\n{(logs / 'scheduler.log').read_text()[-4000:]}"
             return runs if len(runs) == 2 and all(r.get("state") == "success" for r in runs) else None
 
         runs = wait_until("both runs to succeed", both_done, timeout=600, every=5)
-        assert {r["dag_id"] for r in runs} == {"ota_historic_load", "ota_pipeline"}
-    finally:
-        if scheduler is not None:
-            stop(scheduler)
-        stop(api)
+        assert {r["dag_id"] for r in runs} == set(mine)
 
     summary = pipeline.reconcile()
     assert summary["status"] == "ok", summary

@@ -44,7 +44,12 @@ impl PasswordUser {
     }
 
     fn url(&self, env: &Env, password: &str) -> String {
-        format!("mysql://{}:{password}@127.0.0.1:3306/{}", self.name, env.db)
+        format!(
+            "mysql://{}:{password}@{}/{}",
+            self.name,
+            common::server_address(),
+            env.db
+        )
     }
 }
 
@@ -95,7 +100,7 @@ fn no_step_ever_prints_the_mysql_password() {
     let help = run_with_url(&env, "export-mysql", &good, &["--help"]).ok();
     assert_never_printed(&help, PASSWORD, "--help");
 
-    let host_db = format!("127.0.0.1:3306/{}", env.db);
+    let host_db = format!("{}/{}", common::server_address(), env.db);
     let malformed = [
         // No scheme, a bad port, an unknown parameter, a bad TLS mode, a wrong password.
         format!("{}:{PASSWORD}@{host_db}", user.name),
@@ -184,7 +189,7 @@ impl StallingProxy {
                 if c.load(Ordering::SeqCst) {
                     break;
                 }
-                let Ok(server) = TcpStream::connect("127.0.0.1:3306") else {
+                let Ok(server) = TcpStream::connect(common::server_address()) else {
                     break;
                 };
                 let mut held = all.lock().expect("streams");
@@ -273,16 +278,16 @@ fn reconcile_is_clean(env: &Env) {
     assert_eq!(run.summary()["status"], "ok");
 }
 
-#[test]
-fn a_connection_that_stops_answering_mid_batch_fails_within_the_timeout() {
-    let env = Env::new();
+/// Three days loaded and deduplicated, then export-mysql through a proxy that stalls
+/// after ~300 KB (inside the third or so 200-row batch), never switching to the unix
+/// socket, with a 3 s MySQL timeout. Returns the proxy (still holding both sockets), the
+/// export's run and how long it took.
+fn export_until_the_network_stalls(env: &Env) -> (StallingProxy, Run, Duration) {
     env.generate("2024-01-01", 3, 400);
     let window = ["--start-date", "2024-01-01", "--end-date", "2024-01-03"];
     for step in ["stage-files", "load-raw", "dedup"] {
         env.run(step, &window).ok();
     }
-    // Through the proxy, never switching to the unix socket; stalls after ~300 KB,
-    // inside the third or so 200-row batch.
     let proxy = StallingProxy::start(300_000);
     let url = format!(
         "mysql://root@127.0.0.1:{}/{}?prefer_socket=false",
@@ -290,16 +295,22 @@ fn a_connection_that_stops_answering_mid_batch_fails_within_the_timeout() {
     );
     let started = Instant::now();
     let run = run_with_url(
-        &env,
+        env,
         "export-mysql",
         &url,
         &["--batch-size", "200", "--mysql-timeout", "3"],
     );
-    let took = started.elapsed();
     assert!(
         proxy.stalled.load(Ordering::SeqCst),
         "the proxy never stalled"
     );
+    (proxy, run, started.elapsed())
+}
+
+#[test]
+fn a_connection_that_stops_answering_mid_batch_fails_within_the_timeout() {
+    let env = Env::new();
+    let (proxy, run, took) = export_until_the_network_stalls(&env);
     assert_eq!(run.code, 1, "stderr: {}", run.stderr);
     assert!(
         run.stderr.contains("within 3 s"),
@@ -327,28 +338,9 @@ fn a_connection_that_stops_answering_mid_batch_fails_within_the_timeout() {
 #[test]
 fn a_session_whose_client_went_quiet_frees_the_export_lock_within_the_timeout() {
     let env = Env::new();
-    env.generate("2024-01-01", 3, 400);
-    let window = ["--start-date", "2024-01-01", "--end-date", "2024-01-03"];
-    for step in ["stage-files", "load-raw", "dedup"] {
-        env.run(step, &window).ok();
-    }
     // The first export's client goes quiet mid-export and never says goodbye: the
     // proxy holds its bytes and keeps both sockets open, as a half-open connection does.
-    let proxy = StallingProxy::start(300_000);
-    let url = format!(
-        "mysql://root@127.0.0.1:{}/{}?prefer_socket=false",
-        proxy.port, env.db
-    );
-    let first = run_with_url(
-        &env,
-        "export-mysql",
-        &url,
-        &["--batch-size", "200", "--mysql-timeout", "3"],
-    );
-    assert!(
-        proxy.stalled.load(Ordering::SeqCst),
-        "the proxy never stalled"
-    );
+    let (proxy, first, _) = export_until_the_network_stalls(&env);
     assert_eq!(first.code, 1, "{}", first.stderr);
     // A second export, straight to the server, gets the lock once the server has let go
     // of the quiet session: within its limits, not the server's defaults (30 s mid-
@@ -995,4 +987,34 @@ fn a_resync_cut_short_between_its_upserts_and_deletes_keeps_nothing_of_itself() 
     let summary = env.run("export-mysql", &day).ok().summary();
     assert_eq!(summary["resynced_dates"], serde_json::json!(["2024-01-01"]));
     reconcile_is_clean(&env);
+}
+
+#[test]
+fn the_mysql_url_can_come_from_a_file_and_never_shows() {
+    let env = Env::new();
+    env.generate("2024-01-01", 1, 100);
+    let window = ["--start-date", "2024-01-01", "--end-date", "2024-01-01"];
+    for step in ["stage-files", "load-raw", "dedup"] {
+        env.run(step, &window).ok();
+    }
+    let user = PasswordUser::new(&env);
+    let secret = env.dir.path().join("mysql-url");
+    std::fs::write(&secret, format!("{}\n", user.url(&env, PASSWORD))).expect("write");
+    let export = |file: &std::path::Path| -> Run {
+        std::process::Command::new(common::bin("export-mysql"))
+            .args(window)
+            .env("OTA_LAKE_URL", env.lake_url())
+            .env("OTA_WAREHOUSE_URL", env.warehouse_url())
+            .env("OTA_MYSQL_URL_FILE", file)
+            .env_remove("OTA_MYSQL_URL")
+            .output()
+            .expect("run export-mysql")
+            .into()
+    };
+    let run = export(&secret).ok();
+    assert_never_printed(&run, PASSWORD, "export from a URL file");
+    assert!(env.count() > 50);
+    let missing = export(&env.dir.path().join("none"));
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("secret file"), "{}", missing.stderr);
 }

@@ -97,6 +97,19 @@ pub fn server_url() -> String {
     std::env::var("OTA_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
+/// `host:port` of the test server's TCP address (the one a user or a proxy connects to).
+pub fn server_address() -> String {
+    let url = server_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host_port = rest.split(['/', '?']).next().unwrap_or_default();
+    match host_port {
+        "" | "localhost" => "127.0.0.1:3306".to_string(),
+        h if h.contains(':') => h.replace("localhost", "127.0.0.1"),
+        h => format!("{h}:3306"),
+    }
+}
+
 impl Env {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
