@@ -32,12 +32,18 @@ os.environ.update(
 MYSQL_SERVER = os.environ.get("OTA_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
 
 
-def mariadb(*args: str) -> list[str]:
-    """The mariadb client's command line, as root on the test server."""
+def mysql_server() -> tuple[str, int]:
+    """The test server's host and port, as OTA_TEST_MYSQL_URL names them."""
     from urllib.parse import urlsplit
 
     server = urlsplit(MYSQL_SERVER)
-    return ["mariadb", f"-h{server.hostname or '127.0.0.1'}", f"-P{server.port or 3306}", "-uroot", *args]
+    return server.hostname or "127.0.0.1", server.port or 3306
+
+
+def mariadb(*args: str) -> list[str]:
+    """The mariadb client's command line, as root on the test server."""
+    host, port = mysql_server()
+    return ["mariadb", f"-h{host}", f"-P{port}", "-uroot", *args]
 
 
 def airflow(*args: str, env: dict | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, airflow, mariadb
+from conftest import REPO, airflow, mariadb, mysql_server
 
 DAG_FILE = REPO / "dags" / "ota_pipeline.py"
 
@@ -340,7 +340,8 @@ def test_openlineage_events_carry_the_steps_datasets_and_counts(pipeline, tmp_pa
     [dedup] = export["inputs"]
     assert dedup["name"] == "dedup_events"
     [table] = export["outputs"]
-    assert (table["namespace"], table["name"]) == ("mysql://127.0.0.1:3306", f"{pipeline.db}.ota_events")
+    host, port = mysql_server()
+    assert (table["namespace"], table["name"]) == (f"mysql://{host}:{port}", f"{pipeline.db}.ota_events")
     written = export["run"]["facets"]["ota_step"]["counts"]["rows_written"]
     assert table["outputFacets"]["outputStatistics"]["rowCount"] == written > 500
     checked = {i["name"] for i in complete["ota_pipeline.reconcile"]["inputs"]}
@@ -456,8 +457,8 @@ def test_mysql_credentials_come_from_an_airflow_connection(pipeline):
         env["AIRFLOW_CONN_OTA_TEST_MYSQL"] = json.dumps(
             {
                 "conn_type": "mysql",
-                "host": "127.0.0.1",
-                "port": 3306,
+                "host": mysql_server()[0],
+                "port": mysql_server()[1],
                 "login": user,
                 "password": password,
                 "schema": pipeline.db,
