@@ -561,4 +561,16 @@ fn bigquery_writers_take_turns_on_a_dataset() {
         .dedup(0)
         .expect("the dedup the first writer could not commit");
     assert_eq!(outcome.rows_changed, 1);
+
+    // A writer that ran past its lease, no one else having taken it, renews it before
+    // writing and commits; the lease runs again.
+    backend.run_sql(
+        "UPDATE {dataset}.writer_lease SET expires_at = TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 MINUTE) WHERE TRUE",
+    );
+    files.0.insert(file("b", 200).uri, vec![("r1", ts, "two")]);
+    second
+        .load_raw(&[file("b", 200)], 2, &mut files)
+        .expect("a load after the lease expired, renewed first");
+    let renewed = second.dedup(0).expect("dedup with the renewed lease");
+    assert_eq!(renewed.rows_changed, 1);
 }

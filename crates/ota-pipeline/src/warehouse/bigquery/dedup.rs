@@ -19,6 +19,7 @@ impl BigQueryWarehouse {
         }
         let tag = self.work_tag(&[]);
         let text = self.render(&sql::DEDUP, Some(&tag));
+        self.keep_lease()?;
         // A retried dedup finds the merge of the same pending dates its first try started.
         let inputs: Vec<String> = pending.iter().map(|r| format!("{:?}", r)).collect();
         let Some(result) = self

@@ -123,6 +123,7 @@ impl BigQueryWarehouse {
                 &format!("_ota_work_files_{tag}"),
             )?;
         }
+        self.keep_lease()?;
         self.jobs
             .query("load_replace_rows", &replace, &[], Attach::ByInputs(&[]))?;
         for uri in row_uris.iter().chain(&landed) {

@@ -73,6 +73,9 @@ pub struct BigQueryWarehouse {
 /// 3 hours), so only a writer that died leaves one behind, and only until then.
 const LEASE_SECONDS: i64 = 4 * 3600;
 
+/// A lease that expires within this many seconds is renewed before a writing transaction.
+const LEASE_RENEW_MARGIN_SECONDS: i64 = 3600;
+
 /// The lease token of a dry run (see `render`).
 const DRY_RUN_LEASE_TOKEN: &str = "(SELECT CAST(NULL AS STRING) AS holder)";
 
@@ -277,6 +280,34 @@ impl BigQueryWarehouse {
             ))
         })?;
         GcsLake::open(staging)
+    }
+
+    /// Before a writing transaction: a lease of this run's that expires within
+    /// [`LEASE_RENEW_MARGIN_SECONDS`] (or has expired, no other writer having taken it
+    /// since) is taken again, so a step that runs long keeps it. One another writer holds
+    /// is left alone: the transaction's own check then refuses to write.
+    pub(super) fn keep_lease(&mut self) -> Result<()> {
+        let Some(holder) = self.lease.clone() else {
+            return Ok(());
+        };
+        let now = chrono::Utc::now().timestamp_micros();
+        let rows = self.read("read_lease", sql::CURRENT_LEASES, &[])?;
+        let mut ours = None;
+        for row in &rows {
+            let expires_at = cell_i64(row, 1)?;
+            if cell_str(row, 0) == Some(holder.as_str()) {
+                ours = Some(expires_at);
+            } else if expires_at > now {
+                return Ok(());
+            }
+        }
+        match ours {
+            Some(expires_at) if expires_at - now > LEASE_RENEW_MARGIN_SECONDS * 1_000_000 => Ok(()),
+            _ => {
+                tracing::info!(holder = %holder, "renewing the writer lease before writing");
+                self.take_lease()
+            }
+        }
     }
 
     /// Takes the dataset's writer lease for this run's step, or fails naming who holds

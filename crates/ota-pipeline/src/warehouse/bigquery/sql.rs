@@ -377,3 +377,6 @@ pub const FEED_ORIGIN: &str = "SELECT UNIX_MICROS(MIN(changed_at)) FROM {dedup_r
 /// The event dates of the dedup runs after @at (µs): what an export has yet to apply.
 pub const DATES_CHANGED_AFTER: &str = "SELECT DISTINCT CAST(event_date AS STRING)
 FROM {dedup_run_dates} WHERE UNIX_MICROS(changed_at) > @at";
+
+/// Every writer lease row: holder and expiry (µs).
+pub const CURRENT_LEASES: &str = "SELECT holder, UNIX_MICROS(expires_at) FROM {writer_lease}";
