@@ -40,6 +40,8 @@ pub enum HarnessError {
     Server(#[from] crate::server::ServerError),
     #[error(transparent)]
     Disk(#[from] crate::disk::DiskError),
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
     #[error("{context}: {source}")]
     Data {
         context: String,
@@ -47,7 +49,7 @@ pub enum HarnessError {
     },
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     move |source| HarnessError::Io {
         context: context.into(),
         source,
@@ -65,35 +67,92 @@ fn data<E: std::error::Error + Send + Sync + 'static>(
 
 type Result<T> = std::result::Result<T, HarnessError>;
 
-/// Hostile input the catalogue plants, one kind per try.
-#[derive(Debug, Clone, Copy)]
+/// The hostile catalogue, one case per try: input planted in the lake, and operator
+/// actions. Each case checks its own outcome before the day is healed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hostile {
-    /// SQL- and LOAD DATA-shaped text in every string column.
+    /// SQL- and LOAD DATA-shaped text in every string column: loads as it is.
     SqlShapedText,
-    /// request_id as raw bytes, one of them not UTF-8.
+    /// request_id as raw bytes, one of them not UTF-8: that row is rejected.
     NonUtf8Key,
-    /// Epoch timestamps in milliseconds instead of nanoseconds.
+    /// Epoch timestamps in milliseconds instead of nanoseconds: read as milliseconds.
     EpochMillis,
-    /// Epoch timestamps in seconds instead of nanoseconds.
+    /// Epoch timestamps in seconds instead of nanoseconds: read as seconds.
     EpochSeconds,
-    /// request_id as a struct, a type with no text form: every row of the day is
-    /// rejected, which re-delivers a loaded day as empty (refused as shrunk).
+    /// A few rows 400 days from the file's day (a broken clock): those rows are rejected.
+    FarFromFileDay,
+    /// A loaded day re-delivered with as many rows, none with a usable timestamp: a
+    /// shrink to nothing, quarantined; MySQL keeps the day.
+    AllRejected,
+    /// request_id as a struct, a type with no text form: every row rejected, quarantined
+    /// as shrunk.
     WrongTypedKey,
-    /// A day's file overwritten with bytes that are not Parquet (quarantined).
+    /// A day's file overwritten with bytes that are not Parquet: quarantined unreadable.
     CorruptFile,
-    /// A loaded day re-delivered with no rows (refused as shrunk).
+    /// A loaded day re-delivered with no rows: quarantined as shrunk.
     EmptyRedelivery,
+    /// A new, empty warehouse (a new URL, a rebuilt file) that loaded only the last day:
+    /// its feed is refused, a full refresh holds the dates it does not know.
+    FreshWarehouse,
+    /// Rows edited by hand in MySQL: reconcile reports drift, a backfill repairs them.
+    HandEdit,
+    /// The serving table given an extra UNIQUE key: the export refuses to write.
+    AlteredTable,
+    /// Two runs alternating their tasks (a scheduled run and a backfill): all end well.
+    InterleavedRuns,
+    /// A MySQL password with characters URLs reserve: it works percent-encoded, and an
+    /// unencoded URL is refused without showing it.
+    ReservedPassword,
 }
 
-pub const HOSTILE_INPUTS: [Hostile; 7] = [
+pub const HOSTILE_INPUTS: [Hostile; 14] = [
     Hostile::SqlShapedText,
     Hostile::NonUtf8Key,
     Hostile::EpochMillis,
     Hostile::EpochSeconds,
+    Hostile::FarFromFileDay,
+    Hostile::AllRejected,
     Hostile::WrongTypedKey,
     Hostile::CorruptFile,
     Hostile::EmptyRedelivery,
+    Hostile::FreshWarehouse,
+    Hostile::HandEdit,
+    Hostile::AlteredTable,
+    Hostile::InterleavedRuns,
+    Hostile::ReservedPassword,
 ];
+
+impl Hostile {
+    /// The quarantine kind a planted file must get, or None when it must load.
+    fn quarantine_kind(self) -> Option<&'static str> {
+        match self {
+            Hostile::AllRejected | Hostile::WrongTypedKey | Hostile::EmptyRedelivery => {
+                Some("shrunk")
+            }
+            Hostile::CorruptFile => Some("unreadable"),
+            _ => None,
+        }
+    }
+
+    /// Whether the case is an operator's action rather than a file in the lake. These
+    /// are tried on the embedded default: they act on MySQL and the warehouse's URL, the
+    /// same on either backend.
+    pub fn is_operator_action(self) -> bool {
+        matches!(
+            self,
+            Hostile::FreshWarehouse
+                | Hostile::HandEdit
+                | Hostile::AlteredTable
+                | Hostile::InterleavedRuns
+                | Hostile::ReservedPassword
+        )
+    }
+}
+
+/// Distance of the far rows [`Hostile::FarFromFileDay`] plants, in days.
+const FAR_DAYS: i64 = 400;
+/// Rows [`Hostile::FarFromFileDay`] moves (under the 10% that would quarantine the file).
+const FAR_ROWS: usize = 7;
 
 /// Values that break naive SQL or LOAD DATA encoding.
 const SQL_SHAPED: [&str; 12] = [
@@ -121,7 +180,7 @@ pub struct World {
     tmpdir: Option<PathBuf>,
     /// The gs:// lake and BigQuery warehouse the steps use instead of the local lake
     /// folder and DuckDB file, on the emulators; the local folder stays the source of
-    /// every delivery (and of the clean run).
+    /// every delivery (and what the reference reads).
     cloud: Option<Cloud>,
     /// The run id the steps get (OTA_RUN_ID): each delivery starts a new run, and a
     /// re-run after a fault retries the same run, as an Airflow task retry does.
@@ -169,7 +228,6 @@ impl World {
             offset: None,
         };
         world.server(&format!("DROP DATABASE IF EXISTS `{}`", world.db))?;
-        world.server(&format!("DROP DATABASE IF EXISTS `{}_ref`", world.db))?;
         let mut world = world;
         if let Some(emulators) = &config.emulators {
             world.cloud = Some(Cloud::create(&world.rt, emulators, tag)?);
@@ -198,35 +256,41 @@ impl World {
         ]
     }
 
-    fn command(&self, step: &str, lake: &Path, warehouse: &Path, db: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(step));
-        cmd.env("OTA_LAKE_URL", format!("file://{}", lake.display()))
-            .env(
-                "OTA_WAREHOUSE_URL",
-                format!("duckdb://{}", warehouse.display()),
-            )
-            .env("OTA_MYSQL_URL", self.mysql_url(db))
-            .env("OTA_LOCK_TIMEOUT", "5")
-            .env("RUST_LOG", "warn")
-            .env_remove("OTA_REFERENCE_DATE");
-        // export-mysql follows the change feed, whatever the window.
-        if step != "export-mysql" {
-            cmd.args(self.window());
-        }
-        cmd
+    /// A step on this world's lake, warehouse and database, over the window (export-mysql
+    /// follows the change feed, whatever the window).
+    fn step(&self, step: &str) -> Command {
+        let window = if step == "export-mysql" {
+            Vec::new()
+        } else {
+            self.window()
+        };
+        self.step_over(step, &window)
     }
 
-    fn step(&self, step: &str) -> Command {
-        let mut cmd = self.command(step, &self.lake(), &self.warehouse, &self.db);
+    /// A step with these window arguments.
+    fn step_over(&self, step: &str, window: &[String]) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(step));
+        match &self.cloud {
+            Some(cloud) => cmd
+                .env("OTA_LAKE_URL", &cloud.lake_url)
+                .env("OTA_WAREHOUSE_URL", &cloud.warehouse_url),
+            None => cmd
+                .env("OTA_LAKE_URL", format!("file://{}", self.lake().display()))
+                .env(
+                    "OTA_WAREHOUSE_URL",
+                    format!("duckdb://{}", self.warehouse.display()),
+                ),
+        };
+        cmd.env("OTA_MYSQL_URL", self.mysql_url(&self.db))
+            .env("OTA_LOCK_TIMEOUT", "5")
+            .env("RUST_LOG", "warn")
+            .env_remove("OTA_REFERENCE_DATE")
+            .env("OTA_RUN_ID", self.run_id())
+            .args(window)
+            .stdin(Stdio::null());
         if let Some(tmpdir) = &self.tmpdir {
             cmd.env("TMPDIR", tmpdir);
         }
-        if let Some(cloud) = &self.cloud {
-            cmd.env("OTA_LAKE_URL", &cloud.lake_url)
-                .env("OTA_WAREHOUSE_URL", &cloud.warehouse_url);
-        }
-        cmd.env("OTA_RUN_ID", self.run_id());
-        cmd.stdin(Stdio::null());
         cmd
     }
 
@@ -290,8 +354,17 @@ impl World {
         use ota_pipeline::lake::Lake;
         let lake = ota_pipeline::lake::gcs::GcsLake::open(&cloud.lake_url)
             .map_err(data("opening the gs:// lake"))?;
-        lake.put_file(name, &self.lake().join(name))
+        let local = self.lake().join(name);
+        lake.put_file(name, &local)
             .map_err(data(format!("uploading {name}")))?;
+        // The object's creation time is the version's ingestion time there: the local
+        // copy takes it, so the reference orders versions as the warehouse does.
+        let created = cloud.created_at(&self.rt, name)?;
+        File::options()
+            .write(true)
+            .open(&local)
+            .and_then(|f| f.set_modified(created))
+            .map_err(io("setting an mtime"))?;
         Ok(())
     }
 
@@ -493,73 +566,416 @@ impl World {
         Ok(running && !status.success())
     }
 
-    /// Plants one hostile input in the lake.
-    pub fn plant(&self, hostile: Hostile, i: u32) -> Result<bool> {
+    /// Plants one hostile input in the lake (a fresh version of the day first, so every
+    /// plant is a new delivery); returns the planted file's local path.
+    fn plant(&self, hostile: Hostile, i: u32) -> Result<PathBuf> {
         let name = day_file(&chrono_day(START, i % self.days));
         let path = self.lake().join(&name);
-        // A fresh version of the day first, so every plant is a new delivery.
         self.change_one_day(i)?;
-        let quarantined = self.plant_in(&path, hostile)?;
+        self.plant_in(&path, hostile)?;
         self.deliver(&name)?;
-        Ok(quarantined)
+        Ok(path)
     }
 
-    fn plant_in(&self, path: &Path, hostile: Hostile) -> Result<bool> {
+    fn plant_in(&self, path: &Path, hostile: Hostile) -> Result<()> {
+        // One batch, so what a plant does to "the first rows" it does once per file.
         let batches = read_parquet(path)?;
-        match hostile {
-            Hostile::SqlShapedText => write_parquet(path, &map_columns(batches, sql_shaped)?)?,
-            Hostile::NonUtf8Key => write_parquet(
-                path,
-                &map_columns(batches, |name, col| {
-                    (name == "request_id").then(|| non_utf8(col)).flatten()
-                })?,
-            )?,
-            Hostile::EpochMillis => write_parquet(
-                path,
-                &map_columns(batches, |name, col| {
-                    (name == "timestamp")
-                        .then(|| scaled(col, 1_000_000))
-                        .flatten()
-                })?,
-            )?,
-            Hostile::EpochSeconds => write_parquet(
-                path,
-                &map_columns(batches, |name, col| {
-                    (name == "timestamp")
-                        .then(|| scaled(col, 1_000_000_000))
-                        .flatten()
-                })?,
-            )?,
-            Hostile::WrongTypedKey => {
-                write_parquet(
-                    path,
-                    &map_columns(batches, |name, col| {
-                        (name == "request_id").then(|| as_struct(col))
-                    })?,
-                )?;
-                return Ok(true);
-            }
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| HarnessError::Step("an empty generated file".into()))?;
+        let batches = vec![
+            arrow::compute::concat_batches(&schema, &batches)
+                .map_err(data("joining a file's batches"))?,
+        ];
+        let column = |name: &'static str, f: fn(&ArrayRef) -> Option<ArrayRef>| {
+            map_columns(batches.clone(), move |n, col| {
+                (n == name).then(|| f(col)).flatten()
+            })
+        };
+        let planted = match hostile {
+            Hostile::SqlShapedText => map_columns(batches.clone(), sql_shaped)?,
+            Hostile::NonUtf8Key => column("request_id", non_utf8)?,
+            Hostile::EpochMillis => column("timestamp", |c| scaled(c, 1_000_000))?,
+            Hostile::EpochSeconds => column("timestamp", |c| scaled(c, 1_000_000_000))?,
+            Hostile::FarFromFileDay => column("timestamp", far_from_day)?,
+            Hostile::AllRejected => column("timestamp", unusable)?,
+            Hostile::WrongTypedKey => column("request_id", |c| Some(as_struct(c)))?,
             Hostile::CorruptFile => {
-                std::fs::write(path, b"PAR1 this is not a parquet file PAR1")
-                    .map_err(io("writing a corrupt file"))?;
-                return Ok(true);
+                return std::fs::write(path, b"PAR1 this is not a parquet file PAR1")
+                    .map_err(io("writing a corrupt file"));
             }
-            Hostile::EmptyRedelivery => {
-                let schema = batches
-                    .first()
-                    .map(|b| b.schema())
-                    .ok_or_else(|| HarnessError::Step("an empty generated file".into()))?;
-                write_parquet(path, &[RecordBatch::new_empty(schema)])?;
-                return Ok(true);
+            Hostile::EmptyRedelivery => vec![RecordBatch::new_empty(schema)],
+            other => {
+                return Err(HarnessError::Step(format!(
+                    "{other:?} is not planted in the lake"
+                )));
             }
-        }
-        Ok(false)
+        };
+        write_parquet(path, &planted)
     }
 
     /// Heals a planted file: the same day re-delivered with good content.
     pub fn heal(&self, i: u32) -> Result<()> {
         let day = chrono_day(START, i % self.days);
         self.generate(self.seed + 5000 + u64::from(i), &day, 1)
+    }
+
+    /// Tries one case of the hostile catalogue: it strikes, its own outcome is checked
+    /// (what quarantined with which kind, which rows were rejected why, what MySQL
+    /// serves), then the day is healed and the window recovers. Says whether all held.
+    pub fn try_hostile(
+        &mut self,
+        hostile: Hostile,
+        i: u32,
+        outcome: &mut FaultOutcome,
+    ) -> Result<bool> {
+        let before = outcome.problems.len();
+        let mut problem = |what: String| outcome.problems.push(format!("{hostile:?}: {what}"));
+        let mut found = Vec::new();
+        match hostile {
+            Hostile::FreshWarehouse => self.fresh_warehouse(&mut found)?,
+            Hostile::HandEdit => self.hand_edit(&mut found)?,
+            Hostile::AlteredTable => self.altered_table(i, &mut found)?,
+            Hostile::InterleavedRuns => self.interleaved_runs(i, &mut found)?,
+            Hostile::ReservedPassword => self.reserved_password(i, &mut found)?,
+            planted => self.planted_file(planted, i, &mut found)?,
+        }
+        found.into_iter().for_each(&mut problem);
+        if !hostile.is_operator_action() {
+            self.heal(i)?;
+        }
+        self.recover(outcome)?;
+        let now = self.difference()?;
+        if !now.none() {
+            outcome.problems.push(format!(
+                "{hostile:?}: after recovering, MySQL against the reference: {now}"
+            ));
+        }
+        Ok(outcome.problems.len() == before)
+    }
+
+    /// A planted file: quarantined with the kind the case calls for and MySQL unchanged,
+    /// or loaded with the rows the reference rejects rejected and MySQL equal to the
+    /// reference.
+    fn planted_file(&mut self, hostile: Hostile, i: u32, found: &mut Vec<String>) -> Result<()> {
+        let before = self.served_rows()?;
+        let file = self.plant(hostile, i)?;
+        let Some(load) = self.run_window(&[3], found)? else {
+            return Ok(());
+        };
+        self.check(found)?;
+        let quarantined = load["files_quarantined"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match hostile.quarantine_kind() {
+            Some(kind) => {
+                let kinds: Vec<&str> = quarantined
+                    .iter()
+                    .filter_map(|q| q["kind"].as_str())
+                    .collect();
+                if kinds != [kind] {
+                    found.push(format!("quarantined {kinds:?}, expected [{kind:?}]"));
+                }
+                let changed = crate::reference::compare(&before, &self.served_rows()?);
+                if !changed.none() {
+                    found.push(format!("MySQL changed for a refused day: {changed}"));
+                }
+            }
+            None => {
+                if !quarantined.is_empty() {
+                    found.push(format!(
+                        "quarantined a file that must load: {quarantined:?}"
+                    ));
+                }
+                let reference = self.reference()?;
+                let rejects = reference.rejects_of(&file)?;
+                let expected: u64 = rejects.values().sum();
+                let counted = load["counts"]["rejected"].as_u64().unwrap_or(u64::MAX);
+                if counted != expected {
+                    found.push(format!(
+                        "load-raw rejected {counted} rows, the reference {expected} ({rejects:?})"
+                    ));
+                }
+                let planted_reason = match hostile {
+                    Hostile::NonUtf8Key => Some(("not_text", 1)),
+                    Hostile::FarFromFileDay => Some(("far_from_file_day", FAR_ROWS as u64)),
+                    _ => None,
+                };
+                if let Some((reason, n)) = planted_reason
+                    && rejects.get(reason).copied() != Some(n)
+                {
+                    found.push(format!(
+                        "the reference rejects {rejects:?}, expected {n} {reason}"
+                    ));
+                }
+                let served = crate::reference::compare(&reference.served()?, &self.served_rows()?);
+                if !served.none() {
+                    found.push(format!("MySQL against the reference: {served}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new warehouse that loaded only the last day: the export refuses its feed (exit
+    /// 2), a full refresh holds every date it does not know (exit 3), MySQL unchanged;
+    /// once it has loaded the window, a full refresh moves MySQL over.
+    fn fresh_warehouse(&mut self, found: &mut Vec<String>) -> Result<()> {
+        let before = self.served_rows()?;
+        let aside = self.warehouse.with_extension("old.duckdb");
+        std::fs::rename(&self.warehouse, &aside).map_err(io("moving the warehouse aside"))?;
+        let wal = self.warehouse.with_extension("duckdb.wal");
+        if wal.exists() {
+            std::fs::rename(&wal, aside.with_extension("duckdb.wal"))
+                .map_err(io("moving the warehouse's log aside"))?;
+        }
+        let last = chrono_day(START, self.days - 1);
+        let last_day = [
+            "--start-date".to_string(),
+            last.clone(),
+            "--end-date".into(),
+            last.clone(),
+        ];
+        for step in ["stage-files", "load-raw", "dedup"] {
+            self.expect_exit(self.step_over(step, &last_day), step, 0, found)?;
+        }
+        self.expect_exit(
+            self.step("export-mysql"),
+            "export-mysql onto a foreign feed",
+            2,
+            found,
+        )?;
+        let mut refresh = self.step("export-mysql");
+        refresh.arg("--full-refresh");
+        let out = self.expect_exit(refresh, "export-mysql --full-refresh", 3, found)?;
+        // Every served date but the last day's own is held: one the new warehouse has no
+        // row of, or of which it has only late events (a re-sync would delete most of it).
+        let mut held: Vec<String> = last_json(&out)["held_dates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["event_date"].as_str().map(str::to_string))
+            .collect();
+        held.sort();
+        let mut expected: Vec<String> = before.iter().filter_map(|r| r[0].clone()).collect();
+        expected.sort();
+        expected.dedup();
+        expected.retain(|d| *d != last);
+        if held != expected {
+            found.push(format!(
+                "--full-refresh held {held:?}, expected {expected:?}"
+            ));
+        }
+        let changed = crate::reference::compare(&before, &self.served_rows()?);
+        if !changed.none() {
+            found.push(format!(
+                "MySQL changed by a warehouse that knows one day: {changed}"
+            ));
+        }
+        for step in ["stage-files", "load-raw", "dedup"] {
+            self.expect_exit(self.step(step), step, 0, found)?;
+        }
+        let mut refresh = self.step("export-mysql");
+        refresh.arg("--full-refresh");
+        self.expect_exit(refresh, "export-mysql --full-refresh", 0, found)?;
+        self.offset = self.offset_now()?;
+        Ok(())
+    }
+
+    /// Five rows edited by hand: `--reconcile` reports drift (exit 1) on their dates, a
+    /// backfill of those dates repairs them.
+    fn hand_edit(&mut self, found: &mut Vec<String>) -> Result<()> {
+        self.in_db(
+            "UPDATE ota_events SET hotel_name = 'edited by hand' \
+             ORDER BY event_date DESC, event_key LIMIT 5",
+        )?;
+        let mut reconcile = self.step("export-mysql");
+        reconcile.arg("--reconcile");
+        let out = self.expect_exit(reconcile, "export-mysql --reconcile", 1, found)?;
+        let summary = last_json(&out);
+        let mut drift: Vec<String> = summary["drift_dates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect();
+        drift.sort();
+        let (Some(first), Some(last)) = (drift.first().cloned(), drift.last().cloned()) else {
+            found.push(format!("reconcile after a hand edit: {}", last_line(&out)));
+            return Ok(());
+        };
+        let dates = ["--start-date".to_string(), first, "--end-date".into(), last];
+        self.expect_exit(
+            self.step_over("export-mysql", &dates),
+            "export-mysql with the drifted dates",
+            0,
+            found,
+        )?;
+        let now = self.difference()?;
+        if !now.none() {
+            found.push(format!(
+                "the backfill left MySQL unlike the reference: {now}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// An extra UNIQUE key on the serving table: the export refuses (exit 2) naming it
+    /// and writes nothing; without it, the export goes on.
+    fn altered_table(&mut self, i: u32, found: &mut Vec<String>) -> Result<()> {
+        self.change_one_day(i)?;
+        self.run_before("export-mysql")?;
+        let before = self.served_rows()?;
+        self.in_db(
+            "ALTER TABLE ota_events ADD UNIQUE KEY chaos_extra (event_key, request_id(40))",
+        )?;
+        let out = self.expect_exit(
+            self.step("export-mysql"),
+            "export-mysql into an altered table",
+            2,
+            found,
+        )?;
+        if !String::from_utf8_lossy(&out.stderr).contains("chaos_extra") {
+            found.push(format!(
+                "the refusal does not name the extra key: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let changed = crate::reference::compare(&before, &self.served_rows()?);
+        if !changed.none() {
+            found.push(format!("an altered table was written to: {changed}"));
+        }
+        self.in_db("ALTER TABLE ota_events DROP KEY chaos_extra")?;
+        Ok(())
+    }
+
+    /// Two runs alternating their tasks, each with its own staged set: every task exits
+    /// 0 and the reconcile between finds pending changes, never drift.
+    fn interleaved_runs(&mut self, i: u32, found: &mut Vec<String>) -> Result<()> {
+        let ids = [
+            ("a", format!("{}_a", self.run_id())),
+            ("b", format!("{}_b", self.run_id())),
+        ];
+        let run = |name: &str, step: &str| {
+            let mut cmd = self.step(step);
+            if let Some((_, id)) = ids.iter().find(|(n, _)| *n == name) {
+                cmd.env("OTA_RUN_ID", id);
+            }
+            cmd
+        };
+        self.change_one_day(i)?;
+        self.expect_exit(run("a", "stage-files"), "stage-files of run a", 0, found)?;
+        self.change_one_day(i + 1)?;
+        self.expect_exit(run("b", "stage-files"), "stage-files of run b", 0, found)?;
+        for step in ["load-raw", "dedup", "export-mysql"] {
+            for name in ["a", "b"] {
+                self.expect_exit(run(name, step), &format!("{step} of run {name}"), 0, found)?;
+            }
+            if step == "dedup" {
+                let mut reconcile = run("a", "export-mysql");
+                reconcile.arg("--reconcile");
+                let out = self.expect_exit(reconcile, "reconcile between the runs", 0, found)?;
+                if last_json(&out)["status"] != "ok" {
+                    found.push(format!("reconcile between the runs: {}", last_line(&out)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A MySQL user whose password holds characters URLs reserve: percent-encoded it
+    /// works; written as it is, the URL is refused and the password shows nowhere.
+    fn reserved_password(&mut self, i: u32, found: &mut Vec<String>) -> Result<()> {
+        const PASSWORD: &str = "p@ss:w/rd?#%41";
+        let user = format!("chaos_pw_{}", std::process::id());
+        self.server(&format!("DROP USER IF EXISTS '{user}'@'127.0.0.1'"))?;
+        self.server(&format!(
+            "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'"
+        ))?;
+        self.server(&format!(
+            "GRANT ALL ON `{}`.* TO '{user}'@'127.0.0.1'",
+            self.db
+        ))?;
+        self.change_one_day(i)?;
+        self.run_before("export-mysql")?;
+        let address = server_address(&self.server_url);
+        let url = |password: &str| {
+            format!(
+                "mysql://{user}:{password}@{address}/{}?prefer_socket=false",
+                self.db
+            )
+        };
+        let mut raw = self.step("export-mysql");
+        raw.env("OTA_MYSQL_URL", url(PASSWORD));
+        let out = self.expect_exit(raw, "export-mysql with an unencoded password", 2, found)?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if said.contains("ss:w/rd") {
+            found.push("an unencoded password was printed".into());
+        }
+        let mut encoded = self.step("export-mysql");
+        encoded.env("OTA_MYSQL_URL", url(&percent_encoded(PASSWORD)));
+        let out = self.expect_exit(
+            encoded,
+            "export-mysql with a percent-encoded password",
+            0,
+            found,
+        )?;
+        if String::from_utf8_lossy(&out.stderr).contains("ss:w/rd") {
+            found.push("the password was printed".into());
+        }
+        self.server(&format!("DROP USER IF EXISTS '{user}'@'127.0.0.1'"))?;
+        Ok(())
+    }
+
+    /// Runs `cmd`; an exit other than `code` is a finding.
+    fn expect_exit(
+        &self,
+        cmd: Command,
+        what: &str,
+        code: i32,
+        found: &mut Vec<String>,
+    ) -> Result<Output> {
+        let out = self.output(cmd, what)?;
+        if out.status.code() != Some(code) {
+            found.push(format!(
+                "{what} exited {:?}, expected {code}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The window's steps in order; load-raw may also exit with `load_allow`. Returns
+    /// load-raw's summary, or None (a finding) when a step failed.
+    fn run_window(
+        &self,
+        load_allow: &[i32],
+        found: &mut Vec<String>,
+    ) -> Result<Option<serde_json::Value>> {
+        let mut load = None;
+        for step in STEPS {
+            let out = self.output(self.step(step), step)?;
+            let code = out.status.code().unwrap_or(-1);
+            let allowed = code == 0 || (step == "load-raw" && load_allow.contains(&code));
+            if !allowed {
+                found.push(format!(
+                    "{step} exited {code}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+                return Ok(None);
+            }
+            if step == "load-raw" {
+                load = Some(last_json(&out));
+            }
+        }
+        Ok(load)
     }
 
     /// After a fault that struck `step`: `step` and the steps after it again in the same
@@ -572,109 +988,126 @@ impl World {
                 return Ok(false);
             }
         }
-        self.recover(outcome, false)
+        self.recover(outcome)
     }
 
-    /// After a fault: the window again, then `--reconcile`, the duplicate-key and the
-    /// offset checks; problems go into `outcome`, and the answer says whether there were
-    /// none. `partial_ok` lets load-raw report quarantined files (exit 3).
-    pub fn recover(&mut self, outcome: &mut FaultOutcome, partial_ok: bool) -> Result<bool> {
-        let before = outcome.problems.len();
-        let allow: &[i32] = if partial_ok { &[3] } else { &[] };
-        for step in STEPS {
-            let allowed = if step == "load-raw" { allow } else { &[] };
-            if let Err(e) = self.run_ok(step, allowed) {
-                outcome.problems.push(format!("re-run: {e}"));
-                return Ok(false);
-            }
+    /// After a fault: the window again, then the checks of [`Self::check`]; problems go
+    /// into `outcome`, and the answer says whether there were none.
+    pub fn recover(&mut self, outcome: &mut FaultOutcome) -> Result<bool> {
+        let mut found = Vec::new();
+        if self.run_window(&[], &mut found)?.is_some() {
+            self.check(&mut found)?;
         }
+        let clean = found.is_empty();
+        outcome
+            .problems
+            .extend(found.into_iter().map(|f| format!("re-run: {f}")));
+        Ok(clean)
+    }
+
+    /// `--reconcile` finds no drift, MySQL holds no event twice, the offset has not
+    /// moved back.
+    fn check(&mut self, found: &mut Vec<String>) -> Result<()> {
         let mut reconcile = self.step("export-mysql");
         reconcile.arg("--reconcile");
         let out = self.output(reconcile, "export-mysql --reconcile")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let last = stdout.lines().last().unwrap_or_default();
-        if !out.status.success() || !last.contains("\"status\":\"ok\"") {
-            outcome
-                .problems
-                .push(format!("reconcile found drift: {last}"));
+        if !out.status.success() || last_json(&out)["status"] != "ok" {
+            found.push(format!("reconcile found drift: {}", last_line(&out)));
         }
-        let dupes = self.duplicate_keys(&self.db)?;
-        if dupes > 0 {
-            outcome
-                .problems
-                .push(format!("{dupes} duplicate keys in MySQL"));
+        let served = self.served_rows()?;
+        let duplicated = crate::reference::compare(&[], &served).duplicated;
+        if duplicated > 0 {
+            found.push(format!("{duplicated} events served twice in MySQL"));
         }
         let now = self.offset_now()?;
         if let (Some(was), Some(is)) = (&self.offset, &now)
             && is < was
         {
-            outcome
-                .problems
-                .push(format!("the offset moved back: {was:?} -> {is:?}"));
+            found.push(format!("the offset moved back: {was:?} -> {is:?}"));
         }
         if now.is_some() {
             self.offset = now;
         }
-        Ok(outcome.problems.len() == before)
-    }
-
-    /// Compares the serving table with a clean run over a copy of the final lake.
-    pub fn finish(&self, outcome: &mut FaultOutcome) -> Result<()> {
-        let clean = self.dir.path().join("clean");
-        let clean_lake = clean.join("lake");
-        std::fs::create_dir_all(&clean_lake).map_err(io("clean lake"))?;
-        for entry in std::fs::read_dir(self.lake()).map_err(io("reading the lake"))? {
-            let entry = entry.map_err(io("reading the lake"))?;
-            // The copy keeps the file's mtime: it is the version's ingestion time, which
-            // decides between two versions of one event.
-            let target = clean_lake.join(entry.file_name());
-            std::fs::copy(entry.path(), &target).map_err(io("copying the lake"))?;
-            let modified = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map_err(io("reading an mtime"))?;
-            File::options()
-                .write(true)
-                .open(&target)
-                .and_then(|f| f.set_modified(modified))
-                .map_err(io("setting an mtime"))?;
-        }
-        let reference = format!("{}_ref", self.db);
-        for step in STEPS {
-            let cmd = self.command(
-                step,
-                &clean_lake,
-                &clean.join("warehouse.duckdb"),
-                &reference,
-            );
-            let out = self.output(cmd, step)?;
-            if !matches!(out.status.code(), Some(0 | 3)) {
-                return Err(HarnessError::Step(format!(
-                    "the clean run's {step} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-        }
-        let lost: u64 = self.scalar(&format!(
-            "SELECT COUNT(*) FROM `{reference}`.ota_events r LEFT JOIN `{db}`.ota_events c \
-             ON c.event_date = r.event_date AND c.event_key = r.event_key AND c.row_hash = r.row_hash \
-             WHERE c.event_key IS NULL",
-            db = self.db
-        ))?;
-        let extra: u64 = self.scalar(&format!(
-            "SELECT COUNT(*) FROM `{db}`.ota_events c LEFT JOIN `{reference}`.ota_events r \
-             ON r.event_date = c.event_date AND r.event_key = c.event_key WHERE r.event_key IS NULL",
-            db = self.db
-        ))?;
-        outcome.lost_rows = lost;
-        outcome.duplicated_rows = extra + self.duplicate_keys(&self.db)?;
         Ok(())
     }
 
-    fn duplicate_keys(&self, db: &str) -> Result<u64> {
-        self.scalar(&format!(
-            "SELECT COUNT(*) - COUNT(DISTINCT event_key) FROM `{db}`.ota_events"
-        ))
+    /// The lake as the reference reads it.
+    fn reference(&self) -> Result<crate::reference::Reference> {
+        crate::reference::Reference::over(&self.lake(), |file| {
+            let modified = std::fs::metadata(file)?.modified()?;
+            let since = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(std::io::Error::other)?;
+            Ok(since.as_micros() as i64)
+        })
+    }
+
+    /// MySQL's serving table against the reference over the lake as it is.
+    pub fn difference(&self) -> Result<crate::reference::Difference> {
+        let expected = self.reference()?.served()?;
+        Ok(crate::reference::compare(&expected, &self.served_rows()?))
+    }
+
+    /// Compares the serving table with the reference over the final lake: expected rows
+    /// missing or different are lost, rows the lake does not call for are extra, events
+    /// served twice are duplicated.
+    pub fn finish(&self, outcome: &mut FaultOutcome) -> Result<()> {
+        let difference = self.difference()?;
+        outcome.lost_rows = difference.missing + difference.different;
+        outcome.extra_rows = difference.extra;
+        outcome.duplicated_rows = difference.duplicated;
+        Ok(())
+    }
+
+    /// The serving table as the reference writes it (see `reference::SERVED_IN_MYSQL`).
+    fn served_rows(&self) -> Result<Vec<crate::reference::ServedRow>> {
+        let url = self.mysql_url(&self.db);
+        let rows: Vec<mysql_async::Row> = self
+            .rt
+            .block_on(async move {
+                let opts = mysql_async::Opts::from_url(&url).map_err(mysql_async::Error::from)?;
+                let mut conn = mysql_async::Conn::new(opts).await?;
+                let rows = conn.query(crate::reference::SERVED_IN_MYSQL).await;
+                let _ = conn.disconnect().await;
+                rows
+            })
+            .map_err(|source| HarnessError::Mysql {
+                context: "reading the serving table".into(),
+                source,
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                row.unwrap()
+                    .into_iter()
+                    .map(|value| match value {
+                        mysql_async::Value::NULL => None,
+                        mysql_async::Value::Bytes(b) => {
+                            Some(String::from_utf8_lossy(&b).into_owned())
+                        }
+                        other => Some(other.as_sql(true)),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Runs statements in this world's MySQL database.
+    pub fn in_db(&self, sql: &str) -> Result<()> {
+        let url = self.mysql_url(&self.db);
+        let sql = sql.to_string();
+        self.rt
+            .block_on(async move {
+                let opts = mysql_async::Opts::from_url(&url).map_err(mysql_async::Error::from)?;
+                let mut conn = mysql_async::Conn::new(opts).await?;
+                let done = conn.query_drop(sql).await;
+                let _ = conn.disconnect().await;
+                done
+            })
+            .map_err(|source| HarnessError::Mysql {
+                context: "changing the serving table by hand".into(),
+                source,
+            })
     }
 
     fn offset_now(&self) -> Result<Option<(String, String)>> {
@@ -686,13 +1119,6 @@ impl World {
         self.with_server("reading the offset", async move |c| {
             c.query_first(sql).await
         })
-    }
-
-    fn scalar(&self, sql: &str) -> Result<u64> {
-        let sql = sql.to_string();
-        let value: Option<i64> =
-            self.with_server("counting rows", async move |c| c.query_first(sql).await)?;
-        Ok(value.unwrap_or(0).max(0) as u64)
     }
 
     fn server(&self, sql: &str) -> Result<()> {
@@ -723,9 +1149,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        for db in [self.db.clone(), format!("{}_ref", self.db)] {
-            let _ = self.server(&format!("DROP DATABASE IF EXISTS `{db}`"));
-        }
+        let _ = self.server(&format!("DROP DATABASE IF EXISTS `{}`", self.db));
     }
 }
 
@@ -738,6 +1162,8 @@ fn day_file(day: &str) -> String {
 struct Cloud {
     lake_url: String,
     warehouse_url: String,
+    gcs_endpoint: String,
+    bucket: String,
 }
 
 impl Cloud {
@@ -775,12 +1201,43 @@ impl Cloud {
         })
         .map_err(data("creating a bucket and a dataset on the emulators"))?;
         Ok(Cloud {
+            gcs_endpoint: emulators.gcs_endpoint.clone(),
+            bucket: bucket.clone(),
             lake_url: format!("gs://{bucket}/daily"),
             // The emulator cannot create external tables over GCS URIs.
             warehouse_url: format!(
                 "bigquery://{project}/{dataset}?staging=gs://{bucket}/staging&external_table=false"
             ),
         })
+    }
+}
+
+impl Cloud {
+    /// When the current generation of `daily/<name>` was created.
+    fn created_at(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+    ) -> Result<std::time::SystemTime> {
+        let url = format!(
+            "{}/storage/v1/b/{}/o/daily%2F{name}",
+            self.gcs_endpoint, self.bucket
+        );
+        let object: serde_json::Value = rt
+            .block_on(async {
+                reqwest::get(&url)
+                    .await
+                    .and_then(|r| r.error_for_status())?
+                    .json()
+                    .await
+            })
+            .map_err(data(format!("reading the metadata of {name}")))?;
+        let created = object["timeCreated"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .ok_or_else(|| HarnessError::Step(format!("{name} has no timeCreated: {object}")))?;
+        Ok(std::time::UNIX_EPOCH
+            + std::time::Duration::from_micros(created.timestamp_micros().max(0) as u64))
     }
 }
 
@@ -810,7 +1267,7 @@ fn server_user(url: &str) -> String {
     rest.rsplit_once('@').map_or("root", |(u, _)| u).to_string()
 }
 
-fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
+pub(crate) fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = File::open(path).map_err(io(format!("opening {}", path.display())))?;
     ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(data("reading Parquet"))?
@@ -908,4 +1365,56 @@ fn scaled(column: &ArrayRef, by: i64) -> Option<ArrayRef> {
 fn as_struct(column: &ArrayRef) -> ArrayRef {
     let field = Arc::new(Field::new("value", column.data_type().clone(), true));
     Arc::new(StructArray::from(vec![(field, column.clone())]))
+}
+
+/// The last line of a step's stdout, its JSON summary.
+fn last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&last_line(out)).unwrap_or_default()
+}
+
+/// Every byte but letters and digits as %XX.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A few timestamps moved [`FAR_DAYS`] days away from the file's day.
+fn far_from_day(column: &ArrayRef) -> Option<ArrayRef> {
+    let ns = column.as_primitive_opt::<Int64Type>()?;
+    let shift = FAR_DAYS * 86_400_000_000_000;
+    let mut moved = 0;
+    Some(Arc::new(
+        ns.iter()
+            .map(|v| {
+                v.map(|v| {
+                    if moved < FAR_ROWS && v > 0 {
+                        moved += 1;
+                        v - shift
+                    } else {
+                        v
+                    }
+                })
+            })
+            .collect::<Int64Array>(),
+    ))
+}
+
+/// Every timestamp a value that is a time in no unit.
+fn unusable(column: &ArrayRef) -> Option<ArrayRef> {
+    Some(Arc::new(Int64Array::from(vec![Some(5_i64); column.len()])))
 }

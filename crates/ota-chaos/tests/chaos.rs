@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ota_chaos::{ChaosConfig, Emulators, FaultOutcome, run, table};
+use ota_chaos::reference::Difference;
+use ota_chaos::{ChaosConfig, Emulators, FaultOutcome, World, run, table};
 
 /// target/<profile>: the test runs from target/<profile>/deps.
 fn bin_dir() -> PathBuf {
@@ -86,4 +87,34 @@ fn on_bigquery_every_fault_strikes_and_the_pipeline_recovers() {
 fn every_fault_strikes_and_the_pipeline_recovers_without_loss_or_duplicates() {
     let outcomes = run(&short_run(None)).expect("the harness runs");
     assert_every_fault_struck_and_recovered(&outcomes, 12);
+}
+
+/// The witness against a serving table spoilt by hand: every row lost, changed, added or
+/// served twice is counted, though `row_hash` and the primary key are left as they were.
+#[test]
+fn the_witness_counts_rows_lost_changed_added_and_served_twice() {
+    let mut world = World::new(&short_run(None), "witness").expect("a world");
+    world.prepare().expect("the window runs");
+    assert!(world.difference().expect("compared").none());
+    world
+        .in_db(
+            "UPDATE ota_events SET hotel_name = CONCAT(hotel_name, '!') \
+             WHERE hotel_name IS NOT NULL ORDER BY event_date, event_key LIMIT 1; \
+             DELETE FROM ota_events ORDER BY event_date DESC, event_key LIMIT 2; \
+             CREATE TEMPORARY TABLE spoilt AS SELECT * FROM ota_events \
+               ORDER BY event_date, event_key LIMIT 2 OFFSET 10; \
+             UPDATE spoilt SET event_key = UNHEX(MD5(event_key)); \
+             UPDATE spoilt SET request_id = 'not in the lake' ORDER BY event_key LIMIT 1; \
+             INSERT INTO ota_events SELECT * FROM spoilt",
+        )
+        .expect("spoiling the table");
+    assert_eq!(
+        world.difference().expect("compared"),
+        Difference {
+            missing: 2,
+            different: 1,
+            extra: 1,
+            duplicated: 1
+        }
+    );
 }
