@@ -37,7 +37,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	$$(scripts/airflow-venv.sh)/bin/ruff check dags tests
 	$$(scripts/airflow-venv.sh)/bin/ruff format --check dags tests
-	$$(scripts/airflow-venv.sh)/bin/hadolint docker/Dockerfile
+	$$(scripts/airflow-venv.sh)/bin/hadolint docker/Dockerfile docker/stand-ins/*.Dockerfile
 	$$(scripts/airflow-venv.sh)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 fmt:
