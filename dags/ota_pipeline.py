@@ -807,21 +807,24 @@ OPERATIONS_SECTION = "Operations"
 def operation_params() -> dict:
     """The trigger form's switches, in a section of their own."""
 
-    def switch_param(description: str) -> Param:
-        return Param(False, type="boolean", description=description, section=OPERATIONS_SECTION)
+    def switch_param(title: str, description: str) -> Param:
+        return Param(False, type="boolean", title=title, description=description, section=OPERATIONS_SECTION)
 
     return {
         "full_refresh": switch_param(
+            "Full refresh",
             "Re-sync every event date in MySQL to the warehouse, not only the window's; "
-            "reconcile then compares every date"
+            "reconcile then compares every date",
         ),
         "reconcile_only": switch_param(
+            "Only reconcile",
             "Only compare warehouse and MySQL per event date over the window (every date with "
-            "full_refresh); load, dedup and export are skipped, drift fails the run"
+            "full_refresh); load, dedup and export are skipped, drift fails the run",
         ),
         "dry_run": switch_param(
+            "Dry run",
             "BigQuery only: log each statement with the bytes it would process and run nothing "
-            "(the embedded warehouse refuses a dry run)"
+            "(the embedded warehouse refuses a dry run)",
         ),
     }
 
@@ -838,12 +841,14 @@ with DAG(
     params={
         "start_date": Param(
             None,
+            title="First day",
             description="First day (YYYY-MM-DD, UTC), optional; alone: up to today",
             section=WINDOW_SECTION,
             **DATE_PARAM,
         ),
         "end_date": Param(
             None,
+            title="Last day",
             description="Last day (YYYY-MM-DD, UTC), optional, not before the first; alone: the 3 days ending on it",
             section=WINDOW_SECTION,
             **DATE_PARAM,
@@ -869,10 +874,11 @@ with DAG(
         "source_file": Param(
             os.environ.get("OTA_CASE_DATA", "/data/case_data.parquet.gzip"),
             type="string",
+            title="Case data file",
             description="The case data Parquet file to split",
         ),
-        "start_date": Param(None, description="Only this window of it (optional)", **DATE_PARAM),
-        "end_date": Param(None, description="Only this window of it (optional)", **DATE_PARAM),
+        "start_date": Param(None, title="First day", description="Only this window of it (optional)", **DATE_PARAM),
+        "end_date": Param(None, title="Last day", description="Only this window of it (optional)", **DATE_PARAM),
     },
     user_defined_macros=MACROS,
 ) as historic_dag:

@@ -62,6 +62,11 @@ def test_both_dags_import_with_the_right_shape(runner):
         assert param.value is False and param.schema["type"] == "boolean", name
         assert param.schema["section"] == "Operations" and len(param.description) > 40, name
     assert daily.params.get_param("start_date").schema["section"] == "Window"
+    # The trigger form shows each param by a title a person reads, not by its key.
+    for dag in dags.values():
+        for name in dag.params.keys():
+            title = dag.params.get_param(name).schema.get("title", "")
+            assert title and "_" not in title and title[0].isupper(), (dag.dag_id, name, title)
     assert "backfill create" in daily.doc_md
     assert type(dags["ota_historic_load"].timetable).__name__ == "NullTimetable"
 
