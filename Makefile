@@ -37,7 +37,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	$$(scripts/airflow-venv.sh)/bin/ruff check dags tests
 	$$(scripts/airflow-venv.sh)/bin/ruff format --check dags tests
-	$$(scripts/airflow-venv.sh)/bin/hadolint docker/Dockerfile docker/stand-ins/*.Dockerfile
+	$$(scripts/airflow-venv.sh)/bin/hadolint docker/Dockerfile docker/airflow.Dockerfile docker/stand-ins/*.Dockerfile
 	$$(scripts/airflow-venv.sh)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 fmt:
@@ -48,20 +48,19 @@ fmt:
 image:
 	docker build -f docker/Dockerfile -t $${OTA_IMAGE:-ota-pipeline:latest} .
 
-## Starts Airflow (http://localhost:8080, login admin / OTA_AIRFLOW_PASSWORD from .env),
-## MySQL 8 and the seed of sample data (data/case_data.parquet.gzip); stops them.
-## The airflow user joins the Docker socket's group; task containers run as you, so the
-## files they write in data/ are yours.
-up: image
-	mkdir -p data
-	OTA_DOCKER_GID=$$(stat -c %g /var/run/docker.sock) OTA_TASK_USER=$$(id -u):$$(id -g) \
-	  docker compose up -d mysql airflow
+## Builds and starts the stack: Airflow (http://127.0.0.1:8080, login admin /
+## OTA_AIRFLOW_PASSWORD from .env), MySQL, and the seed of sample data in the ota-data
+## volume. The airflow user joins the Docker socket's group. `make down` stops it (the
+## volumes stay; `docker compose down -v` removes them too).
+up:
+	OTA_DOCKER_GID=$$(stat -c %g /var/run/docker.sock) docker compose up -d --build --wait
 
 down:
 	docker compose down
 
-## Needs a Docker engine: make up, then the historic load on the seeded sample data and
-## ota_pipeline over three of its days through the scheduler; fails unless both succeed.
+## The stack for real: a Docker engine (started or installed), local stand-ins for base
+## images no registry gives, the image from this workspace's binaries, both DAGs through
+## the REST API, MySQL checked, a re-run that writes nothing, then down -v. Part of make test.
 smoke:
 	scripts/smoke.sh
 

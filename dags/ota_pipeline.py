@@ -756,8 +756,12 @@ def make_task(dag: DAG, step: str, extra: list[str] | None = None):
         if host_path and credential in STEP_CREDENTIALS[step]:
             mounts.append(Mount(source=host_path, target=target, type="bind", read_only=True))
             environment[variable] = target
-    data_dir = os.environ.get("OTA_DATA_DIR")
-    if data_dir:
+    # /data of the task: a Docker volume (OTA_DATA_VOLUME, the compose stack's) or a host
+    # folder (OTA_DATA_DIR, an absolute path on the Docker host).
+    data_volume, data_dir = os.environ.get("OTA_DATA_VOLUME"), os.environ.get("OTA_DATA_DIR")
+    if data_volume:
+        mounts.append(Mount(source=data_volume, target="/data", type="volume"))
+    elif data_dir:
         mounts.append(Mount(source=data_dir, target="/data", type="bind"))
     return docker_operator()(
         image=os.environ.get("OTA_IMAGE", "ota-pipeline:latest"),

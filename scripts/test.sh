@@ -4,6 +4,8 @@
 # MariaDB server at OTA_TEST_MYSQL_URL (a user that may create and drop databases); unset,
 # the one at 127.0.0.1:3306, and when none answers there a project-local MariaDB started
 # for the run (scripts/with-mysql.sh). SKIP_EMULATORS=1 leaves out the emulator tests.
+# Last, make smoke runs the compose stack on a Docker engine (started, or installed as
+# root, by scripts/docker-engine.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/need.sh
@@ -33,7 +35,11 @@ else
   fi
 fi
 
-# The DAG tests run the debug binaries through `airflow dags test`.
+# The DAG tests run the debug binaries through `airflow dags test` (and in task
+# containers, on a Docker engine scripts/docker-engine.sh starts).
 cargo build -q -p ota-cli --bins
 VENV="$(scripts/airflow-venv.sh)"
 "$VENV/bin/python" -m pytest tests/airflow -q -p no:cacheprovider
+
+# The compose stack for real (make smoke).
+scripts/smoke.sh

@@ -9,14 +9,25 @@ from conftest import REPO
 def test_compose_file_wires_airflow_mysql_and_the_image():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"airflow", "mysql", "pipeline"} <= set(services)
-    assert services["pipeline"]["build"]["dockerfile"] == "docker/Dockerfile"
-    assert services["mysql"]["image"].startswith("mysql:8")
+    assert {"airflow", "mysql", "seed"} <= set(services)
+    # Plain `docker compose up` builds what it starts.
+    assert services["seed"]["build"]["dockerfile"] == "docker/Dockerfile"
+    assert services["airflow"]["build"]["dockerfile"] == "airflow.Dockerfile"
+    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in services["airflow"]["environment"]
+    # The official images by default; stand-ins only when named.
+    assert services["mysql"]["image"] == "${OTA_MYSQL_IMAGE:-mysql:8.4}"
+    assert "apache/airflow:3.3.2" in services["airflow"]["build"]["args"]["AIRFLOW_BASE_IMAGE"]
     assert "--local-infile=1" in services["mysql"]["command"]
     airflow = services["airflow"]
     assert airflow["environment"]["OTA_TASK_RUNNER"] == "docker"
     volumes = " ".join(airflow["volumes"])
-    assert "./dags:" in volumes and "./data:/data" in volumes and "./service_accounts:" in volumes
+    assert "./dags:" in volumes and "ota-data:/data" in volumes and "./service_accounts:" in volumes
+    assert "PWD" not in (REPO / "docker-compose.yml").read_text()
+    assert airflow["environment"]["OTA_DATA_VOLUME"] == compose["volumes"]["ota-data"]["name"]
+    assert airflow["environment"]["OTA_DOCKER_NETWORK"] == compose["networks"]["default"]["name"]
+    for service in ("airflow", "mysql"):
+        assert all(p.startswith("127.0.0.1:") for p in services[service]["ports"]), service
+        assert services[service]["restart"] == "unless-stopped" and "healthcheck" in services[service]
     assert airflow["depends_on"]["mysql"]["condition"] == "service_healthy"
     # Sample data before Airflow starts: the seed writes the case data the historic load reads.
     assert airflow["depends_on"]["seed"]["condition"] == "service_completed_successfully"
