@@ -1,8 +1,10 @@
 # ota-pipeline. One target dir outside the clone, shared by builds, tests and CI, so the
 # bundled DuckDB (a long C++ build) compiles once per machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ota-pipeline/target
+# The Docker client (one with Compose v2 and BuildKit).
+DOCKER ?= docker
 
-.PHONY: build demo test bench chaos lint fmt image up down smoke
+.PHONY: build demo test bench chaos lint fmt image up password down smoke
 
 build:
 	cargo build --release -p ota-cli --bins
@@ -46,17 +48,23 @@ fmt:
 
 ## Builds the pipeline image (needs a Docker engine).
 image:
-	docker build -f docker/Dockerfile -t $${OTA_IMAGE:-ota-pipeline:latest} .
+	$(DOCKER) build -f docker/Dockerfile -t $${OTA_IMAGE:-ota-pipeline:latest} .
 
-## Builds and starts the stack: Airflow (http://127.0.0.1:8080, login admin /
-## OTA_AIRFLOW_PASSWORD from .env), MySQL, and the seed of sample data in the ota-data
-## volume. The airflow user joins the Docker socket's group. `make down` stops it (the
-## volumes stay; `docker compose down -v` removes them too).
+## Builds and starts the stack: Airflow (http://127.0.0.1:8080, login admin), MySQL, and
+## the seed of sample data in the ota-data volume; then prints Airflow's password, which
+## the stack generated at its first start (`make password` prints it again). `make down`
+## stops it (the volumes stay; `docker compose down -v` removes them too).
 up:
-	OTA_DOCKER_GID=$$(stat -c %g /var/run/docker.sock) docker compose up -d --build --wait
+	$(DOCKER) compose up -d --build --wait
+	@$(MAKE) -s password
+
+password:
+	@echo "Airflow: http://127.0.0.1:$${OTA_AIRFLOW_PORT:-$$(sed -n 's/^OTA_AIRFLOW_PORT=//p' .env)}, login admin, password:"
+	@$(DOCKER) compose exec -T airflow python3 -c \
+	  'import json; print(json.load(open("/opt/airflow/simple_auth_manager_passwords.json.generated"))["admin"])'
 
 down:
-	docker compose down
+	$(DOCKER) compose down
 
 ## The stack for real: a Docker engine (started or installed), local stand-ins for base
 ## images no registry gives, the image from this workspace's binaries, both DAGs through

@@ -811,8 +811,10 @@ OPERATIONS_SECTION = "Operations"
 def operation_params() -> dict:
     """The trigger form's switches, in a section of their own."""
 
+    # "null" too: the form then shows a plain switch, not a field marked required (a
+    # switch always holds a value); null, sent by an API client, reads as off.
     def switch_param(title: str, description: str) -> Param:
-        return Param(False, type="boolean", title=title, description=description, section=OPERATIONS_SECTION)
+        return Param(False, type=["boolean", "null"], title=title, description=description, section=OPERATIONS_SECTION)
 
     return {
         "full_refresh": switch_param(
@@ -823,7 +825,7 @@ def operation_params() -> dict:
         "reconcile_only": switch_param(
             "Only reconcile",
             "Only compare warehouse and MySQL per event date over the window (every date with "
-            "full_refresh); load, dedup and export are skipped, drift fails the run",
+            "Full refresh); load, dedup and export are skipped, drift fails the run",
         ),
         "dry_run": switch_param(
             "Dry run",

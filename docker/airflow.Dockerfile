@@ -9,3 +9,9 @@ FROM ${AIRFLOW_BASE_IMAGE}
 RUN --mount=type=secret,id=ca,uid=50000 \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && pip install --no-cache-dir -q apache-airflow-providers-docker==4.6.1
+COPY --chmod=0755 airflow-entrypoint.sh /usr/local/bin/ota-airflow-entrypoint
+# The entrypoint starts as root to join the Docker socket's group, then runs Airflow as
+# the airflow user (docker/airflow-entrypoint.sh).
+# hadolint ignore=DL3002
+USER 0
+ENTRYPOINT ["/usr/local/bin/ota-airflow-entrypoint"]

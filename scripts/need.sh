@@ -24,6 +24,11 @@ need() {
           echo "error: the GCS/BigQuery emulator tests need root (or CAP_SYS_ADMIN) for unshare -n; run make test as root, or skip them with SKIP_EMULATORS=1" >&2
           exit 1
         fi ;;
+      chromium)
+        if [ ! -x "${OTA_CHROMIUM:-/usr/bin/chromium}" ]; then
+          echo "error: the browser test of the trigger form drives Debian's Chromium: sudo apt-get install -y chromium (or name another build in OTA_CHROMIUM)" >&2
+          exit 1
+        fi ;;
     esac
   done
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Base images for a machine that reaches no image registry, made locally and kept by
-# their tags (a second run builds nothing):
+# Base images for a machine that reaches no image registry, made locally (the Debian base
+# is kept by its tag; the others rebuild from BuildKit's cache, instant when unchanged):
 # - debian:bookworm-slim: a minbase rootfs from Debian's mirror (mmdebstrap), imported;
 # - ota-stand-in/airflow:3.3.2-python3.11: Debian's Python 3.11 and Airflow from PyPI,
 #   laid out as apache/airflow is (docker/stand-ins/airflow.Dockerfile);
@@ -38,14 +38,12 @@ ca_bundle() {
   echo "$cert"
 }
 
-if ! have "$AIRFLOW_IMAGE"; then
-  echo "== $AIRFLOW_IMAGE: a stand-in from Debian's Python and PyPI" >&2
-  "$DOCKER" build --network host --secret "id=ca,src=$(ca_bundle)" \
-    -f "$ROOT/docker/stand-ins/airflow.Dockerfile" -t "$AIRFLOW_IMAGE" "$ROOT/docker/stand-ins"
-fi
+# Built each time: BuildKit's cache makes an unchanged one instant, and a changed
+# Dockerfile or entrypoint is never missed.
+echo "== $AIRFLOW_IMAGE: a stand-in from Debian's Python and PyPI" >&2
+"$DOCKER" build -q --network host --secret "id=ca,src=$(ca_bundle)" \
+  -f "$ROOT/docker/stand-ins/airflow.Dockerfile" -t "$AIRFLOW_IMAGE" "$ROOT/docker/stand-ins" >/dev/null
 
-if ! have "$MYSQL_IMAGE"; then
-  echo "== $MYSQL_IMAGE: a stand-in from Debian's MariaDB" >&2
-  "$DOCKER" build --network host \
-    -f "$ROOT/docker/stand-ins/mysql.Dockerfile" -t "$MYSQL_IMAGE" "$ROOT/docker/stand-ins"
-fi
+echo "== $MYSQL_IMAGE: a stand-in from Debian's MariaDB" >&2
+"$DOCKER" build -q --network host \
+  -f "$ROOT/docker/stand-ins/mysql.Dockerfile" -t "$MYSQL_IMAGE" "$ROOT/docker/stand-ins" >/dev/null

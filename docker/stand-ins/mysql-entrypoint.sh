@@ -1,9 +1,27 @@
 #!/bin/sh
 # The official MySQL image's first-start contract, on MariaDB: on an empty data
-# directory, creates the root password, the database and the user from the environment,
-# then runs the server in the foreground with the given flags.
+# directory, creates the root password, the database and the user from the environment
+# (each password also as *_FILE), then runs the server in the foreground with the given
+# flags.
 set -eu
 DATADIR=/var/lib/mysql
+# VAR_FILE names a file holding VAR's value (Docker secrets), as in the official image;
+# giving both is an error.
+file_env() {
+  var="$1"
+  eval "value=\${$var:-}; file=\${${var}_FILE:-}"
+  if [ -n "$value" ] && [ -n "$file" ]; then
+    echo "error: both $var and ${var}_FILE are set" >&2
+    exit 1
+  fi
+  if [ -n "$file" ]; then
+    value="$(cat "$file")"
+  fi
+  export "$var=$value"
+  unset "${var}_FILE"
+}
+file_env MYSQL_ROOT_PASSWORD
+file_env MYSQL_PASSWORD
 if [ ! -d "$DATADIR/mysql" ]; then
   mariadb-install-db --user=mysql --datadir="$DATADIR" --skip-test-db >/dev/null
   mariadbd --user=mysql --datadir="$DATADIR" --skip-networking --socket=/run/mysqld/init.sock &

@@ -1,6 +1,6 @@
 # A stand-in for mysql:8.4 where no image registry is reachable: Debian's MariaDB with
 # the official image's environment contract (MYSQL_DATABASE, MYSQL_USER, MYSQL_PASSWORD,
-# MYSQL_ROOT_PASSWORD; extra server flags as the command). Built by
+# MYSQL_ROOT_PASSWORD, the passwords also as *_FILE; extra server flags as the command). Built by
 # scripts/stand-in-images.sh.
 FROM debian:bookworm-slim
 # hadolint ignore=DL3008

@@ -34,11 +34,18 @@ def test_compose_file_wires_airflow_mysql_and_the_image():
     seed = " ".join(services["seed"]["command"])
     assert "ota-gen" in seed and "/data/case_data.parquet.gzip" in seed
     assert airflow["environment"]["OTA_CASE_DATA"] == "/data/case_data.parquet.gzip"
-    # A documented login: admin with the password from .env, written before Airflow starts.
+    # No password is written here or in .env: Airflow generates admin's at its first
+    # start, the credentials one-shot MySQL's (read from files, and by Airflow through its
+    # secrets backend); no gid either (the entrypoint joins the socket's group).
     assert airflow["environment"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
-    start = " ".join(airflow["command"])
-    assert "simple_auth_manager_passwords.json.generated" in start and "OTA_AIRFLOW_PASSWORD" in start
-    assert start.index("passwords.json") < start.index("airflow standalone")
+    for text in ((REPO / "docker-compose.yml").read_text(), (REPO / ".env").read_text()):
+        assert "PASSWORD:" not in text and "PASSWORD=" not in text and "mysql://ota:ota@" not in text
+    mysql = services["mysql"]
+    assert mysql["environment"]["MYSQL_PASSWORD_FILE"].startswith("/run/ota-credentials/")
+    assert mysql["environment"]["MYSQL_ROOT_PASSWORD_FILE"].startswith("/run/ota-credentials/")
+    assert mysql["depends_on"]["credentials"]["condition"] == "service_completed_successfully"
+    assert "connections.json" in airflow["environment"]["AIRFLOW__SECRETS__BACKEND_KWARGS"]
+    assert "group_add" not in airflow
 
 
 def test_dockerfile_builds_release_binaries_into_a_slim_non_root_image():
