@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use clap::Args;
 
+pub mod export;
+
 use ota_pipeline::summary::{Status, StepSummary};
 use ota_pipeline::warehouse::{RunSettings, WarehouseConfig};
 use ota_pipeline::window::RequestedWindow;

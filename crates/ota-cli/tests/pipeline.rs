@@ -6,8 +6,13 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use clap::Parser;
 use common::{Env, SourceRow, mtime_micros, read_parquet, rows_of, write_parquet};
 use mysql_async::Row;
+use ota_cli::export::ExportArgs;
+use ota_pipeline::PipelineError;
+use ota_pipeline::mysql::CommitGate;
+use ota_pipeline::steps::export_mysql_with;
 use serde_json::Value;
 
 type Key = (
@@ -538,11 +543,46 @@ fn equal_timestamps_across_batch_boundaries_and_a_crash_mid_export() {
         env.run(step, &w).ok();
     }
     // Crash before committing the 4th batch: 3 batches (300 rows) are in, the 4th is not.
-    let crashed = env.run(
+    // The export runs in this process, from the binary's own flags, with a commit gate
+    // that stops the 4th batch where a crash would: rows and offset written, no commit.
+    struct CrashBeforeCommitting(u64);
+    impl CommitGate for CrashBeforeCommitting {
+        fn before_commit(&self, batch: u64) -> ota_pipeline::Result<()> {
+            if batch == self.0 {
+                return Err(PipelineError::Internal(format!(
+                    "crashed before committing batch {batch}"
+                )));
+            }
+            Ok(())
+        }
+    }
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        export: ExportArgs,
+    }
+    let warehouse_url = env.warehouse_url();
+    let flags = [
         "export-mysql",
-        &["--batch-size", "100", "--fail-after-batches", "3"],
+        "--warehouse-url",
+        &warehouse_url,
+        "--mysql-url",
+        &env.mysql_url,
+        "--batch-size",
+        "100",
+        "--reference-date",
+        "2024-01-01",
+    ];
+    let config = Flags::try_parse_from(flags)
+        .expect("flags")
+        .export
+        .config()
+        .expect("config");
+    let crashed = export_mysql_with(&config, &CrashBeforeCommitting(4));
+    assert!(
+        matches!(&crashed, Err(PipelineError::Internal(m)) if m.contains("batch 4")),
+        "{crashed:?}"
     );
-    assert_eq!(crashed.code, 1, "{}", crashed.stderr);
     assert_eq!(env.count(), 300);
     let after_crash = env.offset().expect("offset after 3 batches");
 

@@ -106,10 +106,6 @@ pub enum PipelineError {
     /// The warehouse and MySQL disagree (reconcile).
     #[error("{0}")]
     Drift(String),
-
-    /// A deliberately injected failure (tests of crash safety).
-    #[error("injected failure: {0}")]
-    Injected(String),
 }
 
 impl PipelineError {

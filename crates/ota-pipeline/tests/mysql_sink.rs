@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::Engine;
 use mysql_async::prelude::Queryable;
-use ota_pipeline::mysql::{LoadMethod, MysqlConfig, MysqlTarget, split_changes};
+use ota_pipeline::mysql::{CommitEveryBatch, LoadMethod, MysqlConfig, MysqlTarget, split_changes};
 use ota_pipeline::warehouse::FeedOffset;
 use ota_pipeline::warehouse::bigquery::feed::{CHANGE_SCHEMA, change_batch};
 use serde_json::{Value, json};
@@ -99,7 +99,11 @@ impl Sink {
                 event_key: KEY_C,
             };
             let applied = match split_changes(&batch) {
-                Ok(changes) => target.apply_changes(&batch, &changes, offset).await,
+                Ok(changes) => {
+                    target
+                        .apply_changes(&batch, &changes, offset, &CommitEveryBatch)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             target.close().await?;

@@ -88,6 +88,28 @@ pub struct MysqlTarget {
     io_timeout: Duration,
     /// The warehouse feed the offsets this run saves are positions in.
     feed_id: Option<String>,
+    /// Batches this session has applied (committed or about to be).
+    batches_applied: u64,
+}
+
+/// Asked once a batch's rows and offset are written to MySQL and before its transaction
+/// commits. A run commits every batch ([`CommitEveryBatch`]); tests and the fault harness
+/// supply a gate that stops an export where a crash would, to prove that a batch and its
+/// offset land together or not at all.
+pub trait CommitGate: Send + Sync {
+    /// `batch`: the batch's number in this run, from 1. An error ends the export with it
+    /// and leaves the batch uncommitted.
+    fn before_commit(&self, batch: u64) -> Result<()>;
+}
+
+/// The gate of every run: each batch commits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitEveryBatch;
+
+impl CommitGate for CommitEveryBatch {
+    fn before_commit(&self, _batch: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A table's forward offset as stored: the position, and which warehouse feed it is a
@@ -161,6 +183,7 @@ impl MysqlTarget {
             masked_url,
             io_timeout,
             feed_id: None,
+            batches_applied: 0,
         };
         target.setup().await?;
         target.log_transport().await?;
@@ -487,34 +510,14 @@ impl MysqlTarget {
     /// Applies one batch of the change feed, already split by [`split_changes`] (the
     /// export splits each batch on its reader thread while the previous one loads), and
     /// moves the offset to its last row, in one transaction: upserts are loaded straight
-    /// into the serving table (`REPLACE`), the keys of tombstones deleted.
+    /// into the serving table (`REPLACE`), the keys of tombstones deleted. `gate` is asked
+    /// once the batch's rows and offset are written, before the commit.
     pub async fn apply_changes(
         &mut self,
         batch: &RecordBatch,
         changes: &ChangeRows,
         offset: FeedOffset,
-    ) -> Result<(u64, u64)> {
-        self.apply_batch(batch, changes, offset, false).await
-    }
-
-    /// Tests of crash safety (debug builds only): does all a batch does, then leaves its
-    /// transaction open and fails, as a crash before the commit would.
-    #[cfg(debug_assertions)]
-    pub async fn apply_changes_then_stop(
-        &mut self,
-        batch: &RecordBatch,
-        changes: &ChangeRows,
-        offset: FeedOffset,
-    ) -> Result<(u64, u64)> {
-        self.apply_batch(batch, changes, offset, true).await
-    }
-
-    async fn apply_batch(
-        &mut self,
-        batch: &RecordBatch,
-        changes: &ChangeRows,
-        offset: FeedOffset,
-        crash_before_commit: bool,
+        gate: &dyn CommitGate,
     ) -> Result<(u64, u64)> {
         let ChangeRows {
             upserts,
@@ -548,11 +551,10 @@ impl MysqlTarget {
             )
             .within(self.io_timeout, "saving the offset")
             .await?;
-        if crash_before_commit {
-            return Err(PipelineError::Injected(
-                "stopped before committing a batch".into(),
-            ));
-        }
+        self.batches_applied += 1;
+        // An error leaves the transaction uncommitted, as a crash here would: the
+        // server rolls it back when the session ends.
+        gate.before_commit(self.batches_applied)?;
         self.conn
             .query_drop("COMMIT")
             .within(self.io_timeout, "committing a batch")

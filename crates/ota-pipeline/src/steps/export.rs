@@ -8,7 +8,9 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::error::{PipelineError, Result};
-use crate::mysql::{MysqlConfig, MysqlTarget, StoredOffset, split_changes};
+use crate::mysql::{
+    CommitEveryBatch, CommitGate, MysqlConfig, MysqlTarget, StoredOffset, split_changes,
+};
 use crate::progress::Progress;
 use crate::summary::{Status, StepSummary};
 use crate::warehouse::change::{ChangeOffsets, DateChecksum};
@@ -27,10 +29,6 @@ pub struct ExportConfig {
     pub reconcile: bool,
     /// What a re-sync may delete from MySQL.
     pub resync: ResyncGuard,
-    /// Tests of crash safety (debug builds only): stop before committing the batch
-    /// after this many.
-    #[cfg(debug_assertions)]
-    pub fail_after_batches: Option<u64>,
 }
 
 /// What a re-sync may delete from what MySQL serves. A date the warehouse holds nothing
@@ -113,6 +111,12 @@ const fn mysql_date(year: i32, month: u32, day: u32) -> NaiveDate {
 }
 
 pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
+    export_mysql_with(config, &CommitEveryBatch)
+}
+
+/// [`export_mysql`] with the gate each batch passes before it commits (tests and the fault
+/// harness stop an export there, as a crash would).
+pub fn export_mysql_with(config: &ExportConfig, gate: &dyn CommitGate) -> Result<StepSummary> {
     if config.batch_rows == 0 {
         return Err(PipelineError::Config(
             "--batch-size must be at least 1".into(),
@@ -135,7 +139,7 @@ pub fn export_mysql(config: &ExportConfig) -> Result<StepSummary> {
         let result = if config.reconcile {
             reconcile(config, window, warehouse, &mut target, &mut summary).await
         } else {
-            export(config, window, warehouse, &mut target, &mut summary).await
+            export(config, window, warehouse, &mut target, gate, &mut summary).await
         };
         // Always release the lock; the first error wins. A session that stopped
         // answering is dropped, not waited on: the server frees its lock with it.
@@ -512,6 +516,7 @@ async fn export(
     window: DateWindow,
     mut warehouse: Box<dyn Warehouse>,
     target: &mut MysqlTarget,
+    gate: &dyn CommitGate,
     summary: &mut StepSummary,
 ) -> Result<()> {
     let start_offset = offset_in_this_feed(config, warehouse.as_mut(), target).await?;
@@ -535,13 +540,7 @@ async fn export(
                 "an empty change batch, or one whose last row has no event key".into(),
             )
         })?;
-        #[cfg(debug_assertions)]
-        if config.fail_after_batches == Some(batches) {
-            target
-                .apply_changes_then_stop(&batch, &changes, next)
-                .await?;
-        }
-        let (u, d) = target.apply_changes(&batch, &changes, next).await?;
+        let (u, d) = target.apply_changes(&batch, &changes, next, gate).await?;
         offset = Some(next);
         upserted += u;
         deleted += d;

@@ -8,6 +8,7 @@ pub mod stage;
 pub use dedup::{DedupConfig, dedup};
 pub use export::{
     DEFAULT_MAX_RESYNC_DELETE_PCT, ExportConfig, HeldDate, ResyncGuard, export_mysql,
+    export_mysql_with,
 };
 pub use load::{
     DEFAULT_MAX_EVENT_DAY_DISTANCE, DEFAULT_MAX_REJECTED_PCT, LoadConfig, QualityLimits,
