@@ -29,6 +29,9 @@ os.environ.update(
         "OTA_TASK_RUNNER": os.environ.get("OTA_TASK_RUNNER", "local"),
     }
 )
+# The DAG files' helper package (ota_airflow), importable as Airflow makes it from the
+# DAGs folder.
+sys.path.insert(0, str(REPO / "dags"))
 MYSQL_SERVER = os.environ.get("OTA_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
 
 

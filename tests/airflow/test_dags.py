@@ -117,71 +117,6 @@ def test_docker_tasks_mount_keys_read_only_and_hide_secrets():
     assert task.xcom_all is False
 
 
-def dag_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ota_dag", DAG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_export_gets_the_window_only_when_dates_were_named():
-    module = dag_module()
-
-    class TI:
-        def __init__(self, status):
-            self.status = status
-
-        def xcom_pull(self, task_ids):
-            assert task_ids == "stage_files"
-            return json.dumps({"status": self.status, "window": {"start": "2024-01-01", "end": "2024-01-03"}})
-
-    ti = TI("ok")
-    assert module.backfill_bound(ti, {"start_date": None, "end_date": None}, "start") == ""
-    assert module.backfill_bound(ti, {"start_date": "2024-01-01", "end_date": None}, "end") == "2024-01-03"
-    assert module.window_bound(ti, "start") == "2024-01-01"
-
-    class Run:
-        def __init__(self, run_type):
-            self.run_type = run_type
-
-    no_dates = {"start_date": None, "end_date": None}
-    # As the task SDK hands it over: an enum whose str() is "DagRunType.BACKFILL".
-    from airflow.sdk.api.datamodels._generated import DagRunType
-
-    assert module.backfill_bound(ti, no_dates, "end", Run(DagRunType.BACKFILL)) == "2024-01-03"
-    assert module.backfill_bound(ti, no_dates, "end", Run(DagRunType.SCHEDULED)) == ""
-    # A backfill run re-syncs its window; a scheduled one applies the feed.
-    assert module.backfill_bound(ti, no_dates, "end", Run("backfill")) == "2024-01-03"
-    assert module.backfill_bound(ti, no_dates, "end", Run("scheduled")) == ""
-    assert module.has_data(ti) and not module.has_data(TI("no_data"))
-    # What runs after stage-files: the load, nothing (no file), or only the reconcile.
-    assert module.route(ti, {}) == ["load_raw"]
-    assert module.route(TI("no_data"), {}) == []
-    assert module.route(TI("no_data"), {"full_refresh": True}) == ["load_raw"]
-    assert module.route(TI("no_data"), {"reconcile_only": True}) == ["reconcile"]
-    assert module.route(ti, {"reconcile_only": True, "full_refresh": True}) == ["reconcile"]
-    assert module.switch({"dry_run": True}, "dry_run") == "true"
-    assert module.switch({}, "full_refresh") == "false"
-
-
-def test_reference_date_follows_the_run_type():
-    module = dag_module()
-
-    class Run:
-        def __init__(self, run_type, run_after):
-            self.run_type, self.run_after = run_type, run_after
-
-    utc = dt.timezone.utc
-    end = dt.datetime(2024, 1, 4, tzinfo=utc)
-    assert module.reference_date(Run("scheduled", end), end) == "2024-01-03"
-    assert module.reference_date(Run("backfill", end), end) == "2024-01-03"
-    manual = dt.datetime(2024, 5, 6, 7, 8, tzinfo=utc)
-    assert module.reference_date(Run("manual", manual), end) == "2024-05-06"
-    assert module.reference_date(Run("manual", manual), None) == "2024-05-06"
-
-
 def dag_test(pipeline, conf: dict | None, logical_date: str | None = None, check=True, env: dict | None = None):
     args = ["dags", "test", "ota_pipeline"]
     if logical_date:
@@ -353,15 +288,6 @@ def test_openlineage_events_carry_the_steps_datasets_and_counts(pipeline, tmp_pa
     assert checked == {"dedup_events", f"{pipeline.db}.ota_events"}
 
 
-def test_exit_codes_are_read_from_both_operators_errors():
-    module = dag_module()
-    bash = Exception("Bash command failed. The command returned a non-zero exit code 2.")
-    docker = Exception("Docker container failed: {'StatusCode': 2, 'Error': None}")
-    assert module.exit_code_of(bash) == 2 and module.exit_code_of(docker) == 2
-    assert module.exit_code_of(Exception("Docker container failed: {'StatusCode': 1}")) == 1
-    assert module.exit_code_of(Exception("timeout")) is None
-
-
 def test_a_bad_param_fails_at_validation(pipeline):
     proc = dag_test(pipeline, {"start_date": "2024-13-01"}, check=False)
     assert proc.returncode != 0
@@ -414,33 +340,6 @@ def test_a_hostile_param_reaches_the_binary_as_one_literal_argument(pipeline):
     logs = "\n".join(output)
     assert f"x'; touch {pwned}; echo '" in logs
     assert "--reconcile" in logs and "unexpected argument" not in logs
-
-
-class FakeConnection:
-    def __init__(self, login=None, password=None, host=None, port=None, schema=None, extra=None):
-        self.login, self.password, self.host, self.port, self.schema = login, password, host, port, schema
-        self.extra_dejson = extra or {}
-
-
-def test_connections_become_the_settings_the_binaries_take(tmp_path):
-    module = dag_module()
-    conn = FakeConnection("ota", "p@ss:/w?rd", "db.internal", 3307, "ota", {"ssl_mode": "verify-ca"})
-    assert module.mysql_url(conn) == "mysql://ota:p%40ss%3A%2Fw%3Frd@db.internal:3307/ota?ssl-mode=verify-ca"
-    assert module.mysql_url(FakeConnection(host="h", schema="d")) == "mysql://h:3306/d"
-    key = {"type": "service_account", "client_email": "a@b"}
-    assert json.loads(module.google_key(FakeConnection(extra={"keyfile_dict": key}))) == key
-    assert module.google_key(FakeConnection(extra={"extra__google_cloud_platform__keyfile_dict": json.dumps(key)}))
-    key_file = tmp_path / "key.json"
-    key_file.write_text(json.dumps(key))
-    assert json.loads(module.google_key(FakeConnection(extra={"key_path": str(key_file)}))) == key
-    # No key in the connection: the binaries use Application Default Credentials.
-    assert module.google_key(FakeConnection(extra={"project": "p"})) is None
-    # Keys go only to the real services, never to an emulator or an embedded backend.
-    assert module.uses_google("gcs", {"OTA_LAKE_URL": "gs://b/p"})
-    assert not module.uses_google("gcs", {"OTA_LAKE_URL": "gs://b/p", "OTA_GCS_ENDPOINT": "http://e"})
-    assert not module.uses_google("gcs", {"OTA_LAKE_URL": "file:///lake"})
-    assert module.uses_google("bq", {"OTA_WAREHOUSE_URL": "bigquery://p/d"})
-    assert not module.uses_google("bq", {"OTA_WAREHOUSE_URL": "duckdb:///w.duckdb"})
 
 
 def test_mysql_credentials_come_from_an_airflow_connection(pipeline):
@@ -519,16 +418,17 @@ def test_steps_declare_assets_share_one_pool_and_call_the_failure_hook(tmp_path,
         assert {dag.get_task(t).pool for t in steps} == {"ota_pipeline"}
 
     # An embedded warehouse's URI keeps its empty host: duckdb:///path, not duckdb:/path.
-    module = dag_module()
-    assert module.without_auth("duckdb:///data/w.duckdb") == "duckdb:///data/w.duckdb"
-    assert module.without_auth("mysql://u:p@db:3306/ota?ssl-mode=required") == "mysql://db:3306/ota"
+    from ota_airflow.lineage import without_auth
+    from ota_airflow.operators import on_failure
+
+    assert without_auth("duckdb:///data/w.duckdb") == "duckdb:///data/w.duckdb"
+    assert without_auth("mysql://u:p@db:3306/ota?ssl-mode=required") == "mysql://db:3306/ota"
 
     # The failure hook calls the function OTA_ON_FAILURE names.
     (tmp_path / "ota_notify.py").write_text("CALLS = []\ndef notify(context):\n    CALLS.append(context['task_id'])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("OTA_ON_FAILURE", "ota_notify:notify")
-    module = dag_module()
-    module.on_failure({"task_id": "load_raw"})
+    on_failure({"task_id": "load_raw"})
     import ota_notify
 
     assert ota_notify.CALLS == ["load_raw"]

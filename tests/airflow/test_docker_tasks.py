@@ -196,6 +196,14 @@ def test_docker_tasks_see_credentials_only_as_files_and_keep_none(pipeline, dock
                 failed = dag_test(pipeline, window, env=env, check=False)
             assert failed.returncode != 0 and "export_mysql" in failed.stdout
             assert password not in failed.stdout + failed.stderr
+
+            # A window stage-files refuses (exit 2 in its container) fails at once, not
+            # retried: the exit code is read from Docker's result, not from a message.
+            refused_env = {**env, "OTA_TASK_RETRIES": "2"}
+            refused_window = {"start_date": "2024-01-03", "end_date": "2024-01-01"}
+            refused = dag_test(pipeline, refused_window, env=refused_env, check=False)
+            assert refused.returncode != 0
+            assert "refused its input or settings" in refused.stdout + refused.stderr
         finally:
             os.environ.clear()
             os.environ.update(saved)

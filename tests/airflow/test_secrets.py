@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 
-from test_dags import dag_module, load_dags
+from test_dags import load_dags
 
 MYSQL = {"conn_type": "mysql", "host": "db", "port": 3306, "login": "ota", "password": "My-S3cret", "schema": "ota"}
 KEYS = {
@@ -29,54 +28,6 @@ def connections_env() -> dict[str, str]:
         "OTA_LAKE_URL": "gs://lake/daily",
         "OTA_WAREHOUSE_URL": "bigquery://p/d",
     }
-
-
-def test_each_step_gets_only_the_credentials_it_uses(monkeypatch):
-    for name, value in connections_env().items():
-        monkeypatch.setenv(name, value)
-    module = dag_module()
-    got = {step: sorted(module.step_secrets(step)) for step in module.STEP_CREDENTIALS}
-    assert got == {
-        "stage_files": ["bq", "gcs"],
-        "load_raw": ["bq", "gcs"],
-        "dedup": ["bq"],
-        "export_mysql": ["bq", "mysql"],
-        "reconcile": ["bq", "mysql"],
-    }
-    secrets = module.step_secrets("load_raw")
-    assert "LAKE-KEY" in secrets["gcs"] and "WAREHOUSE-KEY" in secrets["bq"]
-    assert module.step_secrets("export_mysql")["mysql"] == "mysql://ota:My-S3cret@db:3306/ota"
-    # The two Google connections are two ids by default.
-    assert module.CONNECTION_IDS["OTA_GCS_CONN_ID"] != module.CONNECTION_IDS["OTA_BQ_CONN_ID"]
-
-
-def test_credential_files_are_private_and_removed_after_the_step(tmp_path):
-    module = dag_module()
-    secrets = {"mysql": "mysql://ota:My-S3cret@db/ota", "bq": '{"private_key": "K"}'}
-    with module.secret_files(secrets, str(tmp_path)) as files:
-        assert set(files) == {"OTA_MYSQL_URL_FILE", "OTA_BQ_KEY_FILE"}
-        path = files["OTA_MYSQL_URL_FILE"]
-        assert open(path, encoding="utf-8").read() == secrets["mysql"]
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
-        directory = os.path.dirname(path)
-    assert not os.path.exists(directory)
-    # Removed when the step fails too.
-    try:
-        with module.secret_files(secrets, str(tmp_path), readable_by_others=True) as files:
-            directory = os.path.dirname(files["OTA_BQ_KEY_FILE"])
-            assert stat.S_IMODE(os.stat(directory).st_mode) == 0o711
-            raise RuntimeError("the step failed")
-    except RuntimeError:
-        pass
-    assert not os.path.exists(directory)
-    assert os.listdir(tmp_path) == []
-    # What the worker's environment would add is emptied: the other credentials, and the
-    # direct forms of those given as files.
-    cleared = module.cleared_settings("dedup", {"bq": "K"})
-    assert cleared["OTA_MYSQL_URL"] == "" and cleared["OTA_MYSQL_URL_FILE"] == ""
-    assert cleared["OTA_GCS_KEY_FILE"] == "" and cleared["OTA_BQ_KEY_JSON"] == ""
-    assert "OTA_BQ_KEY_FILE" not in cleared
 
 
 def test_a_docker_task_gets_its_credentials_as_files_on_the_secrets_volume(monkeypatch, tmp_path):
@@ -130,9 +81,10 @@ def test_urls_with_unencoded_reserved_characters_neither_break_the_dags_nor_show
                 serialized = json.dumps(DagSerialization.to_dict(dag))
                 for fragment in ("Pa?ss", "Pass", "Pa#", "ss@", "12/ss"):
                     assert fragment not in serialized, (url, fragment)
-    module = dag_module()
-    assert module.without_auth("mysql://ota:Pa?ss@db:3306/ota") == "mysql://unparseable"
-    assert module.without_auth("mysql://ota:p@ss@db:3306/ota") == "mysql://db:3306/ota"
+    from ota_airflow.lineage import lineage_datasets, without_auth
+
+    assert without_auth("mysql://ota:Pa?ss@db:3306/ota") == "mysql://unparseable"
+    assert without_auth("mysql://ota:p@ss@db:3306/ota") == "mysql://db:3306/ota"
     monkeypatch.setenv("OTA_MYSQL_URL", "mysql://ota:Pa?ss@db:3306/ota")
-    namespace, _ = module.lineage_datasets()["mysql"]
+    namespace, _ = lineage_datasets()["mysql"]
     assert namespace == "mysql://unparseable"
