@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use duckdb::vtab::arrow::{ArrowBatchRegistration, ArrowVTab};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// The reference's SQL, sections named by `-- name:` lines.
 const REFERENCE_SQL: &str = include_str!("../../../docs/reference.sql");
@@ -38,13 +39,15 @@ pub type ServedRow = Vec<Option<String>>;
 #[error("the reference ({what}): {source}")]
 pub struct ReferenceError {
     what: String,
-    source: duckdb::Error,
+    source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-fn failed(what: impl Into<String>) -> impl FnOnce(duckdb::Error) -> ReferenceError {
+fn failed<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> ReferenceError {
     move |source| ReferenceError {
         what: what.into(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -66,7 +69,7 @@ impl Reference {
     pub fn over(
         lake: &Path,
         ingested_at: impl Fn(&Path) -> std::io::Result<i64>,
-    ) -> Result<Self, crate::HarnessError> {
+    ) -> Result<Self, ReferenceError> {
         let conn = duckdb::Connection::open_in_memory().map_err(failed("opening DuckDB"))?;
         conn.register_table_function::<ArrowVTab>("arrow")
             .map_err(failed("registering arrow()"))?;
@@ -74,15 +77,21 @@ impl Reference {
             .map_err(failed("setup"))?;
         let mut files: Vec<_> = std::fs::read_dir(lake)
             .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
-            .map_err(crate::world::io("listing the lake"))?;
+            .map_err(failed("listing the lake"))?;
         files.retain(|p| p.extension().is_some_and(|e| e == "parquet"));
         files.sort();
         for file in files {
-            let at = ingested_at(&file).map_err(crate::world::io("reading a file's mtime"))?;
+            let at = ingested_at(&file).map_err(failed("reading a file's mtime"))?;
             let path = file.display().to_string();
             let mut first_row = 0_i64;
-            for batch in crate::world::read_parquet(&file)? {
-                let batch = with_row_numbers(batch, first_row)?;
+            let reading = format!("reading {path}");
+            let opened = std::fs::File::open(&file).map_err(failed(&reading))?;
+            let batches = ParquetRecordBatchReaderBuilder::try_new(opened)
+                .map_err(failed(&reading))?
+                .build()
+                .map_err(failed(&reading))?;
+            for batch in batches {
+                let batch = with_row_numbers(batch.map_err(failed(&reading))?, first_row)?;
                 first_row += batch.num_rows() as i64;
                 let rows = ArrowBatchRegistration::new(batch);
                 conn.execute(section("add_file"), duckdb::params![&rows, path, at])
@@ -128,10 +137,7 @@ impl Reference {
 }
 
 /// The batch with a `source_row` column: each row's ordinal in its file.
-fn with_row_numbers(
-    batch: RecordBatch,
-    first_row: i64,
-) -> Result<RecordBatch, crate::HarnessError> {
+fn with_row_numbers(batch: RecordBatch, first_row: i64) -> Result<RecordBatch, ReferenceError> {
     let rows = Int64Array::from_iter_values(first_row..first_row + batch.num_rows() as i64);
     let mut fields: Vec<Field> = batch
         .schema()
@@ -142,12 +148,8 @@ fn with_row_numbers(
     fields.push(Field::new("source_row", DataType::Int64, false));
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(rows));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
-        crate::HarnessError::Data {
-            context: "numbering a file's rows".into(),
-            source: Box::new(e),
-        }
-    })
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(failed("numbering a file's rows"))
 }
 
 /// How what MySQL serves differs from what it should.

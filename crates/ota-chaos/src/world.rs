@@ -562,13 +562,14 @@ impl World {
 
     /// The lake as the reference reads it.
     fn reference(&self) -> Result<crate::reference::Reference> {
-        crate::reference::Reference::over(&self.lake(), |file| {
+        let reference = crate::reference::Reference::over(&self.lake(), |file| {
             let modified = std::fs::metadata(file)?.modified()?;
             let since = modified
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_err(std::io::Error::other)?;
             Ok(since.as_micros() as i64)
-        })
+        })?;
+        Ok(reference)
     }
 
     /// MySQL's serving table against the reference over the lake as it is.

@@ -34,7 +34,7 @@ pub enum PipelineError {
     BadContent {
         uri: String,
         reason: String,
-        kind: crate::warehouse::QuarantineKind,
+        kind: crate::quarantine::QuarantineKind,
     },
 
     #[error("I/O error on {path}: {source}")]

@@ -15,6 +15,7 @@ pub mod hex;
 pub mod lake;
 pub mod mysql;
 pub mod progress;
+pub mod quarantine;
 pub mod split;
 pub mod steps;
 pub mod summary;

@@ -6,6 +6,7 @@ pub mod change;
 pub mod duckdb;
 pub mod key_order;
 
+pub use crate::quarantine::QuarantineKind;
 pub use change::{DateChecksum, FeedOffset, add_to_checksum, binary_at};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,43 +35,6 @@ pub trait RawSource {
         file: &LakeFile,
         sink: &mut dyn FnMut(TypedBatch) -> Result<()>,
     ) -> Result<()>;
-}
-
-/// Why a file version was kept out of the loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QuarantineKind {
-    /// Its content cannot be loaded: only a new version leaves quarantine.
-    Unreadable,
-    /// It holds far fewer rows than the version it would replace: each run checks it
-    /// again, so a new version, or a run that allows shrinking, leaves quarantine.
-    Shrunk,
-    /// More of its rows were rejected than `--max-rejected-pct` allows: each run checks
-    /// it again, so a new version, or a looser limit, leaves quarantine.
-    Rejected,
-    /// It has columns the event contract does not know and the run was told to hold such
-    /// files (`--unknown-columns quarantine`): checked again each run, like `Rejected`.
-    UnknownColumns,
-}
-
-impl QuarantineKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            QuarantineKind::Unreadable => "unreadable",
-            QuarantineKind::Shrunk => "shrunk",
-            QuarantineKind::Rejected => "rejected",
-            QuarantineKind::UnknownColumns => "unknown_columns",
-        }
-    }
-
-    pub fn parse(name: &str) -> QuarantineKind {
-        match name {
-            "shrunk" => QuarantineKind::Shrunk,
-            "rejected" => QuarantineKind::Rejected,
-            "unknown_columns" => QuarantineKind::UnknownColumns,
-            _ => QuarantineKind::Unreadable,
-        }
-    }
 }
 
 /// A file version load-raw could not load, kept out of later loads until a new version
