@@ -6,7 +6,7 @@ use ota_pipeline::Result;
 use ota_pipeline::mysql::{DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig};
 use ota_pipeline::steps::{DEFAULT_MAX_RESYNC_DELETE_PCT, ExportConfig, ResyncGuard};
 
-use crate::{WarehouseArgs, WindowArgs, secret_setting};
+use crate::{ProgressArgs, WarehouseArgs, WindowArgs, secret_setting};
 
 /// No Debug: it may hold the MySQL URL with its password.
 #[derive(Clone, Args)]
@@ -15,6 +15,8 @@ pub struct ExportArgs {
     pub window: WindowArgs,
     #[command(flatten)]
     pub warehouse: WarehouseArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     /// The serving database: mysql://user:password@host:3306/database (created if missing).
     #[arg(
         long,
@@ -91,6 +93,7 @@ impl ExportArgs {
                 delete_absent_dates: self.delete_absent_dates,
                 max_delete_pct: self.max_resync_delete_pct,
             },
+            progress: self.progress.period(),
         })
     }
 }

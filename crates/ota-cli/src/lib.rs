@@ -83,6 +83,21 @@ impl WarehouseArgs {
     }
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ProgressArgs {
+    /// Seconds between progress lines in the log (rows done, rate, time left); 0: none.
+    #[arg(long, env = "OTA_PROGRESS_SECS", value_name = "SECONDS")]
+    pub progress_secs: Option<String>,
+}
+
+impl ProgressArgs {
+    /// How often progress is logged (`None`: never); an unreadable value logs a warning
+    /// and keeps the default.
+    pub fn period(&self) -> Option<std::time::Duration> {
+        ota_pipeline::progress::period_of(given(&self.progress_secs))
+    }
+}
+
 /// Sets up logging to stderr (`RUST_LOG`, default info).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

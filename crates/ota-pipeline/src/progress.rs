@@ -1,13 +1,12 @@
 //! Progress of a long step in its log: rows done of the total, rows per second and the
-//! time left, at a steady period (`OTA_PROGRESS_SECS`, seconds, default 10; 0 turns it
-//! off). The
-//! step's summary, the last line of stdout, is not touched: progress goes to the log.
+//! time left, at a steady period (`--progress-secs` / `OTA_PROGRESS_SECS`, seconds,
+//! default 10; 0 turns it off). The step's summary, the last line of stdout, is not
+//! touched: progress goes to the log.
 
 use std::time::{Duration, Instant};
 
-/// Environment variable holding the period in seconds.
-pub const PERIOD_VAR: &str = "OTA_PROGRESS_SECS";
-const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
+/// The period when none is set.
+pub const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
 
 /// What one progress line says.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,12 +40,6 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Progress of `what` (e.g. "rows loaded") in `step`, with the period from the
-    /// environment.
-    pub fn new(step: &'static str, what: &'static str, total: Option<u64>) -> Self {
-        Progress::with_period(step, what, total, period_from_env())
-    }
-
     /// Progress logged every `period` (`None`: never).
     pub fn with_period(
         step: &'static str,
@@ -142,10 +135,10 @@ impl Progress {
     }
 }
 
-/// The period `OTA_PROGRESS_SECS` names in seconds, 0 for never; the default when unset
-/// or unreadable.
-fn period_from_env() -> Option<Duration> {
-    let secs = std::env::var(PERIOD_VAR).ok().map(|v| {
+/// The period a setting names in seconds (`None`: not set), `None` for never (0); the
+/// default when unset or unreadable (with a warning: a log setting never fails a step).
+pub fn period_of(setting: Option<&str>) -> Option<Duration> {
+    let secs = setting.map(|v| {
         v.trim()
             .parse::<f64>()
             .ok()
@@ -156,8 +149,8 @@ fn period_from_env() -> Option<Duration> {
         Some(Some(period)) => Some(period),
         Some(None) => {
             tracing::warn!(
-                var = PERIOD_VAR,
-                "not a number of seconds; logging progress every 10 s"
+                setting = setting.unwrap_or_default(),
+                "--progress-secs is not a number of seconds; logging progress every 10 s"
             );
             Some(DEFAULT_PERIOD)
         }
@@ -178,6 +171,16 @@ pub fn estimated_total(rows_opened: u64, bytes_opened: u64, bytes_unopened: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_period_setting_reads_seconds_zero_as_never_and_garbage_as_the_default() {
+        assert_eq!(period_of(None), Some(DEFAULT_PERIOD));
+        assert_eq!(period_of(Some(" 2.5 ")), Some(Duration::from_millis(2500)));
+        assert_eq!(period_of(Some("0")), None);
+        // A log setting never fails a step: an unreadable one keeps the default.
+        assert_eq!(period_of(Some("ten")), Some(DEFAULT_PERIOD));
+        assert_eq!(period_of(Some("-1")), Some(DEFAULT_PERIOD));
+    }
 
     #[test]
     fn a_line_gives_the_rate_the_share_and_the_time_left() {

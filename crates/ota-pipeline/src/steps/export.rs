@@ -2,6 +2,7 @@
 //! the offset it reaches in one transaction; re-sync a named window exactly; reconcile.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
@@ -29,6 +30,8 @@ pub struct ExportConfig {
     pub reconcile: bool,
     /// What a re-sync may delete from MySQL.
     pub resync: ResyncGuard,
+    /// How often progress is logged (`None`: never).
+    pub progress: Option<Duration>,
 }
 
 /// What a re-sync may delete from what MySQL serves. A date the warehouse holds nothing
@@ -376,7 +379,12 @@ async fn resync(
     if let Err(e) = target.begin_resync().await {
         return (Err(e), Some(warehouse));
     }
-    let mut progress = Progress::new("export-mysql", "rows re-synced", Some(warehouse_rows));
+    let mut progress = Progress::with_period(
+        "export-mysql",
+        "rows re-synced",
+        Some(warehouse_rows),
+        config.progress,
+    );
     let mut reader = WarehouseReader::spawn(
         warehouse,
         ChangeSelection::Dates(dates.to_vec()),
@@ -532,7 +540,12 @@ async fn export(
         |batch| Ok((split_changes(&batch)?, batch)),
     );
     // Where the backend can count the feed cheaply, progress shows a total and time left.
-    let mut progress = Progress::new("export-mysql", "change rows applied", feed_length);
+    let mut progress = Progress::with_period(
+        "export-mysql",
+        "change rows applied",
+        feed_length,
+        config.progress,
+    );
     while let Some(batch) = target.alive_while(reader.next()).await? {
         let (changes, batch) = batch?;
         let next = ChangeOffsets::of(&batch)?.last().ok_or_else(|| {

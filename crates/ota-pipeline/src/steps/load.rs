@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::time::Duration;
 
 use arrow::array::RecordBatchReader;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -26,6 +27,8 @@ pub struct LoadConfig {
     pub warehouse: WarehouseConfig,
     pub shrink: ShrinkGuard,
     pub quality: QualityLimits,
+    /// How often progress is logged (`None`: never).
+    pub progress: Option<Duration>,
 }
 
 /// The default `--max-rejected-pct`. Sources reject well under 1% of their rows (a
@@ -205,8 +208,8 @@ impl<'a> ParquetRawSource<'a> {
     }
 
     /// Logs progress through `files` (rows done of the total, rate, time left).
-    pub fn with_progress(mut self, files: &[LakeFile]) -> Self {
-        self.progress = Progress::new("load-raw", "rows typed and appended", None);
+    pub fn with_progress(mut self, files: &[LakeFile], period: Option<Duration>) -> Self {
+        self.progress = Progress::with_period("load-raw", "rows typed and appended", None, period);
         self.bytes_to_read = files.iter().map(|f| f.size).sum();
         self
     }
@@ -495,7 +498,7 @@ pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
         let mut source = ParquetRawSource::new(lake.as_ref(), loaded_at)
             .with_shrink_guard(config.shrink, rows_before.clone())
             .with_quality_limits(config.quality)
-            .with_progress(&changed);
+            .with_progress(&changed, config.progress);
         match warehouse.load_raw(&changed, loaded_at, &mut source) {
             Ok(outcome) => break (outcome, source),
             Err(PipelineError::BadContent { uri, reason, kind })

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ota_cli::{LakeArgs, WarehouseArgs, WindowArgs, run_step};
+use ota_cli::{LakeArgs, ProgressArgs, WarehouseArgs, WindowArgs, run_step};
 use ota_pipeline::steps::{
     DEFAULT_MAX_EVENT_DAY_DISTANCE, DEFAULT_MAX_REJECTED_PCT, LoadConfig, QualityLimits,
     ShrinkGuard, UnknownColumns, load_raw,
@@ -19,6 +19,8 @@ struct Cli {
     lake: LakeArgs,
     #[command(flatten)]
     warehouse: WarehouseArgs,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// Load re-delivered files even when they hold far fewer rows than the versions they
     /// replace (by default such a file is refused and named).
     #[arg(long, env = "OTA_ALLOW_SHRINK")]
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
                 unknown_columns: cli.unknown_columns,
                 max_event_day_distance: cli.max_event_day_distance,
             },
+            progress: cli.progress.period(),
         };
         load_raw(&config)
     })
