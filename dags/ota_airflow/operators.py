@@ -37,13 +37,24 @@ USER_ERROR_EXIT = 2
 PARTIAL_EXIT = 3
 
 
+def fail_exception() -> type[Exception]:
+    """The exception that fails a task without its retries: the Task SDK's, or on an
+    Airflow without it, the one of ``airflow.exceptions``."""
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:
+        from airflow.exceptions import AirflowFailException
+    return AirflowFailException
+
+
 def run_step(operator, context):
     """Runs the step; a refusal of its input or settings (exit 2) fails the task at once,
     without the retries meant for faults: a retry would be refused the same way. So does
     a step that held part of its work back (exit 3: quarantined files, dates an export
     would not delete), unless ``OTA_ON_QUARANTINE=warn``."""
-    from airflow.exceptions import AirflowException, AirflowFailException
+    from airflow.exceptions import AirflowException
 
+    AirflowFailException = fail_exception()
     try:
         return operator.execute_step(context)
     except AirflowFailException:
@@ -135,7 +146,6 @@ def docker_operator():
 
     class StepDockerOperator(StepOperator, DockerOperator):
         def execute_step(self, context):
-            from airflow.exceptions import AirflowFailException
             from docker.types import Mount
 
             self.record_exit_code()
@@ -144,7 +154,7 @@ def docker_operator():
                 return DockerOperator.execute(self, context)
             root, volume = os.environ.get("OTA_SECRETS_DIR"), os.environ.get("OTA_SECRETS_VOLUME")
             if not (root and volume and os.path.isdir(root)):
-                raise AirflowFailException(
+                raise fail_exception()(
                     "credentials reach Docker tasks as files on a tmpfs volume, never as "
                     "environment: set OTA_SECRETS_VOLUME (the Docker volume) and "
                     "OTA_SECRETS_DIR (where this worker mounts it); the compose stack does"
