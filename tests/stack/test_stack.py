@@ -16,6 +16,7 @@ from conftest import (
     CREDENTIALS,
     DOCKER,
     EXPECTED_ROWS,
+    REPO,
     WINDOW,
     airflow_password,
     compose,
@@ -113,6 +114,53 @@ def test_no_password_is_a_default(loaded, airflow):
     # Both ports answer on this machine only.
     for service, port in [("airflow", "8080"), ("mysql", "3306")]:
         assert compose("port", service, port).stdout.strip().startswith("127.0.0.1:"), service
+
+
+def test_credentials_left_empty_are_made_again():
+    """A credentials volume whose password files exist but are empty (a first start cut
+    short, a careless restore) gets new random passwords: an empty one is never kept.
+    Run under a project of its own, so the stack under test keeps its passwords."""
+    project = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'ota-pipeline')}-seeded"
+    volume = f"{project}_credentials"
+    image = os.environ.get("OTA_IMAGE", "ota-pipeline:latest")
+    # Names of its own for everything the stack names from the environment, too.
+    env = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": project,
+        "OTA_NETWORK": project,
+        "OTA_DATA_VOLUME": f"{project}-data",
+        "OTA_SECRETS_VOLUME": f"{project}-secrets",
+    }
+
+    def in_volume(script: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [DOCKER, "run", "--rm", "-u", "0", "-v", f"{volume}:/c", "--entrypoint", "sh", image, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    subprocess.run([DOCKER, "volume", "create", volume], check=True, capture_output=True, timeout=60)
+    try:
+        seeded = in_volume(": > /c/mysql-password; : > /c/mysql-root-password; echo '{}' > /c/connections.json")
+        assert seeded.returncode == 0, seeded.stderr
+        made = subprocess.run(
+            [DOCKER, "compose", "run", "--rm", "--no-deps", "credentials"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
+        read = in_volume("cat /c/mysql-password; echo; cat /c/mysql-root-password; echo; cat /c/connections.json")
+        assert read.returncode == 0, read.stderr
+        user, root, connections = read.stdout.split("\n")[:3]
+        assert len(user) >= 16 and len(root) >= 16 and user != root, read.stdout
+        assert json.loads(connections) == {"mysql_default": f"mysql://ota:{user}@mysql:3306/ota"}
+    finally:
+        subprocess.run([DOCKER, "compose", "down", "-v"], cwd=REPO, env=env, capture_output=True, timeout=120)
+        subprocess.run([DOCKER, "volume", "rm", "-f", volume], capture_output=True, timeout=60)
 
 
 def credentials() -> dict[str, str]:
