@@ -26,7 +26,7 @@ pub mod settle;
 use std::path::{Path, PathBuf};
 
 use mysql_async::prelude::Queryable;
-use ota_pipeline::mysql::sql::OnDuplicate;
+use ota_mysql::load_data::OnDuplicate;
 use serde_json::json;
 
 use child::{StepRun, Steps};
@@ -46,7 +46,7 @@ pub enum BenchError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Pipeline(#[from] ota_pipeline::PipelineError),
+    Pipeline(#[from] ota_core::PipelineError),
     #[error("{0}")]
     Config(String),
 }
@@ -335,7 +335,7 @@ pub fn run(config: &BenchConfig) -> Result<serde_json::Value, BenchError> {
             "days, rows per day and repeat must be at least 1".into(),
         ));
     }
-    ota_pipeline::contract::validate_identifier("bench database", &config.database)?;
+    ota_core::contract::validate_identifier("bench database", &config.database)?;
     std::fs::create_dir_all(&config.work_dir).map_err(|e| BenchError::io(&config.work_dir, e))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

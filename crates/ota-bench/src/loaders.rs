@@ -16,10 +16,9 @@ use futures_util::{StreamExt, stream};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Value};
 
-use ota_pipeline::mysql::encode::RowEncoder;
-use ota_pipeline::mysql::sql;
-use ota_pipeline::mysql::{split_changes, target_projection};
-use ota_pipeline::warehouse::{Access, ChangeSelection, RunSettings, open_warehouse};
+use ota_mysql::load_data::{self as sql, RowEncoder};
+use ota_mysql::{split_changes, target_projection};
+use ota_warehouse::{Access, ChangeSelection, RunSettings, WarehouseConfig};
 
 use crate::BenchError;
 
@@ -58,18 +57,16 @@ pub fn read_feed(
     batch_rows: usize,
     each: &mut FeedVisitor<'_>,
 ) -> Result<(), BenchError> {
-    let mut warehouse = open_warehouse(
-        warehouse_url,
-        &RunSettings::default(),
-        Access::ReadOnly,
-        "bench",
-    )?;
+    let mut warehouse = WarehouseConfig::new(warehouse_url, RunSettings::default(), |var| {
+        std::env::var(var).ok()
+    })?
+    .open(Access::ReadOnly, "bench")?;
     let mut failed = None;
     warehouse.stream_changes(&ChangeSelection::After(None), batch_rows, &mut |batch| {
-        let result = target_projection(&batch)
+        let rows = batch.record_batch();
+        let result = target_projection(rows)
             .map_err(BenchError::from)
-            .and_then(|cols| Ok((cols, split_changes(&batch)?)))
-            .and_then(|(cols, changes)| each(&batch, &cols, &changes.upserts));
+            .and_then(|cols| each(rows, &cols, &split_changes(&batch).upserts));
         match result {
             Ok(()) => Ok(true),
             Err(e) => {

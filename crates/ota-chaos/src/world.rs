@@ -247,8 +247,9 @@ impl World {
         let Some(cloud) = &self.cloud else {
             return Ok(());
         };
-        use ota_pipeline::lake::Lake;
-        let lake = ota_pipeline::lake::gcs::GcsLake::open(&cloud.lake_url)
+        use ota_lake::Lake;
+        let lake = ota_lake::gcs::GcsSettings::from_lookup(|var| std::env::var(var).ok())
+            .and_then(|settings| ota_lake::gcs::GcsLake::open(&cloud.lake_url, &settings))
             .map_err(data("opening the gs:// lake"))?;
         let local = self.lake().join(name);
         lake.put_file(name, &local)

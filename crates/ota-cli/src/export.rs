@@ -2,8 +2,8 @@
 //! tests build the same configuration from the same flags).
 
 use clap::Args;
-use ota_pipeline::Result;
-use ota_pipeline::mysql::{DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig};
+use ota_core::Result;
+use ota_mysql::{DEFAULT_IO_TIMEOUT_SECS, LoadMethod, MysqlConfig};
 use ota_pipeline::steps::{DEFAULT_MAX_RESYNC_DELETE_PCT, ExportConfig, ResyncGuard};
 
 use crate::{ProgressArgs, WarehouseArgs, WindowArgs, secret_setting};
@@ -74,7 +74,7 @@ impl ExportArgs {
     pub fn config(self) -> Result<ExportConfig> {
         Ok(ExportConfig {
             window: self.window.request()?,
-            warehouse: self.warehouse.config(),
+            warehouse: self.warehouse.config()?,
             mysql: MysqlConfig {
                 url: secret_setting(
                     "--mysql-url (OTA_MYSQL_URL) or --mysql-url-file (OTA_MYSQL_URL_FILE)",

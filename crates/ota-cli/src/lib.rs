@@ -10,10 +10,12 @@ use clap::Args;
 
 pub mod export;
 
+use ota_core::PipelineError;
+use ota_core::Result;
+use ota_core::window::RequestedWindow;
+use ota_lake::LakeConfig;
 use ota_pipeline::summary::{Status, StepSummary};
-use ota_pipeline::warehouse::{RunSettings, WarehouseConfig};
-use ota_pipeline::window::RequestedWindow;
-use ota_pipeline::{PipelineError, Result};
+use ota_warehouse::{RunSettings, WarehouseConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct WindowArgs {
@@ -54,6 +56,20 @@ pub struct LakeArgs {
     pub lake_url: String,
 }
 
+/// A setting's value from the process environment: the one place the step binaries read
+/// it, handed to the library's settings parsers (which count an empty value as unset).
+pub fn environment(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+impl LakeArgs {
+    /// The lake these flags name, a GCS one reached as the environment says
+    /// (`OTA_GCS_KEY_FILE`, `OTA_GCS_KEY_JSON`, `OTA_GCS_ENDPOINT`, `OTA_SCRATCH_DIR`).
+    pub fn config(&self) -> Result<LakeConfig> {
+        LakeConfig::new(self.lake_url.clone(), environment)
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct WarehouseArgs {
     /// The warehouse: duckdb:///abs/path/warehouse.duckdb (embedded) or
@@ -71,15 +87,14 @@ pub struct WarehouseArgs {
 }
 
 impl WarehouseArgs {
-    /// The warehouse these flags name and how the step runs against it.
-    pub fn config(&self) -> WarehouseConfig {
-        WarehouseConfig {
-            url: self.warehouse_url.clone(),
-            run: RunSettings {
-                dry_run: self.dry_run,
-                run_id: self.run_id.clone(),
-            },
-        }
+    /// The warehouse these flags name, how the step runs against it, and BigQuery
+    /// reached as the environment says (`OTA_BQ_*`, and `OTA_GCS_*` for staging).
+    pub fn config(&self) -> Result<WarehouseConfig> {
+        let run = RunSettings {
+            dry_run: self.dry_run,
+            run_id: self.run_id.clone(),
+        };
+        WarehouseConfig::new(self.warehouse_url.clone(), run, environment)
     }
 }
 
@@ -173,7 +188,7 @@ pub fn run_step(f: impl FnOnce() -> Result<StepSummary>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ota_pipeline::window::WindowSource;
+    use ota_core::window::WindowSource;
 
     fn args(start: &str, end: &str, reference: &str) -> WindowArgs {
         let some = |v: &str| Some(v.to_string());

@@ -281,7 +281,9 @@ fn a_corrupt_object_is_quarantined_clearly_and_loses_nothing() {
     // A daily object is overwritten with bytes that are not Parquet.
     let bad = env.dir.path().join("20240502_OTA.parquet");
     std::fs::write(&bad, b"this is not a parquet file").expect("write");
-    let lake = ota_pipeline::lake::open_lake(&env.lake_url()).expect("lake");
+    let lake = ota_lake::LakeConfig::new(env.lake_url(), |var| std::env::var(var).ok())
+        .and_then(|config| config.open())
+        .expect("lake");
     lake.put_file("20240502_OTA.parquet", &bad).expect("upload");
     env.run("stage-files", &window).ok();
     // The file is quarantined, the others load: a partial run (exit 3).

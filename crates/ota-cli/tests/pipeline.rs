@@ -10,8 +10,8 @@ use clap::Parser;
 use common::{Env, SourceRow, mtime_micros, read_parquet, rows_of, write_parquet};
 use mysql_async::Row;
 use ota_cli::export::ExportArgs;
-use ota_pipeline::PipelineError;
-use ota_pipeline::mysql::CommitGate;
+use ota_core::PipelineError;
+use ota_mysql::CommitGate;
 use ota_pipeline::steps::export_mysql_with;
 use serde_json::Value;
 
@@ -547,7 +547,7 @@ fn equal_timestamps_across_batch_boundaries_and_a_crash_mid_export() {
     // that stops the 4th batch where a crash would: rows and offset written, no commit.
     struct CrashBeforeCommitting(u64);
     impl CommitGate for CrashBeforeCommitting {
-        fn before_commit(&self, batch: u64) -> ota_pipeline::Result<()> {
+        fn before_commit(&self, batch: u64) -> ota_core::Result<()> {
             if batch == self.0 {
                 return Err(PipelineError::Internal(format!(
                     "crashed before committing batch {batch}"

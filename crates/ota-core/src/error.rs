@@ -76,7 +76,7 @@ pub enum PipelineError {
     Mysql {
         context: String,
         #[source]
-        source: mysql_async::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// MySQL took a load but warned about its values (LOCAL loads turn conversion errors
@@ -151,10 +151,13 @@ impl PipelineError {
         }
     }
 
-    pub fn mysql(context: impl Into<String>, source: mysql_async::Error) -> Self {
+    pub fn mysql(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         PipelineError::Mysql {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use crate::error::{PipelineError, Result};
+use ota_core::error::{PipelineError, Result};
 
 /// A backend's credentials, ready to give tokens.
 #[derive(Clone)]
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// What the environment names as one service's credentials.
+/// Where one service's credentials come from, as the settings name them.
 #[derive(Clone, PartialEq, Eq)]
 pub enum CredentialSource {
     /// A service-account key file (`OTA_GCS_KEY_FILE`, `OTA_BQ_KEY_FILE`).
@@ -44,8 +44,9 @@ pub enum CredentialSource {
     /// without a file on the host.
     KeyJson { var: String, json: String },
     /// Application Default Credentials: the key file `GOOGLE_APPLICATION_CREDENTIALS`
-    /// names, else the metadata server (GCE, GKE workload identity, Cloud Run).
-    ApplicationDefault,
+    /// names, else the metadata server (GCE, GKE workload identity, Cloud Run) at its
+    /// usual address or at `metadata_host` (`GCE_METADATA_HOST`, as in Google's clients).
+    ApplicationDefault { metadata_host: Option<String> },
     /// An emulator endpoint, which gets a fixed token.
     Emulator,
 }
@@ -59,7 +60,10 @@ impl std::fmt::Debug for CredentialSource {
                 .debug_struct("KeyJson")
                 .field("var", var)
                 .finish_non_exhaustive(),
-            CredentialSource::ApplicationDefault => f.write_str("ApplicationDefault"),
+            CredentialSource::ApplicationDefault { metadata_host } => f
+                .debug_struct("ApplicationDefault")
+                .field("metadata_host", metadata_host)
+                .finish(),
             CredentialSource::Emulator => f.write_str("Emulator"),
         }
     }
@@ -77,12 +81,8 @@ impl CredentialSource {
     /// The key (file or JSON), or the emulator endpoint, `vars` name; with none of them,
     /// Application Default Credentials. A key and an endpoint together are refused: a real
     /// account's token must never be sent to an endpoint other than Google's; so are a
-    /// key file and key JSON together (which one was meant?).
-    pub fn from_env(vars: CredentialVars) -> Result<CredentialSource> {
-        CredentialSource::from_lookup(vars, |var| std::env::var(var).ok())
-    }
-
-    /// The same, with the variables' values from `lookup`.
+    /// key file and key JSON together (which one was meant?). `lookup` gives a setting's
+    /// value by its variable's name: the CLI hands over the process environment.
     pub fn from_lookup(
         vars: CredentialVars,
         lookup: impl Fn(&str) -> Option<String>,
@@ -115,7 +115,9 @@ impl CredentialSource {
                 json,
             }),
             (None, None, Some(_)) => Ok(CredentialSource::Emulator),
-            (None, None, None) => Ok(CredentialSource::ApplicationDefault),
+            (None, None, None) => Ok(CredentialSource::ApplicationDefault {
+                metadata_host: set(METADATA_HOST_VAR).map(|h| h.trim().to_string()),
+            }),
         }
     }
 }
@@ -128,11 +130,6 @@ const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts
 pub const EMULATOR_TOKEN: &str = "emulator";
 
 impl Credentials {
-    /// Credentials of one service from the environment (each service has its own account).
-    pub async fn from_env(vars: CredentialVars, scope: &'static str) -> Result<Credentials> {
-        Credentials::resolve(CredentialSource::from_env(vars)?, scope).await
-    }
-
     /// Credentials from a source: reads the key and builds the token source; no token is
     /// fetched yet.
     pub async fn resolve(source: CredentialSource, scope: &'static str) -> Result<Credentials> {
@@ -170,14 +167,11 @@ impl Credentials {
                     .await;
                 account(origin, built)
             }
-            CredentialSource::ApplicationDefault => {
+            CredentialSource::ApplicationDefault { metadata_host } => {
                 use yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes as Adc;
-                // GCE_METADATA_HOST moves the metadata server, as in Google's own clients.
                 let opts = yup_oauth2::ApplicationDefaultCredentialsFlowOpts {
-                    metadata_url: std::env::var(METADATA_HOST_VAR)
-                        .ok()
-                        .filter(|h| !h.trim().is_empty())
-                        .map(|host| format!("http://{}{METADATA_TOKEN_PATH}", host.trim())),
+                    metadata_url: metadata_host
+                        .map(|host| format!("http://{host}{METADATA_TOKEN_PATH}")),
                 };
                 let (origin, built) =
                     match yup_oauth2::ApplicationDefaultCredentialsAuthenticator::builder(opts)
@@ -414,8 +408,16 @@ mod tests {
             Some(CredentialSource::Emulator)
         );
         assert_eq!(
+            source(&[("GCE_METADATA_HOST", " 10.0.0.9:8080 ")]).ok(),
+            Some(CredentialSource::ApplicationDefault {
+                metadata_host: Some("10.0.0.9:8080".into())
+            })
+        );
+        assert_eq!(
             source(&[("T_KEY_FILE", " ")]).ok(),
-            Some(CredentialSource::ApplicationDefault)
+            Some(CredentialSource::ApplicationDefault {
+                metadata_host: None
+            })
         );
         for refused in [
             &[("T_KEY_FILE", "/k.json"), ("T_ENDPOINT", "http://e")][..],
@@ -541,15 +543,17 @@ mod tests {
     #[test]
     fn application_default_credentials_use_the_metadata_server_without_a_key() {
         let (addr, seen) = token_server();
-        // Only this test sets these; nextest runs each test in its own process.
+        // yup-oauth2 reads GOOGLE_APPLICATION_CREDENTIALS itself; only this test unsets
+        // it, and nextest runs each test in its own process.
         unsafe {
             std::env::remove_var("GOOGLE_APPLICATION_CREDENTIALS");
-            std::env::set_var(METADATA_HOST_VAR, &addr);
         }
         let rt = BlockingRuntime::new().expect("runtime");
         let credentials = rt
             .block_on(Credentials::resolve(
-                CredentialSource::ApplicationDefault,
+                CredentialSource::ApplicationDefault {
+                    metadata_host: Some(addr.clone()),
+                },
                 "https://www.googleapis.com/auth/devstorage.read_write",
             ))
             .expect("credentials");

@@ -1,7 +1,11 @@
-//! The lake: where daily Parquet files land. A small trait with one module per backend.
+//! ota-lake: where daily Parquet files land. A small trait ([`Lake`]) with one module per
+//! backend: [`local`] (a folder) and [`gcs`] (Google Cloud Storage, authenticated by
+//! [`gcp`]); [`split`] cuts one large Parquet file into daily files in a lake.
 
+pub mod gcp;
 pub mod gcs;
 pub mod local;
+pub mod split;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +13,8 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{PipelineError, Result};
-use crate::window::DateWindow;
+use ota_core::error::{PipelineError, Result};
+use ota_core::window::DateWindow;
 
 /// One daily file in the lake, with the fingerprint the file ledger keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,12 +202,49 @@ pub fn validate_suffix(suffix: &str) -> Result<()> {
     }
 }
 
-/// Opens the lake a URL names.
-pub fn open_lake(url: &str) -> Result<Box<dyn Lake>> {
+/// Which lake a step works on and how it is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeConfig {
+    /// `file:///abs/dir` (a local folder) or `gs://bucket/prefix`.
+    pub url: String,
+    /// How GCS is reached (unused by a local lake).
+    pub gcs: gcs::GcsSettings,
+}
+
+impl LakeConfig {
+    /// The lake at `url`; for a `gs://` URL with the GCS settings `lookup` gives (the CLI
+    /// hands over the process environment), so a local lake never trips on them.
+    pub fn new(url: impl Into<String>, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let url = url.into();
+        let gcs = if url.starts_with("gs://") {
+            gcs::GcsSettings::from_lookup(lookup)?
+        } else {
+            gcs::GcsSettings::default()
+        };
+        Ok(LakeConfig { url, gcs })
+    }
+
+    /// A lake with default settings: a local folder, or GCS with Application Default
+    /// Credentials.
+    pub fn at(url: impl Into<String>) -> Self {
+        LakeConfig {
+            url: url.into(),
+            gcs: gcs::GcsSettings::default(),
+        }
+    }
+
+    /// Opens this lake.
+    pub fn open(&self) -> Result<Box<dyn Lake>> {
+        open_lake(&self.url, &self.gcs)
+    }
+}
+
+/// Opens the lake a URL names, a GCS one reached as `gcs` says.
+pub fn open_lake(url: &str, gcs: &gcs::GcsSettings) -> Result<Box<dyn Lake>> {
     if let Some(rest) = url.strip_prefix("file://") {
         Ok(Box::new(local::LocalLake::open(rest)?))
     } else if url.starts_with("gs://") {
-        Ok(Box::new(gcs::GcsLake::open(url)?))
+        Ok(Box::new(gcs::GcsLake::open(url, gcs)?))
     } else {
         Err(PipelineError::Config(format!(
             "lake URL {url:?} must start with file:// (local folder) or gs:// (GCS)"
@@ -229,5 +270,45 @@ mod tests {
         assert_eq!(day_of_file_name("20241331_OTA.parquet", "OTA"), None);
         assert!(validate_suffix("OTA").is_ok());
         assert!(validate_suffix("../x").is_err());
+    }
+
+    /// A lookup over fixed values, standing in for the process environment.
+    fn lookup(set: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |var| {
+            set.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn gcs_settings_come_from_the_lookup_and_only_for_a_gcs_lake() {
+        // A key and an emulator endpoint together are refused, for a gs:// lake...
+        let clash = lookup(&[
+            ("OTA_GCS_KEY_FILE", "/k.json"),
+            ("OTA_GCS_ENDPOINT", "http://127.0.0.1:4443"),
+        ]);
+        let err = LakeConfig::new("gs://bucket/daily", &clash).expect_err("refused");
+        assert!(err.to_string().contains("OTA_GCS_ENDPOINT"), "{err}");
+        // ...but never trip a local lake, which does not use them.
+        let local = LakeConfig::new("file:///lake", &clash).expect("a local lake");
+        assert_eq!(local.gcs, gcs::GcsSettings::default());
+        let emulator = LakeConfig::new(
+            "gs://bucket/daily",
+            lookup(&[
+                ("OTA_GCS_ENDPOINT", "http://127.0.0.1:4443"),
+                ("OTA_SCRATCH_DIR", "/scratch"),
+            ]),
+        )
+        .expect("an emulator lake");
+        assert_eq!(emulator.gcs.endpoint, "http://127.0.0.1:4443");
+        assert_eq!(
+            emulator.gcs.scratch_dir.as_deref(),
+            Some(Path::new("/scratch"))
+        );
+        assert_eq!(emulator.gcs.credentials, gcp::CredentialSource::Emulator);
+        // Nothing set: Google's endpoint, Application Default Credentials.
+        let plain = LakeConfig::new("gs://bucket", lookup(&[])).expect("a lake");
+        assert_eq!(plain.gcs, gcs::GcsSettings::default());
     }
 }

@@ -11,8 +11,8 @@ use super::{
     Lake, LakeFile, LocalCopy, ObjectVersion, PutOutcome, RecordedVersion, RecordedVersions,
     daily_file_name,
 };
-use crate::error::{PipelineError, Result};
-use crate::window::DateWindow;
+use ota_core::error::{PipelineError, Result};
+use ota_core::window::DateWindow;
 
 /// Configuration and handle of a local lake.
 #[derive(Debug, Clone)]

@@ -15,11 +15,11 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::error::{PipelineError, Result};
-use crate::lake::{Lake, PutOutcome, daily_file_name};
-use crate::typed_batch::event_micros;
-use crate::typing::date_of_epoch_day;
-use crate::typing::epoch_day_of_micros;
+use crate::{Lake, PutOutcome, daily_file_name};
+use ota_core::error::{PipelineError, Result};
+use ota_core::typed_batch::event_micros;
+use ota_core::typing::date_of_epoch_day;
+use ota_core::typing::epoch_day_of_micros;
 
 /// Bytes the open daily writers may buffer before the largest is flushed.
 pub const WRITE_BUFFER_BYTES: usize = 64 << 20;

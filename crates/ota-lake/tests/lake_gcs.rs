@@ -7,11 +7,16 @@ mod faulty_http;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use ota_pipeline::DateWindow;
-use ota_pipeline::gcp::{BlockingRuntime, Credentials};
-use ota_pipeline::lake::gcs::GcsLake;
-use ota_pipeline::lake::gcs::client::GcsClient;
-use ota_pipeline::lake::{Lake, PutOutcome};
+use ota_core::DateWindow;
+use ota_lake::gcp::{BlockingRuntime, Credentials};
+use ota_lake::gcs::client::GcsClient;
+use ota_lake::gcs::{GcsLake, GcsSettings};
+use ota_lake::{Lake, PutOutcome};
+
+/// GCS reached as the emulators' environment says (scripts/with-emulators.sh).
+fn settings() -> GcsSettings {
+    GcsSettings::from_lookup(|var| std::env::var(var).ok()).expect("the emulators' settings")
+}
 
 fn endpoint() -> String {
     std::env::var("OTA_GCS_ENDPOINT")
@@ -63,7 +68,7 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
 #[ignore = "needs the GCS emulator: scripts/with-emulators.sh"]
 fn uploads_skip_identical_objects_and_resume_big_ones() {
     let b = bucket("ota-put");
-    let lake = GcsLake::open(&format!("gs://{b}/daily")).unwrap();
+    let lake = GcsLake::open(&format!("gs://{b}/daily"), &settings()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let small = dir.path().join("small");
     write(&small, &content(1000, 1));
@@ -121,7 +126,7 @@ fn uploads_skip_identical_objects_and_resume_big_ones() {
 #[ignore = "needs the GCS emulator: scripts/with-emulators.sh"]
 fn lists_exactly_the_windows_daily_files_across_months_and_pages() {
     let b = bucket("ota-list");
-    let lake = GcsLake::open(&format!("gs://{b}/events")).unwrap();
+    let lake = GcsLake::open(&format!("gs://{b}/events"), &settings()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("f");
     let names = [
@@ -191,7 +196,7 @@ fn lists_exactly_the_windows_daily_files_across_months_and_pages() {
 #[ignore = "needs the GCS emulator: scripts/with-emulators.sh"]
 fn a_file_replaced_after_listing_is_not_read_as_the_listed_version() {
     let b = bucket("ota-replace");
-    let lake = GcsLake::open(&format!("gs://{b}")).unwrap();
+    let lake = GcsLake::open(&format!("gs://{b}"), &settings()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("f");
     write(&f, b"first version");
@@ -212,7 +217,7 @@ fn a_file_replaced_after_listing_is_not_read_as_the_listed_version() {
 #[test]
 #[ignore = "needs the GCS emulator: scripts/with-emulators.sh"]
 fn a_missing_bucket_is_a_clear_error() {
-    let lake = GcsLake::open("gs://no-such-bucket-here/x").unwrap();
+    let lake = GcsLake::open("gs://no-such-bucket-here/x", &settings()).unwrap();
     let window = DateWindow::new(day("2024-03-01"), day("2024-03-01")).unwrap();
     let err = lake
         .list_daily_files(&window, "OTA", &mut |_| Ok(Default::default()))
@@ -232,7 +237,7 @@ fn a_download_cut_off_halfway_is_tried_again() {
     let f = dir.path().join("f");
     let bytes = content(3 << 20, 7);
     write(&f, &bytes);
-    let lake = GcsLake::open(&format!("gs://{b}")).unwrap();
+    let lake = GcsLake::open(&format!("gs://{b}"), &settings()).unwrap();
     lake.put_file("20240301_OTA.parquet", &f).unwrap();
 
     // The first download of the object's content is cut off halfway.
@@ -243,7 +248,7 @@ fn a_download_cut_off_halfway_is_tried_again() {
             faulty_http::Fault::Pass
         }
     });
-    let http = ota_pipeline::gcp::http_client().unwrap();
+    let http = ota_lake::gcp::http_client().unwrap();
     let client = GcsClient::new(http, &proxy.endpoint, Credentials::Emulator);
     let rt = BlockingRuntime::new().unwrap();
     let dest = dir.path().join("copy");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mysql_async::{Opts, OptsBuilder, SslOpts};
 use serde::Serialize;
 
-use crate::error::{PipelineError, Result};
+use ota_core::error::{PipelineError, Result};
 
 /// How batches reach the serving table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

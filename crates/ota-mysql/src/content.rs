@@ -6,10 +6,10 @@
 use chrono::{NaiveDate, NaiveDateTime, Timelike};
 use mysql_async::{Row, Value};
 
-use crate::contract::{PRICE_SCALE, TYPED_COLUMNS, TypedKind};
-use crate::error::{PipelineError, Result};
-use crate::typed_batch::{ContentValue, digest, encode_value};
-use crate::warehouse::change::{DateChecksum, add_to_checksum};
+use ota_core::change::{DateChecksum, add_to_checksum};
+use ota_core::contract::{PRICE_SCALE, TYPED_COLUMNS, TypedKind};
+use ota_core::error::{PipelineError, Result};
+use ota_core::typed_batch::{ContentValue, digest, encode_value};
 
 /// The content columns `row_hash` covers, in hashing order.
 pub fn content_columns() -> Vec<(&'static str, TypedKind)> {

@@ -15,7 +15,7 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, TimeUnit};
 use mysql_async::Value;
 
-use crate::error::{PipelineError, Result};
+use ota_core::error::{PipelineError, Result};
 
 fn unsupported(name: &str, dt: &DataType) -> PipelineError {
     PipelineError::Internal(format!(

@@ -1,11 +1,9 @@
 //! SQL of the MySQL sink. The target table name is validated (`validate_identifier`)
 //! before it is quoted in; every value is a bound parameter.
 
-use crate::contract::{TYPED_COLUMNS, TypedKind};
+use ota_core::contract::{TYPED_COLUMNS, TypedKind};
 
 /// The state table holding each target table's forward offset.
-pub const OFFSETS_TABLE: &str = "ota_pipeline_offsets";
-
 pub const CREATE_OFFSETS: &str = "CREATE TABLE IF NOT EXISTS ota_pipeline_offsets (
     target_table VARCHAR(64) NOT NULL PRIMARY KEY,
     changed_at DATETIME(6) NOT NULL,

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{PipelineError, Result};
-use crate::mysql::sql::mysql_type;
+use crate::sql::mysql_type;
+use ota_core::error::{PipelineError, Result};
 
 /// One column of the table as `information_schema` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub fn differences(table: &str, facts: &TableFacts) -> Vec<String> {
         )),
     }
     let mut expected: BTreeMap<&str, (String, bool)> = BTreeMap::new();
-    for column in crate::contract::TYPED_COLUMNS.iter() {
+    for column in ota_core::contract::TYPED_COLUMNS.iter() {
         let not_null = matches!(column.name, "event_key" | "event_date" | "row_hash");
         expected.insert(
             column.name,
@@ -160,7 +160,7 @@ mod tests {
             engine: Some("InnoDB".into()),
             ..TableFacts::default()
         };
-        for c in crate::contract::TYPED_COLUMNS.iter() {
+        for c in ota_core::contract::TYPED_COLUMNS.iter() {
             let t = mysql_type(c.kind)
                 .to_ascii_lowercase()
                 .replace("boolean", "tinyint(1)");

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::Engine;
 use mysql_async::prelude::Queryable;
-use ota_pipeline::mysql::{CommitEveryBatch, LoadMethod, MysqlConfig, MysqlTarget, split_changes};
-use ota_pipeline::warehouse::FeedOffset;
-use ota_pipeline::warehouse::bigquery::feed::{CHANGE_SCHEMA, change_batch};
+use ota_core::change::{ChangeBatch, FeedOffset};
+use ota_mysql::{CommitEveryBatch, LoadMethod, MysqlConfig, MysqlTarget, split_changes};
+use ota_warehouse::bigquery::feed::{CHANGE_SCHEMA, change_batch};
 use serde_json::{Value, json};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -85,12 +85,12 @@ impl Sink {
             table: "ota_events".into(),
             load_method: method,
             lock_timeout_secs: 5,
-            io_timeout_secs: ota_pipeline::mysql::DEFAULT_IO_TIMEOUT_SECS,
+            io_timeout_secs: ota_mysql::DEFAULT_IO_TIMEOUT_SECS,
         };
         Sink { rt, db, config }
     }
 
-    fn apply(&self, rows: &[Vec<Value>], offset_at: i64) -> ota_pipeline::Result<(u64, u64)> {
+    fn apply(&self, rows: &[Vec<Value>], offset_at: i64) -> ota_core::Result<(u64, u64)> {
         let batch = change_batch(rows).expect("change batch");
         self.rt.block_on(async {
             let mut target = MysqlTarget::connect(&self.config).await?;
@@ -98,8 +98,9 @@ impl Sink {
                 changed_at: offset_at,
                 event_key: KEY_C,
             };
-            let applied = match split_changes(&batch) {
-                Ok(changes) => {
+            let applied = match ChangeBatch::try_new(batch) {
+                Ok(batch) => {
+                    let changes = split_changes(&batch);
                     target
                         .apply_changes(&batch, &changes, offset, &CommitEveryBatch)
                         .await
@@ -358,8 +359,8 @@ fn change_batches_are_split_into_upserts_in_primary_key_order_and_tombstones_by_
         change_on("2024-01-01", "U", AT_1, &[0x05; 16], &[]),
         change_on("2024-01-02", "D", AT_1, &[0x40; 16], &[]),
     ];
-    let batch = change_batch(&rows).expect("change batch");
-    let split = ota_pipeline::mysql::split_changes(&batch).expect("split");
+    let batch = ChangeBatch::try_new(change_batch(&rows).expect("change batch")).expect("split");
+    let split = ota_mysql::split_changes(&batch);
     assert_eq!(split.upserts, [3, 1, 0]);
     let tombstones: Vec<(String, Vec<Vec<u8>>)> = split
         .tombstones
@@ -374,8 +375,6 @@ fn change_batches_are_split_into_upserts_in_primary_key_order_and_tombstones_by_
         )]
     );
     let bad = change_batch(&[change_on("2024-01-02", "X", AT_1, &[1; 16], &[])]).expect("batch");
-    let err = ota_pipeline::mysql::split_changes(&bad)
-        .err()
-        .expect("an unknown operation");
+    let err = ChangeBatch::try_new(bad).expect_err("an unknown operation");
     assert!(err.to_string().contains("\"X\""), "{err}");
 }

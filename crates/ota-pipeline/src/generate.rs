@@ -18,9 +18,9 @@ use parquet::basic::{Compression, GzipLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::contract::SOURCE_COLUMNS;
-use crate::error::{PipelineError, Result};
-use crate::lake::daily_file_name;
+use ota_core::contract::SOURCE_COLUMNS;
+use ota_core::error::{PipelineError, Result};
+use ota_lake::daily_file_name;
 
 /// Rows generated per Arrow batch (bounds memory whatever the total).
 const GEN_BATCH_ROWS: usize = 32_768;

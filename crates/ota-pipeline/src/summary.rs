@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::window::DateWindow;
+use ota_core::window::DateWindow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,7 +65,7 @@ impl StepSummary {
 
     /// Records what the warehouse did for the step: its jobs in the summary, a dry run's
     /// statements in the report.
-    pub fn record_warehouse(&mut self, warehouse: &mut dyn crate::warehouse::Warehouse) {
+    pub fn record_warehouse(&mut self, warehouse: &mut dyn ota_warehouse::Warehouse) {
         self.report.extend(warehouse.take_report());
         if let Some(jobs) = warehouse.job_log() {
             self.detail("warehouse_jobs", jobs);

@@ -18,8 +18,8 @@ use arrow::compute::interleave_record_batch;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
-use crate::error::{PipelineError, Result};
-use crate::warehouse::binary_at;
+use crate::binary_at;
+use ota_core::error::{PipelineError, Result};
 
 /// Rows gathered from the source before they are spread over the buckets and spilled
 /// (a key slice fills only its own buckets, so pieces stay a few hundred rows long).
@@ -144,7 +144,8 @@ impl KeyBuckets {
         }
     }
 
-    pub fn buckets(&self) -> usize {
+    #[cfg(test)]
+    fn buckets(&self) -> usize {
         self.blocks.len()
     }
 

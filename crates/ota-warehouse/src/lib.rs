@@ -1,24 +1,25 @@
-//! The warehouse: file ledger, raw table, dedup table and its change feed.
-//! A small trait with one module per backend: embedded DuckDB and BigQuery.
+//! ota-warehouse: the file ledger, the raw table, the deduplicated table and its change
+//! feed. A small trait ([`Warehouse`]) with one module per backend: embedded [`duckdb`]
+//! and [`bigquery`]; [`key_order`] sorts large change selections in bounded memory.
 
 pub mod bigquery;
-pub mod change;
 pub mod duckdb;
-pub mod key_order;
+mod key_order;
 
-pub use crate::quarantine::QuarantineKind;
-pub use change::{DateChecksum, FeedOffset, add_to_checksum, binary_at};
+pub use ota_core::change::{
+    ChangeBatch, ChangeOp, DateChecksum, FeedOffset, add_to_checksum, binary_at,
+};
+pub use ota_core::quarantine::QuarantineKind;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use crate::error::{PipelineError, Result};
-use crate::lake::{LakeFile, RecordedVersion};
-use crate::typed_batch::TypedBatch;
-use crate::window::DateWindow;
+use ota_core::error::{PipelineError, Result};
+use ota_core::typed_batch::TypedBatch;
+use ota_core::window::DateWindow;
+use ota_lake::{LakeFile, RecordedVersion};
 
 /// The files stage-files exposed to the warehouse for a window.
 #[derive(Debug, Clone)]
@@ -125,7 +126,7 @@ impl RawLoadTally {
             let mut last = None;
             for day in days.values().iter() {
                 if last != Some(*day) {
-                    self.dates.insert(crate::typing::date_of_epoch_day(*day));
+                    self.dates.insert(ota_core::typing::date_of_epoch_day(*day));
                     last = Some(*day);
                 }
             }
@@ -179,8 +180,9 @@ pub enum ChangeSelection {
     Dates(Vec<NaiveDate>),
 }
 
-/// A warehouse backend. Change batches carry the columns `op` ('U' upsert, 'D' delete),
-/// `changed_at`, then the typed columns of [`crate::contract::TYPED_SCHEMA`].
+/// A warehouse backend. It streams its change feed as [`ChangeBatch`]es: the columns `op`
+/// (the [`ChangeOp`] code its SQL writes, 'U' upsert or 'D' delete), `changed_at`, then
+/// the typed columns of [`ota_core::contract::TYPED_SCHEMA`], checked when each is built.
 pub trait Warehouse: Send {
     fn url(&self) -> &str;
 
@@ -224,13 +226,13 @@ pub trait Warehouse: Send {
     /// tombstones. `now` is the current time in UTC microseconds.
     fn dedup(&mut self, now: i64) -> Result<DedupOutcome>;
 
-    /// Streams changes in `(changed_at, event_key)` order as Arrow batches of at most
+    /// Streams changes in `(changed_at, event_key)` order as change batches of at most
     /// `batch_rows` rows. `sink` returns false to stop early.
     fn stream_changes(
         &mut self,
         selection: &ChangeSelection,
         batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<()>;
 
     /// When this warehouse's change feed began: the first dedup run's `changed_at`, UTC
@@ -296,27 +298,57 @@ impl RunSettings {
     }
 }
 
-/// Which warehouse a step works on and how it runs against it.
+/// Which warehouse a step works on, how it is reached and how the step runs against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WarehouseConfig {
     /// `duckdb:///abs/path/warehouse.duckdb` or `bigquery://project/dataset?location=US`.
     pub url: String,
     pub run: RunSettings,
+    /// How BigQuery is reached (unused by the embedded warehouse).
+    pub bigquery: bigquery::BigQuerySettings,
 }
 
 impl WarehouseConfig {
+    /// The warehouse at `url`; for a `bigquery://` URL with the settings `lookup` gives
+    /// (the CLI hands over the process environment), so the embedded warehouse never
+    /// trips on them.
+    pub fn new(
+        url: impl Into<String>,
+        run: RunSettings,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let url = url.into();
+        let bigquery = if url.starts_with("bigquery://") {
+            bigquery::BigQuerySettings::from_lookup(lookup)?
+        } else {
+            bigquery::BigQuerySettings::default()
+        };
+        Ok(WarehouseConfig { url, run, bigquery })
+    }
+
+    /// A warehouse with default settings: embedded, or BigQuery with Application Default
+    /// Credentials.
+    pub fn at(url: impl Into<String>, run: RunSettings) -> Self {
+        WarehouseConfig {
+            url: url.into(),
+            run,
+            bigquery: bigquery::BigQuerySettings::default(),
+        }
+    }
+
     /// Opens this warehouse for the step `step`.
     pub fn open(&self, access: Access, step: &str) -> Result<Box<dyn Warehouse>> {
-        open_warehouse(&self.url, &self.run, access, step)
+        open_warehouse(&self.url, &self.run, access, step, &self.bigquery)
     }
 }
 
-/// Opens the warehouse at `url` for the step `step`.
+/// Opens the warehouse at `url` for the step `step`, BigQuery reached as `bigquery` says.
 pub fn open_warehouse(
     url: &str,
     run: &RunSettings,
     access: Access,
     step: &str,
+    bigquery: &bigquery::BigQuerySettings,
 ) -> Result<Box<dyn Warehouse>> {
     if let Some(path) = url.strip_prefix("duckdb://") {
         if run.dry_run {
@@ -338,6 +370,7 @@ pub fn open_warehouse(
             url,
             access == Access::ReadOnly,
             &options,
+            bigquery,
         )?))
     } else {
         Err(PipelineError::Config(format!(

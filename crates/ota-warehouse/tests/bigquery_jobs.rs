@@ -5,6 +5,7 @@
 //! is tried again, and a job that never finishes fails at its deadline and is cancelled.
 
 mod backends;
+#[path = "../../ota-lake/tests/faulty_http/mod.rs"]
 mod faulty_http;
 
 use std::sync::atomic::Ordering;
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use faulty_http::{Fault, FaultyHttpProxy};
 
 use backends::{EMULATOR_PROJECT, create_bucket_and_dataset};
-use ota_pipeline::gcp::{BlockingRuntime, Credentials};
-use ota_pipeline::warehouse::bigquery::client::{Attach, DEFAULT_JOB_TIMEOUT, JobSettings, Jobs};
+use ota_lake::gcp::{BlockingRuntime, Credentials};
+use ota_warehouse::bigquery::client::{Attach, DEFAULT_JOB_TIMEOUT, JobSettings, Jobs};
 
 fn jobs(run_key: &str, max_bytes_billed: Option<i64>) -> Jobs {
     let endpoint = std::env::var("OTA_BQ_ENDPOINT").expect("OTA_BQ_ENDPOINT");
@@ -137,8 +138,8 @@ fn tables_are_read_as_arrow_through_the_storage_read_api() {
     use arrow::array::{Array, AsArray};
     use arrow::util::display::array_value_to_string;
     use gcp_bigquery_client::model::table_reference::TableReference;
-    use ota_pipeline::gcp::Credentials;
-    use ota_pipeline::warehouse::bigquery::storage_read;
+    use ota_lake::gcp::Credentials;
+    use ota_warehouse::bigquery::storage_read;
 
     let dataset = format!("read_{}", std::process::id());
     create_bucket_and_dataset("ota-jobs", &dataset);
@@ -155,14 +156,15 @@ fn tables_are_read_as_arrow_through_the_storage_read_api() {
         dataset_id: dataset.clone(),
         table_id: "t".into(),
     };
-    let mut reader = storage_read::open(jobs.runtime(), &Credentials::Emulator, &table)
+    let endpoint = backends::settings().storage_endpoint;
+    let mut reader = storage_read::open(jobs.runtime(), &endpoint, &Credentials::Emulator, &table)
         .expect("open")
         .expect("the emulator serves read sessions on real tables");
     let batch = reader.next_batch().expect("read").expect("a batch");
     assert_eq!(batch.num_rows(), 1);
     let col = |n: &str| batch.column_by_name(n).unwrap_or_else(|| panic!("{n}"));
     assert_eq!(
-        ota_pipeline::warehouse::binary_at(col("k").as_ref(), 0),
+        ota_warehouse::binary_at(col("k").as_ref(), 0),
         Some(&[0u8, 0xff, 0x10][..])
     );
     assert_eq!(array_value_to_string(col("d"), 0).expect("d"), "2024-02-29");

@@ -4,8 +4,8 @@
 //! as bound parameters, never in the SQL text. The emulator cannot run everything
 //! (CREATE EXTERNAL TABLE over GCS URIs), so this is where that SQL is checked.
 
-use ota_pipeline::warehouse::bigquery::sql;
-use ota_pipeline::warehouse::bigquery::{BigQueryConfig, render};
+use ota_warehouse::bigquery::sql;
+use ota_warehouse::bigquery::{BigQueryConfig, render};
 use sqlparser::dialect::BigQueryDialect;
 use sqlparser::parser::Parser;
 

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use chrono::NaiveDate;
-use ota_pipeline::Result;
-use ota_pipeline::lake::LakeFile;
-use ota_pipeline::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
-use ota_pipeline::warehouse::{
+use ota_core::Result;
+use ota_core::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
+use ota_lake::LakeFile;
+use ota_warehouse::{
     ChangeSelection, FeedOffset, QuarantineKind, RawSource, Warehouse, add_to_checksum, binary_at,
 };
 
@@ -80,6 +80,7 @@ fn feed(
     let mut out = Vec::new();
     let mut last = None;
     wh.stream_changes(&ChangeSelection::After(after), 2, &mut |b| {
+        let b = b.record_batch();
         let idx = |n: &str| b.schema().index_of(n).expect(n);
         for i in 0..b.num_rows() {
             let op = b.column(0).as_string::<i32>().value(i).to_string();
@@ -270,7 +271,7 @@ fn typed_values_round_trip(backend: Backend) {
     let typed = source.typed.expect("typed");
     let mut fed: Vec<RecordBatch> = Vec::new();
     wh.stream_changes(&ChangeSelection::After(None), 100, &mut |b| {
-        fed.push(b);
+        fed.push(b.record_batch().clone());
         Ok(true)
     })
     .expect("feed");
@@ -466,10 +467,11 @@ fn bigquery_a_dedup_between_the_feed_reads_is_left_whole_for_the_next_export() {
 
     let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut offset = None;
-    let mut read = |wh: &mut ota_pipeline::warehouse::bigquery::BigQueryWarehouse,
-                    bounds: &ota_pipeline::warehouse::bigquery::FeedBounds,
+    let mut read = |wh: &mut ota_warehouse::bigquery::BigQueryWarehouse,
+                    bounds: &ota_warehouse::bigquery::FeedBounds,
                     offset: &mut Option<FeedOffset>| {
         wh.stream_feed_within(*offset, bounds, 1000, &mut |b| {
+            let b = b.record_batch();
             let ids = b.column_by_name("request_id").expect("request_id");
             let names = b.column_by_name("hotel_name").expect("hotel_name");
             let at = b

@@ -1,6 +1,7 @@
 //! A small client for the parts of the GCS JSON API the lake uses: paginated prefix
 //! listing, object metadata, pinned-generation download and (resumable) upload.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::path::Path;
 
 use base64::Engine;
@@ -9,8 +10,8 @@ use chrono::DateTime;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::error::PipelineError;
 use crate::gcp::{Credentials, HttpError, RequestError, with_retries};
+use ota_core::error::PipelineError;
 
 /// Objects up to this size go up in one request; larger ones in resumable chunks.
 pub const SIMPLE_UPLOAD_LIMIT: u64 = 8 << 20;
@@ -88,17 +89,17 @@ pub fn crc32c_to_base64(crc: u32) -> String {
     BASE64.encode(crc.to_be_bytes())
 }
 
+/// What an object name keeps unencoded in a URL path segment: RFC 3986's unreserved
+/// characters (a `/` in the name is encoded, as the JSON API requires).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes an object name for a URL path segment.
 fn encode_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() * 3 / 2);
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(name, PATH_SEGMENT).to_string()
 }
 
 /// The GCS JSON API at one endpoint, with one account's credentials.

@@ -16,10 +16,12 @@ use super::local::crc32c_of_file;
 use super::{
     Lake, LakeFile, LocalCopy, ObjectVersion, PutOutcome, RecordedVersions, day_of_file_name,
 };
-use crate::error::{PipelineError, Result};
-use crate::gcp::{BlockingRuntime, CredentialVars, Credentials, RequestError, http_client};
-use crate::window::DateWindow;
+use crate::gcp::{
+    BlockingRuntime, CredentialSource, CredentialVars, Credentials, RequestError, http_client,
+};
 use client::{GcsClient, ObjectMeta};
+use ota_core::error::{PipelineError, Result};
+use ota_core::window::DateWindow;
 
 /// Key file of the GCS service account.
 pub const KEY_FILE_VAR: &str = "OTA_GCS_KEY_FILE";
@@ -37,6 +39,44 @@ pub const CREDENTIAL_VARS: CredentialVars = CredentialVars {
 pub const SCRATCH_VAR: &str = "OTA_SCRATCH_DIR";
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+
+/// How a GCS lake is reached. The CLI builds it once from the environment
+/// ([`GcsSettings::from_lookup`]); the default is Google's endpoint with Application Default
+/// Credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcsSettings {
+    pub credentials: CredentialSource,
+    /// The JSON API's endpoint: Google's, or an emulator's (`OTA_GCS_ENDPOINT`).
+    pub endpoint: String,
+    /// Local folder for downloads and split outputs (`OTA_SCRATCH_DIR`; None: the
+    /// system's temp dir).
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl Default for GcsSettings {
+    fn default() -> Self {
+        GcsSettings {
+            credentials: CredentialSource::ApplicationDefault {
+                metadata_host: None,
+            },
+            endpoint: DEFAULT_ENDPOINT.to_string(),
+            scratch_dir: None,
+        }
+    }
+}
+
+impl GcsSettings {
+    /// The settings the variables above (and `GCE_METADATA_HOST`) give; `lookup` returns a
+    /// variable's value (the CLI hands over the process environment). Empty counts as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let set = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        Ok(GcsSettings {
+            credentials: CredentialSource::from_lookup(CREDENTIAL_VARS, &lookup)?,
+            endpoint: set(ENDPOINT_VAR).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
+            scratch_dir: set(SCRATCH_VAR).map(PathBuf::from),
+        })
+    }
+}
 
 /// Where the lake lives: bucket and object prefix of a `gs://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,18 +153,16 @@ pub struct GcsLake {
 static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
 
 impl GcsLake {
-    /// Opens the lake of a `gs://` URL with credentials and endpoint from the environment.
-    pub fn open(url: &str) -> Result<Self> {
+    /// Opens the lake of a `gs://` URL, reached as `settings` say.
+    pub fn open(url: &str, settings: &GcsSettings) -> Result<Self> {
         let location = GcsLocation::parse(url)?;
         let runtime = BlockingRuntime::new()?;
-        let credentials = runtime.block_on(Credentials::from_env(CREDENTIAL_VARS, SCOPE))?;
-        let endpoint = std::env::var(ENDPOINT_VAR)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let client = GcsClient::new(http_client()?, &endpoint, credentials);
-        let scratch = std::env::var_os(SCRATCH_VAR)
-            .map(PathBuf::from)
+        let credentials =
+            runtime.block_on(Credentials::resolve(settings.credentials.clone(), SCOPE))?;
+        let client = GcsClient::new(http_client()?, &settings.endpoint, credentials);
+        let scratch = settings
+            .scratch_dir
+            .clone()
             .unwrap_or_else(std::env::temp_dir)
             .join("ota-pipeline-scratch");
         std::fs::create_dir_all(&scratch).map_err(|e| PipelineError::io(&scratch, e))?;

@@ -1,9 +1,9 @@
 //! dedup: rebuild only the event dates whose raw rows changed.
 
-use crate::error::Result;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::{Access, WarehouseConfig};
-use crate::window::RequestedWindow;
+use ota_core::error::Result;
+use ota_core::window::RequestedWindow;
+use ota_warehouse::{Access, WarehouseConfig};
 
 #[derive(Debug, Clone)]
 pub struct DedupConfig {
@@ -38,7 +38,10 @@ pub fn dedup(config: &DedupConfig) -> Result<StepSummary> {
     summary.detail("affected_dates", &outcome.rebuilt_dates);
     summary.detail(
         "changed_at",
-        outcome.changed_at.map(crate::mysql::encode::datetime_text),
+        outcome
+            .changed_at
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|at| at.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
     );
     summary.record_warehouse(warehouse.as_mut());
     Ok(summary)

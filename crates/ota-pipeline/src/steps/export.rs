@@ -4,19 +4,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use crate::error::{PipelineError, Result};
-use crate::mysql::{
-    CommitEveryBatch, CommitGate, MysqlConfig, MysqlTarget, StoredOffset, split_changes,
-};
 use crate::progress::Progress;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::change::{ChangeOffsets, DateChecksum};
-use crate::warehouse::{Access, ChangeSelection, Warehouse, WarehouseConfig};
-use crate::window::{DateWindow, RequestedWindow};
+use ota_core::change::{ChangeBatch, DateChecksum};
+use ota_core::error::{PipelineError, Result};
+use ota_core::window::{DateWindow, RequestedWindow};
+use ota_mysql::{
+    CommitEveryBatch, CommitGate, MysqlConfig, MysqlTarget, StoredOffset, split_changes,
+};
+use ota_warehouse::{Access, ChangeSelection, Warehouse, WarehouseConfig};
 
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
@@ -322,7 +321,7 @@ impl<T: Send + 'static> WarehouseReader<T> {
         warehouse: Box<dyn Warehouse>,
         selection: ChangeSelection,
         batch_rows: usize,
-        prepare: fn(RecordBatch) -> Result<T>,
+        prepare: fn(ChangeBatch) -> Result<T>,
     ) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<T>>(1);
         let thread = std::thread::spawn(move || {
@@ -461,7 +460,7 @@ async fn offset_in_this_feed(
     config: &ExportConfig,
     warehouse: &mut dyn Warehouse,
     target: &mut MysqlTarget,
-) -> Result<Option<crate::warehouse::FeedOffset>> {
+) -> Result<Option<ota_warehouse::FeedOffset>> {
     let origin = warehouse.feed_origin()?;
     let feed_id = origin.map(feed_name);
     target.feed_from(feed_id.clone());
@@ -537,7 +536,7 @@ async fn export(
         warehouse,
         ChangeSelection::After(start_offset),
         config.batch_rows,
-        |batch| Ok((split_changes(&batch)?, batch)),
+        |batch| Ok((split_changes(&batch), batch)),
     );
     // Where the backend can count the feed cheaply, progress shows a total and time left.
     let mut progress = Progress::with_period(
@@ -548,7 +547,7 @@ async fn export(
     );
     while let Some(batch) = target.alive_while(reader.next()).await? {
         let (changes, batch) = batch?;
-        let next = ChangeOffsets::of(&batch)?.last().ok_or_else(|| {
+        let next = batch.offsets().last().ok_or_else(|| {
             PipelineError::Internal(
                 "an empty change batch, or one whose last row has no event key".into(),
             )

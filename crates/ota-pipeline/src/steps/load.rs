@@ -8,13 +8,13 @@ use std::time::Duration;
 use arrow::array::RecordBatchReader;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::error::{PipelineError, Result};
-use crate::lake::{Lake, LakeFile, open_lake};
 use crate::progress::{Progress, estimated_total};
 use crate::summary::{Status, StepSummary};
-use crate::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
-use crate::warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource, WarehouseConfig};
-use crate::window::RequestedWindow;
+use ota_core::error::{PipelineError, Result};
+use ota_core::typed_batch::{ColumnMapping, Lineage, TypedBatch, type_batch};
+use ota_core::window::RequestedWindow;
+use ota_lake::{Lake, LakeConfig, LakeFile};
+use ota_warehouse::{Access, QuarantineKind, QuarantinedFile, RawSource, WarehouseConfig};
 
 /// Rows per Arrow batch read from a file: about 12 MB typed. A few batches are in flight
 /// at once (decoded, typed, queued, appended), outside DuckDB's memory limit.
@@ -23,7 +23,7 @@ pub const READ_BATCH_ROWS: usize = 16_384;
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     pub window: RequestedWindow,
-    pub lake_url: String,
+    pub lake: LakeConfig,
     pub warehouse: WarehouseConfig,
     pub shrink: ShrinkGuard,
     pub quality: QualityLimits,
@@ -322,7 +322,7 @@ impl RawSource for ParquetRawSource<'_> {
             }
         }
         let lineage = Lineage {
-            source_day: crate::typing::epoch_day_of_date(file.day),
+            source_day: ota_core::typing::epoch_day_of_date(file.day),
             source_file: file.uri.clone(),
             ingested_at: file.ingested_at,
             loaded_at: self.loaded_at,
@@ -435,7 +435,7 @@ fn next_decoded<I: Iterator>(reader: &mut I) -> std::result::Result<Option<I::It
 }
 
 pub fn load_raw(config: &LoadConfig) -> Result<StepSummary> {
-    let lake = open_lake(&config.lake_url)?;
+    let lake = config.lake.open()?;
     let mut warehouse = config.warehouse.open(Access::ReadWrite, "load-raw")?;
     let run_key = config.warehouse.run.staging_key();
     let staged = warehouse.staged_files(run_key)?.ok_or_else(|| {

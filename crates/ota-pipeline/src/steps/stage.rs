@@ -5,17 +5,17 @@ use std::path::PathBuf;
 
 use chrono::NaiveDate;
 
-use crate::error::Result;
-use crate::lake::{open_lake, validate_suffix};
-use crate::split::split_into_lake;
 use crate::summary::{Status, StepSummary};
-use crate::warehouse::{Access, StagedFiles, WarehouseConfig};
-use crate::window::{DateWindow, RequestedWindow};
+use ota_core::error::Result;
+use ota_core::window::{DateWindow, RequestedWindow};
+use ota_lake::split::split_into_lake;
+use ota_lake::{LakeConfig, validate_suffix};
+use ota_warehouse::{Access, StagedFiles, WarehouseConfig};
 
 #[derive(Debug, Clone)]
 pub struct StageConfig {
     pub window: RequestedWindow,
-    pub lake_url: String,
+    pub lake: LakeConfig,
     pub warehouse: WarehouseConfig,
     pub suffix: String,
     /// One large Parquet file to split into daily files first.
@@ -27,13 +27,13 @@ pub struct StageConfig {
 pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     validate_suffix(&config.suffix)?;
     if config.warehouse.run.dry_run && config.from.is_some() {
-        return Err(crate::error::PipelineError::Config(
+        return Err(ota_core::error::PipelineError::Config(
             "--dry-run cannot be combined with --from: splitting writes daily files to the lake"
                 .into(),
         ));
     }
     let mut window = config.window.window;
-    let lake = open_lake(&config.lake_url)?;
+    let lake = config.lake.open()?;
     let mut warehouse = config.warehouse.open(Access::ReadWrite, "stage-files")?;
     let mut summary = StepSummary::new("stage-files", None);
 
@@ -79,7 +79,7 @@ pub fn stage_files(config: &StageConfig) -> Result<StepSummary> {
     if let Some(limit) = config.max_missing_days
         && missing.len() > limit as usize
     {
-        return Err(crate::error::PipelineError::MissingDays { missing, limit });
+        return Err(ota_core::error::PipelineError::MissingDays { missing, limit });
     }
     warehouse.stage_files(
         config.warehouse.run.staging_key(),

@@ -21,8 +21,8 @@ use gcp_bigquery_client::model::table_reference::TableReference;
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use crate::error::{PipelineError, Result};
-use crate::gcp::{BlockingRuntime, Credentials};
+use ota_core::error::{PipelineError, Result};
+use ota_lake::gcp::{BlockingRuntime, Credentials};
 
 /// A named, typed query parameter (`@name`).
 #[derive(Debug, Clone)]
@@ -221,7 +221,7 @@ fn is_transient(e: &BQError) -> bool {
     match e {
         BQError::ResponseError { error } => matches!(error.error.code, 429 | 500 | 502 | 503 | 504),
         BQError::RequestError(e) => {
-            e.is_connect() || e.is_timeout() || e.is_request() || crate::gcp::body_cut_off(e)
+            e.is_connect() || e.is_timeout() || e.is_request() || ota_lake::gcp::body_cut_off(e)
         }
         _ => false,
     }
@@ -258,7 +258,7 @@ impl Jobs {
     ) -> Result<Jobs> {
         let client = runtime.block_on(async {
             let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
-            builder.with_client(crate::gcp::http_client()?);
+            builder.with_client(ota_lake::gcp::http_client()?);
             if let Some(endpoint) = endpoint {
                 builder.with_v2_base_url(format!("{}/bigquery/v2", endpoint.trim_end_matches('/')));
             }
@@ -306,7 +306,7 @@ impl Jobs {
             h.update(f.as_bytes());
             h.update([0]);
         }
-        let digest = crate::hex::encode(&h.finalize()[..10]);
+        let digest = ota_core::hex::encode(&h.finalize()[..10]);
         format!(
             "ota_{}_{}_{}_{digest}",
             job_id_part(&self.settings.step),

@@ -3,8 +3,8 @@
 use super::client::Attach;
 use super::feed::{cell_date, cell_i64};
 use super::{BigQueryWarehouse, sql};
-use crate::error::{PipelineError, Result};
-use crate::warehouse::DedupOutcome;
+use crate::DedupOutcome;
+use ota_core::error::{PipelineError, Result};
 
 impl BigQueryWarehouse {
     /// Rebuilds the dedup rows of the pending event dates.

@@ -15,12 +15,12 @@ use serde_json::Value;
 
 use super::client::Param;
 use super::{BigQueryWarehouse, sql, storage_read};
-use crate::contract::{PRICE_PRECISION, PRICE_SCALE, TYPED_COLUMNS, TypedKind};
-use crate::error::{PipelineError, Result};
-use crate::typing::epoch_day_of_date;
-pub use crate::warehouse::change::CHANGE_SCHEMA;
-use crate::warehouse::change::{BatchRecutter, ChangeOffsets, FeedOffset};
-use crate::window::parse_date;
+pub use ota_core::change::CHANGE_SCHEMA;
+use ota_core::change::{BatchRecutter, ChangeBatch, ChangeOffsets, FeedOffset};
+use ota_core::contract::{PRICE_PRECISION, PRICE_SCALE, TYPED_COLUMNS, TypedKind};
+use ota_core::error::{PipelineError, Result};
+use ota_core::typing::epoch_day_of_date;
+use ota_core::window::parse_date;
 
 pub(super) fn cell_str(row: &[Value], i: usize) -> Option<&str> {
     row.get(i).and_then(Value::as_str)
@@ -77,7 +77,7 @@ pub(super) fn stream_batches(
     mut reader: storage_read::ArrowTableReader<'_>,
     feed_order: bool,
     batch_rows: usize,
-    sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+    sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
 ) -> Result<()> {
     let mut last = None;
     let mut batches = BatchRecutter::new(batch_rows, sink);
@@ -284,7 +284,7 @@ impl BigQueryWarehouse {
         offset: Option<FeedOffset>,
         bounds: &FeedBounds,
         batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<()> {
         let (at, key) = FeedOffset::position(offset);
         let text = self.render(&sql::CHANGES_AFTER, None);
@@ -292,7 +292,7 @@ impl BigQueryWarehouse {
             Param::dates("dates", bounds.dates.iter().copied()),
             Param::int64("at", at),
             Param::int64("upto", bounds.upto),
-            Param::string("key_hex", crate::hex::encode(&key)),
+            Param::string("key_hex", ota_core::hex::encode(&key)),
         ];
         self.stream_query("read_changes", &text, &params, true, batch_rows, sink)
     }
@@ -309,15 +309,19 @@ impl BigQueryWarehouse {
         params: &[Param],
         feed_order: bool,
         batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<()> {
         let batch_rows = batch_rows.max(1);
         let Some((job_id, table)) = self.jobs.query_result_table(name, text, params)? else {
             return Ok(());
         };
         if let Some(table) = table
-            && let Some(reader) =
-                storage_read::open(self.jobs.runtime(), &self.storage_credentials, &table)?
+            && let Some(reader) = storage_read::open(
+                self.jobs.runtime(),
+                &self.storage_endpoint,
+                &self.storage_credentials,
+                &table,
+            )?
         {
             return stream_batches(reader, feed_order, batch_rows, sink);
         }
@@ -349,7 +353,7 @@ impl BigQueryWarehouse {
         &mut self,
         offset: Option<FeedOffset>,
         batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<()> {
         match self.feed_bounds(FeedOffset::changed_at_of(offset))? {
             Some(bounds) => self.stream_feed_within(offset, &bounds, batch_rows, sink),
@@ -362,7 +366,7 @@ impl BigQueryWarehouse {
         &mut self,
         dates: &[NaiveDate],
         batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<()> {
         if dates.is_empty() {
             return Ok(());

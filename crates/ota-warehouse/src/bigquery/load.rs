@@ -5,12 +5,12 @@ use super::client::{Attach, Param};
 use super::feed::{cell_date, cell_i64};
 use super::staging::{StagingFile, files_batch, rejects_batch, with_utc_timestamps};
 use super::{BigQueryWarehouse, sql};
-use crate::error::Result;
-use crate::lake::{Lake, LakeFile};
-use crate::warehouse::{RawLoadOutcome, RawLoadTally, RawSource};
+use crate::{RawLoadOutcome, RawLoadTally, RawSource};
+use ota_core::error::Result;
+use ota_lake::{Lake, LakeFile};
 
 impl BigQueryWarehouse {
-    /// Loads `files` as [`Warehouse::load_raw`](crate::warehouse::Warehouse::load_raw) does.
+    /// Loads `files` as [`Warehouse::load_raw`](crate::Warehouse::load_raw) does.
     pub(super) fn load_files(
         &mut self,
         files: &[LakeFile],

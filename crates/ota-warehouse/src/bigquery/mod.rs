@@ -4,9 +4,9 @@
 //! (partitioned by event_date) with `changed_at` and tombstones, the file ledger. Rows
 //! are typed in Rust by the same code as the embedded engine (identical keys and
 //! hashes), written as Parquet to the staging area and loaded into per-run work tables;
-//! one script then replaces the files' raw rows in a transaction. Credentials: the
-//! BigQuery account's key (`OTA_BQ_KEY_FILE`); `OTA_BQ_ENDPOINT` for an emulator;
-//! `OTA_BQ_MAX_BYTES` caps every job's billed bytes.
+//! one script then replaces the files' raw rows in a transaction. How BigQuery is
+//! reached ([`BigQuerySettings`]): the BigQuery account's key (`OTA_BQ_KEY_FILE`),
+//! `OTA_BQ_ENDPOINT` for an emulator, `OTA_BQ_MAX_BYTES` capping every job's billed bytes.
 
 pub mod client;
 pub mod config;
@@ -19,37 +19,24 @@ pub mod storage_read;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use md5::{Digest, Md5};
 use serde_json::Value;
 
 use super::{
-    ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
-    RawLoadOutcome, RawSource, StagedFiles, Warehouse,
+    ChangeBatch, ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind,
+    QuarantinedFile, RawLoadOutcome, RawSource, StagedFiles, Warehouse,
 };
-use crate::error::{PipelineError, Result};
-use crate::gcp::{CredentialVars, Credentials};
-use crate::lake::gcs::GcsLake;
-use crate::lake::{LakeFile, RecordedVersion};
-use crate::window::DateWindow;
 use client::{Attach, JobSettings, Jobs, Param, QueryResult};
-pub use config::{BigQueryConfig, RunOptions};
+pub use config::{BigQueryConfig, BigQuerySettings, RunOptions};
 pub use feed::FeedBounds;
 use feed::{cell_date, cell_i64, cell_str};
+use ota_core::error::{PipelineError, Result};
+use ota_core::window::DateWindow;
+use ota_lake::gcp::Credentials;
+use ota_lake::gcs::{GcsLake, GcsSettings};
+use ota_lake::{LakeFile, RecordedVersion};
 
-pub const KEY_FILE_VAR: &str = "OTA_BQ_KEY_FILE";
-pub const ENDPOINT_VAR: &str = "OTA_BQ_ENDPOINT";
-/// The BigQuery service account's key as JSON (from an Airflow connection, say).
-pub const KEY_JSON_VAR: &str = "OTA_BQ_KEY_JSON";
-/// Where BigQuery credentials come from; none set: Application Default Credentials.
-pub const CREDENTIAL_VARS: CredentialVars = CredentialVars {
-    key_file: KEY_FILE_VAR,
-    key_json: KEY_JSON_VAR,
-    endpoint: ENDPOINT_VAR,
-};
-pub const MAX_BYTES_VAR: &str = "OTA_BQ_MAX_BYTES";
-pub const JOB_TIMEOUT_VAR: &str = "OTA_BQ_JOB_TIMEOUT";
 /// Staged-file parameters per INSERT job.
 const STAGED_FILES_PER_JOB: usize = 500;
 
@@ -65,8 +52,11 @@ pub struct BigQueryWarehouse {
     /// whether this step wrote it.
     lease_token: String,
     lease_token_written: bool,
-    /// The BigQuery account's token source for the Storage Read API.
+    /// The BigQuery account's token source for the Storage Read API, and its endpoint.
     storage_credentials: Credentials,
+    storage_endpoint: String,
+    /// How the staging bucket is reached.
+    staging: GcsSettings,
 }
 
 /// How long a writer lease lasts: longer than any step runs (the DAG stops a task after
@@ -125,18 +115,13 @@ pub fn render(config: &BigQueryConfig, template: &str, work_tag: Option<&str>) -
 }
 
 impl BigQueryWarehouse {
-    pub fn open(url: &str, read_only: bool, options: &RunOptions) -> Result<Self> {
+    pub fn open(
+        url: &str,
+        read_only: bool,
+        options: &RunOptions,
+        bigquery: &BigQuerySettings,
+    ) -> Result<Self> {
         let config = BigQueryConfig::parse(url)?;
-        let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
-        let max_bytes_billed = env(MAX_BYTES_VAR)
-            .map(|v| {
-                v.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
-                    PipelineError::Config(format!(
-                        "{MAX_BYTES_VAR}={v:?} must be a positive number of bytes"
-                    ))
-                })
-            })
-            .transpose()?;
         let run_key = options
             .run_id
             .clone()
@@ -148,39 +133,25 @@ impl BigQueryWarehouse {
                     std::process::id()
                 )
             });
-        let job_timeout = env(JOB_TIMEOUT_VAR)
-            .map(|v| {
-                v.parse::<u64>()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .map(std::time::Duration::from_secs)
-                    .ok_or_else(|| {
-                        PipelineError::Config(format!(
-                            "{JOB_TIMEOUT_VAR}={v:?} must be a positive number of seconds"
-                        ))
-                    })
-            })
-            .transpose()?
-            .unwrap_or(client::DEFAULT_JOB_TIMEOUT);
         let settings = JobSettings {
             project: config.project.clone(),
             location: config.location.clone(),
-            max_bytes_billed,
+            max_bytes_billed: bigquery.max_bytes_billed,
             dry_run: options.dry_run,
             run_key: run_key.clone(),
             step: options.step.clone(),
-            job_timeout,
+            job_timeout: bigquery.job_timeout,
         };
-        let runtime = crate::gcp::BlockingRuntime::new()?;
-        let credentials = runtime.block_on(Credentials::from_env(
-            CREDENTIAL_VARS,
+        let runtime = ota_lake::gcp::BlockingRuntime::new()?;
+        let credentials = runtime.block_on(Credentials::resolve(
+            bigquery.credentials.clone(),
             storage_read::BIGQUERY_SCOPE,
         ))?;
         let jobs = Jobs::connect(
             runtime,
             settings,
             credentials.clone(),
-            env(ENDPOINT_VAR).as_deref(),
+            bigquery.endpoint.as_deref(),
         )?;
         // The Storage Read API takes the same account and scope.
         let storage_credentials = credentials;
@@ -189,7 +160,7 @@ impl BigQueryWarehouse {
             h.update(lease_holder(&run_key, &options.step).as_bytes());
             config.table(&format!(
                 "_ota_lease_{}",
-                crate::hex::encode(&h.finalize()[..6])
+                ota_core::hex::encode(&h.finalize()[..6])
             ))
         };
         let mut warehouse = BigQueryWarehouse {
@@ -201,6 +172,8 @@ impl BigQueryWarehouse {
             lease_token,
             lease_token_written: false,
             storage_credentials,
+            storage_endpoint: bigquery.storage_endpoint.clone(),
+            staging: bigquery.staging.clone(),
         };
         if !read_only {
             let schema = warehouse.render(&sql::SCHEMA, None);
@@ -269,7 +242,7 @@ impl BigQueryWarehouse {
             h.update(f.uri.as_bytes());
             h.update(f.generation.as_bytes());
         }
-        crate::hex::encode(&h.finalize()[..6])
+        ota_core::hex::encode(&h.finalize()[..6])
     }
 
     fn staging_lake(&self) -> Result<GcsLake> {
@@ -279,7 +252,7 @@ impl BigQueryWarehouse {
                 self.url
             ))
         })?;
-        GcsLake::open(staging)
+        GcsLake::open(staging, &self.staging)
     }
 
     /// Before a writing transaction: a lease of this run's that expires within
@@ -637,7 +610,7 @@ impl Warehouse for BigQueryWarehouse {
         &mut self,
         selection: &ChangeSelection,
         batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<()> {
         match selection {
             ChangeSelection::After(offset) => self.stream_feed(*offset, batch_rows, sink),

@@ -7,7 +7,8 @@
 
 use std::sync::LazyLock;
 
-use crate::contract::{TYPED_COLUMNS, TypedKind};
+use ota_core::change::ChangeOp;
+use ota_core::contract::{TYPED_COLUMNS, TypedKind};
 
 pub fn bigquery_type(kind: TypedKind) -> &'static str {
     match kind {
@@ -33,7 +34,7 @@ pub const LINEAGE_COLUMNS: [&str; 5] = [
 
 /// `event_key BYTES NOT NULL, ...`
 pub static TYPED_COLUMN_DDL: LazyLock<String> =
-    LazyLock::new(|| crate::contract::typed_column_ddl("", bigquery_type));
+    LazyLock::new(|| ota_core::contract::typed_column_ddl("", bigquery_type));
 
 /// `event_key, event_date, ...`
 pub static TYPED_COLUMN_LIST: LazyLock<String> = LazyLock::new(|| {
@@ -268,23 +269,26 @@ pub static CHANGES_AFTER: LazyLock<String> = LazyLock::new(|| {
     let after = "(UNIX_MICROS(changed_at) > @at OR (UNIX_MICROS(changed_at) = @at AND TO_HEX(event_key) > @key_hex)) \
 AND UNIX_MICROS(changed_at) <= @upto";
     format!(
-        "SELECT 'U' AS op, UNIX_MICROS(changed_at) AS changed_at, {cols} FROM {{dedup_events}}
+        "SELECT '{upsert}' AS op, UNIX_MICROS(changed_at) AS changed_at, {cols} FROM {{dedup_events}}
 WHERE event_date IN UNNEST(@dates) AND {after}
 UNION ALL
-SELECT 'D' AS op, UNIX_MICROS(changed_at) AS changed_at, {nulls} FROM {{dedup_tombstones}}
+SELECT '{delete}' AS op, UNIX_MICROS(changed_at) AS changed_at, {nulls} FROM {{dedup_tombstones}}
 WHERE event_date IN UNNEST(@dates) AND {after}
 ORDER BY changed_at, event_key",
         cols = feed_columns(""),
         nulls = tombstone_columns(),
+        upsert = ChangeOp::Upsert.code(),
+        delete = ChangeOp::Delete.code(),
     )
 });
 
 /// Every current row of @dates, in key order (re-sync).
 pub static ROWS_OF_DATES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT 'U' AS op, UNIX_MICROS(changed_at) AS changed_at, {cols} FROM {{dedup_events}}
+        "SELECT '{upsert}' AS op, UNIX_MICROS(changed_at) AS changed_at, {cols} FROM {{dedup_events}}
 WHERE event_date IN UNNEST(@dates) ORDER BY event_key",
-        cols = feed_columns("")
+        cols = feed_columns(""),
+        upsert = ChangeOp::Upsert.code(),
     )
 });
 

@@ -12,9 +12,9 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 
-use crate::error::{PipelineError, Result};
-use crate::lake::LakeFile;
-use crate::typing::epoch_day_of_date;
+use ota_core::error::{PipelineError, Result};
+use ota_core::typing::epoch_day_of_date;
+use ota_lake::LakeFile;
 
 /// Timestamps as UTC instants, so BigQuery loads them as TIMESTAMP (not DATETIME).
 pub(super) fn with_utc_timestamps(batch: &RecordBatch) -> Result<RecordBatch> {
@@ -54,7 +54,7 @@ impl StagingFile {
         if self.writer.is_none() {
             let file = File::create(&self.path).map_err(|e| PipelineError::io(&self.path, e))?;
             // Snappy, 128k-row groups: the writer's buffer stays small.
-            let properties = crate::split::daily_writer_properties();
+            let properties = ota_lake::split::daily_writer_properties();
             let writer =
                 ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(|e| {
                     PipelineError::Parquet {
@@ -96,7 +96,7 @@ impl Drop for StagingFile {
 
 pub(super) fn rejects_batch(
     file: &LakeFile,
-    rejects: &[crate::typed_batch::RejectedRow],
+    rejects: &[ota_core::typed_batch::RejectedRow],
     loaded_at: i64,
 ) -> Result<RecordBatch> {
     let n = rejects.len();

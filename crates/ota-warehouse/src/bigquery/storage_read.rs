@@ -16,12 +16,9 @@ use tonic::Streaming;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::error::{PipelineError, Result};
-use crate::gcp::{BlockingRuntime, Credentials};
+use ota_core::error::{PipelineError, Result};
+use ota_lake::gcp::{BlockingRuntime, Credentials};
 
-/// Storage API endpoint override, for an emulator (`http://127.0.0.1:9060`).
-pub const STORAGE_ENDPOINT_VAR: &str = "OTA_BQ_STORAGE_ENDPOINT";
-const DEFAULT_STORAGE_ENDPOINT: &str = "https://bigquerystorage.googleapis.com";
 /// Scope of the BigQuery account's token for the Storage API.
 pub const BIGQUERY_SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 
@@ -44,13 +41,11 @@ pub struct ArrowTableReader<'r> {
 /// account may not create read sessions; the caller then pages the job's result.
 pub fn open<'r>(
     runtime: &'r BlockingRuntime,
+    endpoint: &str,
     credentials: &Credentials,
     table: &TableReference,
 ) -> Result<Option<ArrowTableReader<'r>>> {
-    let endpoint = std::env::var(STORAGE_ENDPOINT_VAR)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| DEFAULT_STORAGE_ENDPOINT.to_string());
+    let endpoint = endpoint.to_string();
     let table_path = format!(
         "projects/{}/datasets/{}/tables/{}",
         table.project_id, table.dataset_id, table.table_id

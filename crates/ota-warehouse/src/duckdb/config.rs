@@ -4,7 +4,7 @@
 use duckdb::Connection;
 
 use super::{db_err, sql};
-use crate::error::{PipelineError, Result};
+use ota_core::error::{PipelineError, Result};
 
 /// DuckDB's memory ceiling unless the URL sets one (`?memory_limit=`): steps stay well
 /// inside a small worker's memory whatever the data size; DuckDB spills what does not fit

@@ -4,12 +4,12 @@
 use duckdb::params;
 
 use super::{DuckDbWarehouse, db_err, sql};
-use crate::error::Result;
-use crate::warehouse::DedupOutcome;
-use crate::window::parse_date;
+use crate::DedupOutcome;
+use ota_core::error::Result;
+use ota_core::window::parse_date;
 
 impl DuckDbWarehouse {
-    /// [`crate::warehouse::Warehouse::dedup`] on this warehouse.
+    /// [`crate::Warehouse::dedup`] on this warehouse.
     pub(super) fn rebuild_dedup_dates(&mut self, now: i64) -> Result<DedupOutcome> {
         self.in_transaction("rebuilding dedup dates", |conn| {
             let e = || db_err("rebuilding dedup dates");

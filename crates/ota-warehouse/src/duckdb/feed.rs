@@ -10,10 +10,10 @@ use duckdb::{Connection, params};
 
 use super::config::{leave_a_core, restore_threads};
 use super::{DuckDbWarehouse, db_err, sql};
-use crate::error::Result;
-use crate::warehouse::FeedOffset;
-use crate::warehouse::change::BatchRecutter;
-use crate::warehouse::key_order::{KeyBuckets, KeySlice, key_slices};
+use crate::FeedOffset;
+use crate::key_order::{KeyBuckets, KeySlice, key_slices};
+use ota_core::change::BatchRecutter;
+use ota_core::error::Result;
 
 impl DuckDbWarehouse {
     pub(super) fn count(&self, query: &str, bind: &[&dyn duckdb::ToSql]) -> Result<u64> {

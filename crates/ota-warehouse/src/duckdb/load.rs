@@ -5,13 +5,13 @@ use duckdb::params;
 
 use super::config::{leave_a_core, restore_threads};
 use super::{DuckDbWarehouse, db_err, sql};
-use crate::error::{PipelineError, Result};
-use crate::lake::LakeFile;
-use crate::warehouse::{RawLoadOutcome, RawLoadTally, RawSource};
-use crate::window::parse_date;
+use crate::{RawLoadOutcome, RawLoadTally, RawSource};
+use ota_core::error::{PipelineError, Result};
+use ota_core::window::parse_date;
+use ota_lake::LakeFile;
 
 impl DuckDbWarehouse {
-    /// [`crate::warehouse::Warehouse::load_raw`] on this warehouse.
+    /// [`crate::Warehouse::load_raw`] on this warehouse.
     pub(super) fn load_files(
         &mut self,
         files: &[LakeFile],

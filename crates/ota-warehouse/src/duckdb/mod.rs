@@ -9,14 +9,14 @@ mod feed;
 mod load;
 pub mod sql;
 
-use crate::warehouse::change::BatchRecutter;
 pub use config::{DEFAULT_MEMORY_LIMIT, DuckDbSettings, parse_location};
 use feed::{ROWS_PER_KEY_SLICE, ROWS_PER_SORT, select_dates};
+use ota_core::change::{BatchRecutter, ChangeBatch};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::Date32Type;
 use chrono::NaiveDate;
 use duckdb::{Connection, params};
@@ -25,10 +25,10 @@ use super::{
     ChangeSelection, DateChecksum, DedupOutcome, FeedOffset, QuarantineKind, QuarantinedFile,
     RawLoadOutcome, RawSource, StagedFiles, Warehouse, add_to_checksum, binary_at,
 };
-use crate::error::{PipelineError, Result};
-use crate::lake::{LakeFile, RecordedVersion};
-use crate::typing::date_of_epoch_day;
-use crate::window::{DateWindow, parse_date};
+use ota_core::error::{PipelineError, Result};
+use ota_core::typing::date_of_epoch_day;
+use ota_core::window::{DateWindow, parse_date};
+use ota_lake::{LakeFile, RecordedVersion};
 
 /// How long the staged set of a run stays after it was staged (a week: longer than any
 /// run's retries); the set of runs started by hand stays until the next one.
@@ -329,7 +329,7 @@ impl Warehouse for DuckDbWarehouse {
         &mut self,
         selection: &ChangeSelection,
         batch_rows: usize,
-        sink: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<()> {
         let mut batches = BatchRecutter::new(batch_rows, sink);
         match selection {
@@ -411,6 +411,7 @@ mod tests {
     ) -> Vec<(String, i64, Vec<u8>, Option<String>)> {
         let mut out = Vec::new();
         wh.stream_changes(selection, 700, &mut |b| {
+            let b = b.record_batch();
             assert!(b.num_rows() <= 700);
             let ops = b.column_by_name("op").unwrap().as_string::<i32>();
             let at = b
@@ -553,7 +554,7 @@ mod tests {
             fn read(
                 &mut self,
                 _: &LakeFile,
-                _: &mut dyn FnMut(crate::typed_batch::TypedBatch) -> Result<()>,
+                _: &mut dyn FnMut(ota_core::typed_batch::TypedBatch) -> Result<()>,
             ) -> Result<()> {
                 Ok(())
             }

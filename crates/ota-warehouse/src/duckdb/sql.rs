@@ -3,7 +3,8 @@
 
 use std::sync::LazyLock;
 
-use crate::contract::{TYPED_COLUMNS, TypedKind};
+use ota_core::change::ChangeOp;
+use ota_core::contract::{TYPED_COLUMNS, TypedKind};
 
 fn duckdb_type(kind: TypedKind) -> &'static str {
     match kind {
@@ -20,7 +21,7 @@ fn duckdb_type(kind: TypedKind) -> &'static str {
 
 /// `"event_key" BLOB NOT NULL, ...` for the typed columns.
 fn typed_column_ddl() -> String {
-    crate::contract::typed_column_ddl("\"", duckdb_type)
+    ota_core::contract::typed_column_ddl("\"", duckdb_type)
 }
 
 /// `"event_key", "event_date", ...`
@@ -218,12 +219,14 @@ fn changes_of_run(slice: &str, order: &str) -> String {
     let run = format!("changed_at = make_timestamp($1) AND event_key > $2{slice}");
     format!(
         "SELECT * FROM (
-    SELECT 'U' AS op, changed_at, {cols} FROM dedup_events WHERE {run}
+    SELECT '{upsert}' AS op, changed_at, {cols} FROM dedup_events WHERE {run}
     UNION ALL
-    SELECT 'D' AS op, changed_at, {nulls} FROM dedup_tombstones WHERE {run}
+    SELECT '{delete}' AS op, changed_at, {nulls} FROM dedup_tombstones WHERE {run}
 ){order}",
         cols = *TYPED_COLUMN_LIST,
-        nulls = nulls.join(", ")
+        nulls = nulls.join(", "),
+        upsert = ChangeOp::Upsert.code(),
+        delete = ChangeOp::Delete.code(),
     )
 }
 
@@ -244,9 +247,10 @@ WHERE event_date IN (SELECT event_date FROM selected_dates)";
 /// bounds are the parameters.
 fn rows_of_dates(slice: &str, order: &str) -> String {
     format!(
-        "SELECT 'U' AS op, changed_at, {cols} FROM dedup_events
+        "SELECT '{upsert}' AS op, changed_at, {cols} FROM dedup_events
 WHERE event_date IN (SELECT event_date FROM selected_dates){slice}{order}",
-        cols = *TYPED_COLUMN_LIST
+        cols = *TYPED_COLUMN_LIST,
+        upsert = ChangeOp::Upsert.code(),
     )
 }
 

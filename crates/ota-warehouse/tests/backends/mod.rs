@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ota_pipeline::gcp::BlockingRuntime;
-use ota_pipeline::warehouse::{Access, RunSettings, Warehouse, open_warehouse};
+use ota_lake::gcp::BlockingRuntime;
+use ota_warehouse::{Access, RunSettings, Warehouse, open_warehouse};
 
 /// The BigQuery emulator's project (scripts/with-emulators.sh).
 pub const EMULATOR_PROJECT: &str = "ota-test";
@@ -24,6 +24,12 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// BigQuery reached as the emulators' environment says (scripts/with-emulators.sh).
+pub fn settings() -> ota_warehouse::bigquery::BigQuerySettings {
+    ota_warehouse::bigquery::BigQuerySettings::from_lookup(|var| std::env::var(var).ok())
+        .expect("the emulators' settings")
 }
 
 fn env(var: &str) -> String {
@@ -91,7 +97,7 @@ impl Backend {
     }
 
     /// The BigQuery warehouse itself, for what only it has (the feed's bounds).
-    pub fn open_bigquery(&self) -> ota_pipeline::warehouse::bigquery::BigQueryWarehouse {
+    pub fn open_bigquery(&self) -> ota_warehouse::bigquery::BigQueryWarehouse {
         self.try_open_bigquery("test", false)
             .expect("open the BigQuery warehouse")
     }
@@ -101,13 +107,18 @@ impl Backend {
         &self,
         step: &str,
         read_only: bool,
-    ) -> ota_pipeline::Result<ota_pipeline::warehouse::bigquery::BigQueryWarehouse> {
-        let options = ota_pipeline::warehouse::bigquery::RunOptions {
+    ) -> ota_core::Result<ota_warehouse::bigquery::BigQueryWarehouse> {
+        let options = ota_warehouse::bigquery::RunOptions {
             step: step.into(),
             run_id: None,
             dry_run: false,
         };
-        ota_pipeline::warehouse::bigquery::BigQueryWarehouse::open(&self.url, read_only, &options)
+        ota_warehouse::bigquery::BigQueryWarehouse::open(
+            &self.url,
+            read_only,
+            &options,
+            &settings(),
+        )
     }
 
     /// Runs GoogleSQL on the emulator, outside the pipeline (`{dataset}` is this
@@ -144,6 +155,7 @@ impl Backend {
             &RunSettings::default(),
             Access::ReadWrite,
             "test",
+            &settings(),
         )
         .expect("open the warehouse")
     }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     run_step(|| {
         let config = DedupConfig {
             window: cli.window.request()?,
-            warehouse: cli.warehouse.config(),
+            warehouse: cli.warehouse.config()?,
         };
         dedup(&config)
     })

@@ -55,8 +55,8 @@ fn main() -> ExitCode {
     run_step(|| {
         let config = LoadConfig {
             window: cli.window.request()?,
-            lake_url: cli.lake.lake_url,
-            warehouse: cli.warehouse.config(),
+            lake: cli.lake.config()?,
+            warehouse: cli.warehouse.config()?,
             shrink: ShrinkGuard {
                 allow: cli.allow_shrink,
                 max_loss_pct: cli.max_shrink_pct,

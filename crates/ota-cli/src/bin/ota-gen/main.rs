@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ota_cli::init_logging;
+use ota_core::window::parse_date;
 use ota_pipeline::generate::{GenConfig, generate_daily_files, generate_single_file};
-use ota_pipeline::window::parse_date;
 
 #[derive(Parser)]
 #[command(name = "ota-gen", version, about, long_about = None)]
@@ -37,7 +37,7 @@ struct Cli {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let run = || -> ota_pipeline::Result<String> {
+    let run = || -> ota_core::Result<String> {
         let config = GenConfig {
             seed: cli.seed,
             start: parse_date("start", &cli.start)?,

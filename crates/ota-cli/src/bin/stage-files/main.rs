@@ -35,8 +35,8 @@ fn main() -> ExitCode {
     run_step(|| {
         let config = StageConfig {
             window: cli.window.request()?,
-            lake_url: cli.lake.lake_url,
-            warehouse: cli.warehouse.config(),
+            lake: cli.lake.config()?,
+            warehouse: cli.warehouse.config()?,
             suffix: cli.suffix,
             from: cli.from,
             max_missing_days: cli.max_missing_days,
