@@ -6,6 +6,7 @@
 mod config;
 mod dedup;
 mod feed;
+mod ledger;
 mod load;
 pub mod sql;
 
@@ -27,12 +28,8 @@ use super::{
 };
 use ota_core::error::{PipelineError, Result};
 use ota_core::typing::date_of_epoch_day;
-use ota_core::window::{DateWindow, parse_date};
+use ota_core::window::parse_date;
 use ota_lake::{LakeFile, RecordedVersion};
-
-/// How long the staged set of a run stays after it was staged (a week: longer than any
-/// run's retries); the set of runs started by hand stays until the next one.
-const STAGED_SET_RETENTION_MICROS: i64 = 7 * 24 * 3_600 * 1_000_000;
 
 /// Handle on the embedded warehouse.
 pub struct DuckDbWarehouse {
@@ -131,119 +128,15 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     fn stage_files(&mut self, run_key: &str, staged: &StagedFiles) -> Result<()> {
-        let now = chrono::Utc::now().timestamp_micros();
-        let expired = now - STAGED_SET_RETENTION_MICROS;
-        self.in_transaction("recording the staged files", |conn| {
-            let e = db_err("recording the staged files");
-            conn.execute(sql::CLEAR_STAGED_SETS, params![run_key, expired])
-                .map_err(db_err("clearing the staged files"))?;
-            conn.execute(sql::CLEAR_STAGED_FILES, [])
-                .map_err(db_err("clearing the staged files"))?;
-            conn.execute(
-                sql::INSERT_STAGED_WINDOW,
-                params![
-                    run_key,
-                    staged.window.start.to_string(),
-                    staged.window.end.to_string(),
-                    now
-                ],
-            )
-            .map_err(e)?;
-            let mut stmt = conn
-                .prepare(sql::INSERT_STAGED_FILE)
-                .map_err(db_err("recording the staged files"))?;
-            for f in &staged.files {
-                stmt.execute(params![
-                    run_key,
-                    f.uri,
-                    f.day.to_string(),
-                    f.size as i64,
-                    f.generation,
-                    f.checksum,
-                    f.ingested_at
-                ])
-                .map_err(db_err("recording the staged files"))?;
-            }
-            Ok(())
-        })
+        self.record_staged_set(run_key, staged)
     }
 
     fn staged_files(&mut self, run_key: &str) -> Result<Option<StagedFiles>> {
-        let window: Option<(String, String)> =
-            match self
-                .conn
-                .query_row(sql::SELECT_STAGED_WINDOW, [run_key], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                }) {
-                Ok(w) => Some(w),
-                Err(duckdb::Error::QueryReturnedNoRows) => None,
-                Err(e) => return Err(PipelineError::warehouse("reading the staged window", e)),
-            };
-        let Some((start, end)) = window else {
-            return Ok(None);
-        };
-        let window = DateWindow::new(
-            parse_date("staged start", &start)?,
-            parse_date("staged end", &end)?,
-        )?;
-        let mut stmt = self
-            .conn
-            .prepare(sql::SELECT_STAGED_FILES)
-            .map_err(db_err("reading the staged files"))?;
-        let rows = stmt
-            .query_map([run_key], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .map_err(db_err("reading the staged files"))?;
-        let mut files = Vec::new();
-        for row in rows {
-            let (uri, day, size, generation, checksum, ingested_at) =
-                row.map_err(db_err("reading the staged files"))?;
-            files.push(LakeFile {
-                uri,
-                day: parse_date("staged day", &day)?,
-                size: size as u64,
-                generation,
-                checksum,
-                ingested_at,
-            });
-        }
-        Ok(Some(StagedFiles { window, files }))
+        self.read_staged_set(run_key)
     }
 
     fn ledger_entries(&mut self, uris: &[String]) -> Result<BTreeMap<String, RecordedVersion>> {
-        let mut stmt = self
-            .conn
-            .prepare(sql::SELECT_LEDGER_ENTRY)
-            .map_err(db_err("reading the file ledger"))?;
-        let mut out = BTreeMap::new();
-        for uri in uris {
-            let mut rows = stmt
-                .query_map(params![uri], |r| {
-                    Ok(RecordedVersion::from_ledger_row(
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })
-                .map_err(db_err("reading the file ledger"))?;
-            if let Some(entry) = rows.next() {
-                out.insert(
-                    uri.clone(),
-                    entry.map_err(db_err("reading the file ledger"))?,
-                );
-            }
-        }
-        Ok(out)
+        self.read_ledger(uris)
     }
 
     fn quarantine(
@@ -253,63 +146,15 @@ impl Warehouse for DuckDbWarehouse {
         reason: &str,
         at: i64,
     ) -> Result<()> {
-        self.in_transaction("quarantining a file", |conn| {
-            let e = || db_err("quarantining a file");
-            conn.execute(sql::DELETE_QUARANTINE_ENTRY, params![file.uri])
-                .map_err(e())?;
-            conn.execute(
-                sql::INSERT_QUARANTINE_ENTRY,
-                params![
-                    file.uri,
-                    file.day.to_string(),
-                    file.size as i64,
-                    file.generation,
-                    file.checksum,
-                    kind.name(),
-                    reason,
-                    at
-                ],
-            )
-            .map_err(e())?;
-            Ok(())
-        })
+        self.record_quarantine(file, kind, reason, at)
     }
 
     fn quarantined(&mut self, uris: &[String]) -> Result<BTreeMap<String, QuarantinedFile>> {
-        let e = || db_err("reading the file quarantine");
-        let mut stmt = self
-            .conn
-            .prepare(sql::SELECT_QUARANTINE_ENTRY)
-            .map_err(e())?;
-        let mut out = BTreeMap::new();
-        for uri in uris {
-            let rows = stmt
-                .query_map(params![uri], |r| {
-                    Ok(QuarantinedFile::from_quarantine_row(
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        &r.get::<_, String>(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })
-                .map_err(e())?;
-            for entry in rows {
-                out.insert(uri.clone(), entry.map_err(e())?);
-            }
-        }
-        Ok(out)
+        self.read_quarantine(uris)
     }
 
     fn release_quarantine(&mut self, uris: &[String]) -> Result<()> {
-        self.in_transaction("releasing quarantined files", |conn| {
-            for uri in uris {
-                conn.execute(sql::DELETE_QUARANTINE_ENTRY, params![uri])
-                    .map_err(db_err("releasing quarantined files"))?;
-            }
-            Ok(())
-        })
+        self.clear_quarantine(uris)
     }
 
     fn load_raw(
