@@ -302,10 +302,10 @@ mod tests {
         )
         .expect("an emulator lake");
         assert_eq!(emulator.gcs.endpoint, "http://127.0.0.1:4443");
-        assert_eq!(
-            emulator.gcs.scratch_dir.as_deref(),
-            Some(Path::new("/scratch"))
-        );
+        assert_eq!(emulator.gcs.scratch_dir, Path::new("/scratch"));
+        let tmp =
+            LakeConfig::new("gs://bucket", lookup(&[("TMPDIR", "/var/tmp")])).expect("a lake");
+        assert_eq!(tmp.gcs.scratch_dir, Path::new("/var/tmp"));
         assert_eq!(emulator.gcs.credentials, gcp::CredentialSource::Emulator);
         // Nothing set: Google's endpoint, Application Default Credentials.
         let plain = LakeConfig::new("gs://bucket", lookup(&[])).expect("a lake");

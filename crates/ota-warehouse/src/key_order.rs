@@ -32,7 +32,7 @@ fn arrow_err(context: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> 
 }
 
 fn spill_err(e: std::io::Error) -> PipelineError {
-    PipelineError::io(std::env::temp_dir(), e)
+    PipelineError::io("the sort's spill file in the temp dir (TMPDIR)", e)
 }
 
 /// The bucket of a key: its first 16 bits (zero-padded), top `bits` of them. Monotone in

@@ -38,6 +38,8 @@ pub const CREDENTIAL_VARS: CredentialVars = CredentialVars {
 /// Local scratch folder for downloads and split outputs (default: the system temp dir).
 pub const SCRATCH_VAR: &str = "OTA_SCRATCH_DIR";
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
+/// The system's temp dir when `TMPDIR` names none.
+const DEFAULT_TEMP_DIR: &str = "/tmp";
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 
 /// How a GCS lake is reached. The CLI builds it once from the environment
@@ -48,9 +50,9 @@ pub struct GcsSettings {
     pub credentials: CredentialSource,
     /// The JSON API's endpoint: Google's, or an emulator's (`OTA_GCS_ENDPOINT`).
     pub endpoint: String,
-    /// Local folder for downloads and split outputs (`OTA_SCRATCH_DIR`; None: the
-    /// system's temp dir).
-    pub scratch_dir: Option<PathBuf>,
+    /// Local folder for downloads and split outputs (`OTA_SCRATCH_DIR`, else the
+    /// system's temp dir, `TMPDIR` or /tmp).
+    pub scratch_dir: PathBuf,
 }
 
 impl Default for GcsSettings {
@@ -60,7 +62,7 @@ impl Default for GcsSettings {
                 metadata_host: None,
             },
             endpoint: DEFAULT_ENDPOINT.to_string(),
-            scratch_dir: None,
+            scratch_dir: PathBuf::from(DEFAULT_TEMP_DIR),
         }
     }
 }
@@ -73,7 +75,11 @@ impl GcsSettings {
         Ok(GcsSettings {
             credentials: CredentialSource::from_lookup(CREDENTIAL_VARS, &lookup)?,
             endpoint: set(ENDPOINT_VAR).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
-            scratch_dir: set(SCRATCH_VAR).map(PathBuf::from),
+            scratch_dir: PathBuf::from(
+                set(SCRATCH_VAR)
+                    .or_else(|| set("TMPDIR"))
+                    .unwrap_or_else(|| DEFAULT_TEMP_DIR.to_string()),
+            ),
         })
     }
 }
@@ -160,11 +166,7 @@ impl GcsLake {
         let credentials =
             runtime.block_on(Credentials::resolve(settings.credentials.clone(), SCOPE))?;
         let client = GcsClient::new(http_client()?, &settings.endpoint, credentials);
-        let scratch = settings
-            .scratch_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("ota-pipeline-scratch");
+        let scratch = settings.scratch_dir.join("ota-pipeline-scratch");
         std::fs::create_dir_all(&scratch).map_err(|e| PipelineError::io(&scratch, e))?;
         Ok(GcsLake {
             url: location.uri_of(&location.prefix),
