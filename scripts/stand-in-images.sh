@@ -26,7 +26,14 @@ if ! have debian:bookworm-slim; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   echo "== debian:bookworm-slim from Debian's mirror (mmdebstrap)" >&2
-  mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$tmp/rootfs.tar"
+  # Slim as Docker Hub's is: no manuals, docs (but copyrights) or translations, and no
+  # apt caches left in a layer.
+  mmdebstrap --quiet --variant=minbase --include=ca-certificates \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --aptopt='Dir::Cache::pkgcache ""' --aptopt='Dir::Cache::srcpkgcache ""' \
+    bookworm "$tmp/rootfs.tar"
   "$DOCKER" import "$tmp/rootfs.tar" debian:bookworm-slim >/dev/null
 fi
 
