@@ -69,13 +69,20 @@ impl ChangeOp {
 pub struct ChangeBatch {
     batch: RecordBatch,
     ops: Vec<ChangeOp>,
+    /// Where `event_key` and `event_date` are, found once.
+    key_column: usize,
+    date_column: usize,
 }
+
+/// Bytes of an event key (an MD5 digest).
+pub const EVENT_KEY_BYTES: usize = 16;
 
 impl ChangeBatch {
     /// Checks `batch` against the change-batch contract: each column of
     /// [`CHANGE_SCHEMA`] present; `op` a string of U or D in every row; `changed_at` a
-    /// timestamp in microseconds; `event_key` binary and `event_date` a DATE, neither
-    /// NULL in any row. Anything else is an internal error naming the first fault.
+    /// timestamp in microseconds; `event_key` binary of [`EVENT_KEY_BYTES`] and
+    /// `event_date` a DATE, neither NULL in any row. Anything else is an internal error
+    /// naming the first fault.
     pub fn try_new(batch: RecordBatch) -> Result<ChangeBatch> {
         let fault = |what: String| PipelineError::Internal(format!("a change batch {what}"));
         for field in CHANGE_SCHEMA.fields() {
@@ -103,9 +110,17 @@ impl ChangeBatch {
             return Err(fault(format!("has op of type {}", ops.data_type())));
         }
         ChangeOffsets::of(&batch)?;
-        let keys = column("event_key").ok_or_else(|| fault("has no event_key column".into()))?;
-        let dates = column("event_date")
-            .and_then(|c| c.as_primitive_opt::<Date32Type>())
+        let index = |name: &str| {
+            batch
+                .schema_ref()
+                .index_of(name)
+                .map_err(|_| fault(format!("has no {name} column")))
+        };
+        let (key_column, date_column) = (index("event_key")?, index("event_date")?);
+        let keys = batch.column(key_column).as_ref();
+        let dates = batch
+            .column(date_column)
+            .as_primitive_opt::<Date32Type>()
             .ok_or_else(|| fault("has an event_date that is not a DATE".into()))?;
         let mut parsed = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
@@ -113,15 +128,27 @@ impl ChangeBatch {
             let op = code
                 .and_then(ChangeOp::from_code)
                 .ok_or_else(|| fault(format!("has operation {code:?} in row {row}, not U or D")))?;
-            if binary_at(keys, row).is_none() {
-                return Err(fault(format!("has no event_key in row {row}")));
+            match binary_at(keys, row) {
+                None => return Err(fault(format!("has no binary event_key in row {row}"))),
+                Some(key) if key.len() != EVENT_KEY_BYTES => {
+                    return Err(fault(format!(
+                        "has an event_key of {} bytes in row {row}, not {EVENT_KEY_BYTES}",
+                        key.len()
+                    )));
+                }
+                Some(_) => {}
             }
             if dates.is_null(row) {
                 return Err(fault(format!("has no event_date in row {row}")));
             }
             parsed.push(op);
         }
-        Ok(ChangeBatch { batch, ops: parsed })
+        Ok(ChangeBatch {
+            batch,
+            ops: parsed,
+            key_column,
+            date_column,
+        })
     }
 
     /// The rows, as the warehouse returned them.
@@ -140,17 +167,14 @@ impl ChangeBatch {
 
     /// `event_key` of row `row`.
     pub fn event_key(&self, row: usize) -> &[u8] {
-        self.batch
-            .column_by_name("event_key")
-            .and_then(|keys| binary_at(keys.as_ref(), row))
-            .unwrap_or_default()
+        binary_at(self.batch.column(self.key_column).as_ref(), row).unwrap_or_default()
     }
 
     /// `event_date` of row `row`, in days since the epoch.
     pub fn event_day(&self, row: usize) -> i32 {
         self.batch
-            .column_by_name("event_date")
-            .and_then(|c| c.as_primitive_opt::<Date32Type>())
+            .column(self.date_column)
+            .as_primitive_opt::<Date32Type>()
             .map_or(0, |dates| dates.value(row))
     }
 
@@ -419,7 +443,41 @@ mod tests {
             vec![Some(1), Some(1)],
             None,
         ));
-        assert!(err.contains("no event_key in row 1"), "{err}");
+        assert!(err.contains("no binary event_key in row 1"), "{err}");
+        // Same rows, the key in another encoding: hex digits as bytes, a truncated
+        // digest, or the digest as text.
+        let hex = b"abababababababababababababababab";
+        for (key, bytes) in [(&hex[..], 32), (&KEY[..8], 8)] {
+            let err = refused(batch(
+                ops(),
+                vec![Some(KEY), Some(key)],
+                vec![Some(1), Some(1)],
+                None,
+            ));
+            assert!(
+                err.contains(&format!("event_key of {bytes} bytes in row 1")),
+                "{err}"
+            );
+        }
+        let mut text = batch(
+            ops(),
+            vec![Some(KEY), Some(KEY)],
+            vec![Some(1), Some(1)],
+            None,
+        );
+        let at = text.schema().index_of("event_key").expect("event_key");
+        let mut columns = text.columns().to_vec();
+        columns[at] = Arc::new(StringArray::from(vec!["abababababababab"; 2]));
+        let mut fields: Vec<Field> = text
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[at] = Field::new("event_key", DataType::Utf8, true);
+        text = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch");
+        let err = refused(text);
+        assert!(err.contains("no binary event_key in row 0"), "{err}");
         let err = refused(batch(
             ops(),
             vec![Some(KEY), Some(KEY)],

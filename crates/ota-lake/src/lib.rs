@@ -224,15 +224,6 @@ impl LakeConfig {
         Ok(LakeConfig { url, gcs })
     }
 
-    /// A lake with default settings: a local folder, or GCS with Application Default
-    /// Credentials.
-    pub fn at(url: impl Into<String>) -> Self {
-        LakeConfig {
-            url: url.into(),
-            gcs: gcs::GcsSettings::default(),
-        }
-    }
-
     /// Opens this lake.
     pub fn open(&self) -> Result<Box<dyn Lake>> {
         open_lake(&self.url, &self.gcs)

@@ -326,16 +326,6 @@ impl WarehouseConfig {
         Ok(WarehouseConfig { url, run, bigquery })
     }
 
-    /// A warehouse with default settings: embedded, or BigQuery with Application Default
-    /// Credentials.
-    pub fn at(url: impl Into<String>, run: RunSettings) -> Self {
-        WarehouseConfig {
-            url: url.into(),
-            run,
-            bigquery: bigquery::BigQuerySettings::default(),
-        }
-    }
-
     /// Opens this warehouse for the step `step`.
     pub fn open(&self, access: Access, step: &str) -> Result<Box<dyn Warehouse>> {
         open_warehouse(&self.url, &self.run, access, step, &self.bigquery)
